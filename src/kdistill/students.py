@@ -1,0 +1,154 @@
+"""Building models: resolving where a model lives, and the three ways to make a student.
+
+- `from_teacher`: the teacher's embeddings plus a chosen list of its layers (DistilBERT, Sanh et al. 2019, initialises
+  its student from every other teacher layer); the head is copied too.
+- `from_config`: the teacher's (or another) config with fields changed, randomly initialised.
+- `from_pretrained`: any sequence-classification checkpoint, with its own tokenizer.
+"""
+
+import copy
+import importlib
+import logging
+import os
+import re
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .config import StudentConfig, UserError
+
+logger = logging.getLogger(__name__)
+
+# Matches the layer index in parameter names of BERT-like encoders: encoder.layer.3., transformer.layer.3., layers.3.
+_LAYER_KEY = re.compile(r"(^|\.)(layer|layers)\.(\d+)\.")
+
+
+def resolve_model_path(name: str) -> str:
+    """'pkg:MODULE' -> the directory MODULE.get_model_path() returns; anything else is returned unchanged."""
+    if not name.startswith("pkg:"):
+        return name
+    module_name = name[4:]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise UserError(f"{name}: Python package {module_name!r} is not installed (pip install it)") from None
+    return str(module.get_model_path())
+
+
+def _from_pretrained(cls, name: str, what: str, **kwargs):
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"{what} {name}: directory holds no model (no config.json)")
+    if not os.path.isdir(path) and (os.sep in name or name.startswith(".")):
+        raise UserError(f"{what} {name}: no such directory")
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} {name} could not be loaded: {str(err).splitlines()[0]}") from None
+
+
+def load_classifier(name: str, what: str, label2id: dict[str, int] | None = None) -> PreTrainedModel:
+    """A sequence-classification model. A bare backbone gets a new head sized for `label2id`; a checkpoint that
+    already is a classifier keeps its head, and its label count must match."""
+    config = _from_pretrained(AutoConfig, name, what)
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    kwargs = {}
+    if label2id is not None:
+        if is_classifier and config.num_labels != len(label2id):
+            raise UserError(
+                f"{what} {name} has {config.num_labels} output labels but the data has {len(label2id)} "
+                f"({', '.join(label2id)}); use a model with the same labels"
+            )
+        kwargs = {"num_labels": len(label2id), "label2id": label2id, "id2label": {i: k for k, i in label2id.items()}}
+    return _from_pretrained(AutoModelForSequenceClassification, name, what, **kwargs)
+
+
+def load_tokenizer(name: str, what: str) -> PreTrainedTokenizerBase:
+    return _from_pretrained(AutoTokenizer, name, what)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def spaced_layers(num_teacher_layers: int, num_layers: int) -> list[int]:
+    """`num_layers` teacher layers spread evenly, first and last included (6 -> 2 gives [0, 5]; 6 -> 3 gives [0, 2, 5])."""
+    if not 1 <= num_layers <= num_teacher_layers:
+        raise UserError(f"student: student_num_layers must be between 1 and {num_teacher_layers}, got {num_layers}")
+    if num_layers == 1:
+        return [num_teacher_layers - 1]
+    step = (num_teacher_layers - 1) / (num_layers - 1)
+    return [round(i * step) for i in range(num_layers)]
+
+
+def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
+    """A student holding copies of the teacher's embeddings, the given layers (in order) and its head."""
+    n_teacher = teacher.config.num_hidden_layers
+    bad = [i for i in layers if not 0 <= i < n_teacher]
+    if bad or not layers:
+        raise UserError(f"student: student_layers must be indices in 0..{n_teacher - 1}, got {layers}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    student = type(teacher)(config)
+    new_index = {old: new for new, old in enumerate(layers)}
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = _LAYER_KEY.search(key)
+        if match is None:
+            state[key] = value.clone()
+            continue
+        old = int(match.group(3))
+        if old in new_index:
+            start, end = match.span(3)
+            state[key[:start] + str(new_index[old]) + key[end:]] = value.clone()
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"student: cannot take layers from a {type(teacher).__name__} (unmatched weights: {(missing + unexpected)[:3]}); "
+            "use student_init=from_config instead"
+        )
+    return student
+
+
+def build_student(
+    spec: StudentConfig, teacher: PreTrainedModel | None, teacher_name: str, label2id: dict[str, int]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The student model and its tokenizer, as `spec` says. `teacher` is needed only for from_teacher."""
+    if spec.student_init == "from_teacher":
+        if teacher is None:
+            raise UserError("student: student_init=from_teacher needs the teacher model")
+        layers = spec.student_layers or spaced_layers(teacher.config.num_hidden_layers, spec.student_num_layers)
+        model = from_teacher(teacher, layers)
+        tokenizer_name = spec.student_tokenizer or teacher_name
+        logger.info("student: teacher layers %s", layers)
+    elif spec.student_init == "from_config":
+        base = spec.student_model or teacher_name
+        config = _from_pretrained(AutoConfig, base, "student base config")
+        for key, value in spec.overrides().items():
+            if not hasattr(config, key):
+                raise UserError(f"student: config {type(config).__name__} has no field {key!r}")
+            setattr(config, key, value)
+        config.num_labels = len(label2id)
+        config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
+        model = AutoModelForSequenceClassification.from_config(config)
+        tokenizer_name = spec.student_tokenizer or base
+    else:
+        model = load_classifier(spec.student_model, "student", label2id)
+        tokenizer_name = spec.student_tokenizer or spec.student_model
+    check_label_count(model, len(label2id), "student")
+    tokenizer = load_tokenizer(tokenizer_name, "student tokenizer")
+    return model, tokenizer
+
+
+def check_label_count(model: PreTrainedModel, num_labels: int, what: str) -> None:
+    if model.config.num_labels != num_labels:
+        raise UserError(
+            f"{what} has {model.config.num_labels} output labels but the teacher/data have {num_labels}; "
+            "give the student the teacher's label count"
+        )

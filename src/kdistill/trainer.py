@@ -1,0 +1,91 @@
+"""`DistillationTrainer`: the transformers Trainer with a distillation loss, nothing else.
+
+Soft labels arrive in the batch (`teacher_logits`, from the cache by the collator), so a training step costs what
+fine-tuning the student costs: no teacher forward pass.
+"""
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from .config import DistillationConfig
+from .losses import distillation_loss
+
+_NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
+
+
+class DistillationTrainer(Trainer):
+    """Trains a student with `args.strategy` ('hard', 'soft', 'mixed'), `args.temperature` and `args.alpha`.
+
+    The loss is a sum over the items of the whole gradient-accumulated batch divided by their number
+    (`num_items_in_batch`), so accumulating k batches of n gives the gradient of one batch of k*n.
+    """
+
+    # compute_loss divides by num_items_in_batch, which _get_num_items_in_batch always provides in training.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, DistillationConfig):
+            raise TypeError("DistillationTrainer needs args=DistillationConfig(...)")
+        # Plain nn.Module students name no label argument; the labels still travel in the batch as 'labels'.
+        if not self.label_names:
+            self.label_names = ["labels"]
+        self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        # Items are rows for sequence classification: unlabelled transfer rows count too, since they carry soft
+        # labels. For per-token labels (rank >= 2), the positions with a label.
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        count = sum(
+            b["labels"].numel() if b["labels"].dim() == 1 else int(b["labels"].ne(-100).sum()) for b in batch_samples
+        )
+        count = torch.tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        teacher_logits = inputs.get("teacher_logits")
+        outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        strategy = self.args.strategy
+        if teacher_logits is None and not model.training:
+            strategy = "hard"  # evaluation data without soft labels: report the hard loss
+        loss, parts = distillation_loss(
+            logits,
+            labels,
+            teacher_logits,
+            strategy=strategy,
+            temperature=self.args.temperature,
+            alpha=self.args.alpha,
+            soft_loss=self.args.soft_loss,
+            num_items=num_items_in_batch,
+        )
+        if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
+            # num_items counts every process's items while DDP averages gradients over processes.
+            loss = loss * self.accelerator.num_processes
+            parts = {k: v * self.accelerator.num_processes for k, v in parts.items()}
+        mode = "train" if model.training else "eval"
+        for name, value in parts.items():
+            self._loss_parts[mode][name].append(float(value))
+        if return_outputs:
+            return loss, {"logits": logits}
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Add the hard and soft parts of the loss as their own curves (loss_hard, loss_soft; eval_loss_*).
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        parts = self._loss_parts[mode]
+        if parts:
+            # In training each value is a micro-batch's share of its accumulated batch, so the per-step value is
+            # their sum over the gradient_accumulation_steps micro-batches.
+            scale = self.args.gradient_accumulation_steps if mode == "train" else 1
+            prefix = "eval_" if mode == "eval" else ""
+            for name, values in parts.items():
+                logs[f"{prefix}loss_{name}"] = round(sum(values) * scale / len(values), 6)
+            parts.clear()
+        super().log(logs, start_time)

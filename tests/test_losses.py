@@ -1,0 +1,218 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdistill.losses import (
+    SOFT_LOSSES,
+    STRATEGIES,
+    distillation_loss,
+    hard_ce,
+    logit_mse,
+    soft_kl,
+)
+
+
+def _rand(*shape, seed=0, std=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * std
+
+
+# --- hard_ce -----------------------------------------------------------------
+
+
+def test_hard_ce_hand_computed():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [1.0, 0.0, -1.0]])
+    labels = torch.tensor([2, 0])
+    # -log softmax(z)[y] = log(sum exp z) - z[y]
+    ce0 = math.log(math.exp(1) + math.exp(2) + math.exp(3)) - 3.0
+    ce1 = math.log(math.exp(1) + math.exp(0) + math.exp(-1)) - 1.0
+    expected = (ce0 + ce1) / 2
+    assert hard_ce(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert hard_ce(logits, labels).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), abs=1e-6
+    )
+
+
+def test_hard_ce_ignores_minus_100():
+    logits = _rand(5, 4)
+    labels = torch.tensor([0, -100, 3, -100, 1])
+    keep = labels != -100
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    assert hard_ce(logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+    # With a global denominator the ignored items are not counted either.
+    got = hard_ce(logits, labels, num_items=10)
+    assert got.item() == pytest.approx(expected.item() * 3 / 10, abs=1e-6)
+
+
+def test_hard_ce_token_level_with_mask():
+    logits = _rand(2, 3, 5)  # 2 sequences x 3 tokens
+    labels = torch.tensor([[1, 2, 3], [4, 0, -100]])
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    keep = mask & (labels != -100)
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    assert hard_ce(logits, labels, mask=mask).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+# --- soft_kl -----------------------------------------------------------------
+
+
+def _softmax(z, T):
+    e = [math.exp(v / T) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_soft_kl_hand_computed_at_T2():
+    s, t = [1.0, 0.0, -1.0], [2.0, 0.5, 0.0]
+    p_s, p_t = _softmax(s, 2.0), _softmax(t, 2.0)
+    kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
+    expected = 4.0 * kl  # T^2 = 4
+    got = soft_kl(torch.tensor([s]), torch.tensor([t]), temperature=2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.01  # the example is not trivially zero
+
+
+def test_soft_kl_zero_when_equal_and_nonnegative():
+    x = _rand(8, 6)
+    assert abs(soft_kl(x, x.clone(), 3.0).item()) < 1e-6
+    for seed in range(5):
+        s, t = _rand(8, 6, seed=seed), _rand(8, 6, seed=seed + 100)
+        assert soft_kl(s, t, 1.5).item() >= 0.0
+
+
+def test_soft_kl_zero_probability_classes_are_finite():
+    s = torch.tensor([[1.0, 0.0, 2.0]], requires_grad=True)
+    t = torch.tensor([[2.0, float("-inf"), 0.0]])
+    loss = soft_kl(s, t, 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_soft_kl_validation():
+    x = _rand(2, 3)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got 0$"):
+        soft_kl(x, x, 0)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got -1.0$"):
+        soft_kl(x, x, -1.0)
+    with pytest.raises(ValueError, match="student logits have shape"):
+        soft_kl(x, _rand(2, 4), 1.0)
+
+
+def test_soft_kl_mask_selects_items():
+    s, t = _rand(6, 5), _rand(6, 5, seed=1)
+    mask = torch.tensor([True, False, True, True, False, False])
+    expected = soft_kl(s[mask], t[mask], 2.0)
+    s2 = s.clone()
+    s2[~mask] = 1e4  # garbage in masked-out items must not matter
+    assert soft_kl(s2, t, 2.0, mask=mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_soft_kl_num_items():
+    s, t = _rand(5, 4), _rand(5, 4, seed=1)
+    full = soft_kl(s, t, 2.0)
+    assert soft_kl(s, t, 2.0, num_items=10).item() == pytest.approx(full.item() / 2, rel=1e-6)
+    assert soft_kl(s, t, 2.0, num_items=torch.tensor(10)).item() == pytest.approx(
+        full.item() / 2, rel=1e-6
+    )
+
+
+def test_soft_kl_chunked_equals_whole():
+    s, t = _rand(8, 5), _rand(8, 5, seed=1)
+    whole = soft_kl(s, t, 3.0)
+    halves = soft_kl(s[:3], t[:3], 3.0, num_items=8) + soft_kl(s[3:], t[3:], 3.0, num_items=8)
+    assert halves.item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_empty_selection_gives_zero_with_grad():
+    s = _rand(3, 4).requires_grad_()
+    loss = soft_kl(s, _rand(3, 4, seed=1), 2.0, mask=torch.zeros(3, dtype=torch.bool))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
+    ce = hard_ce(s, torch.full((3,), -100))
+    assert ce.item() == 0.0 and ce.grad_fn is not None
+
+
+def test_soft_kl_gradient_scale_over_temperature():
+    s, t = _rand(16, 10), _rand(16, 10, seed=1)
+
+    def grad_norm(T, scaled):
+        x = s.clone().requires_grad_()
+        loss = soft_kl(x, t, T)
+        (loss if scaled else loss / T**2).backward()
+        return x.grad.norm().item()
+
+    with_t2 = {T: grad_norm(T, True) for T in (1, 2, 5, 10, 20)}
+    high = [with_t2[T] for T in (2, 5, 10, 20)]
+    assert max(high) / min(high) < 10
+    # Without T^2 the gradient decays like 1/T^2: (2/20)^2 = 1/100 asymptotically.
+    # T=2 is not fully asymptotic, so allow a band around 1/100 rather than a strict bound.
+    ratio = grad_norm(20, False) / grad_norm(2, False)
+    assert 0.5 / 100 < ratio < 1.5 / 100
+
+
+# --- logit_mse ---------------------------------------------------------------
+
+
+def test_logit_mse_hand_computed():
+    s = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    expected = ((0 + 4 + 9) / 3 + (1 + 1 + 1) / 3) / 2
+    assert logit_mse(s, t).item() == pytest.approx(expected, abs=1e-6)
+    assert SOFT_LOSSES["mse"](s, t, 7.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+# --- distillation_loss -------------------------------------------------------
+
+
+def _batch():
+    return _rand(6, 4), torch.tensor([0, 1, 2, 3, -100, 1]), _rand(6, 4, seed=1)
+
+
+def test_mixed_alpha_endpoints_and_interpolation():
+    s, y, t = _batch()
+    hard, _ = distillation_loss(s, y, t, "hard")
+    soft, _ = distillation_loss(s, y, t, "soft", temperature=2.0)
+    m0, _ = distillation_loss(s, y, t, "mixed", temperature=2.0, alpha=0.0)
+    m1, _ = distillation_loss(s, y, t, "mixed", temperature=2.0, alpha=1.0)
+    m3, parts = distillation_loss(s, y, t, "mixed", temperature=2.0, alpha=0.3)
+    assert m0.item() == pytest.approx(hard.item(), rel=1e-6)
+    assert m1.item() == pytest.approx(soft.item(), rel=1e-6)
+    assert m3.item() == pytest.approx(0.3 * soft.item() + 0.7 * hard.item(), rel=1e-6)
+    assert hard.item() == pytest.approx(hard_ce(s, y).item(), rel=1e-6)
+    assert soft.item() == pytest.approx(soft_kl(s, t, 2.0).item(), rel=1e-6)
+    assert parts["hard"].item() == pytest.approx(hard.item(), rel=1e-6)
+    assert parts["soft"].item() == pytest.approx(soft.item(), rel=1e-6)
+
+
+def test_parts_keys_and_grad():
+    s, y, t = _batch()
+    s.requires_grad_()
+    assert STRATEGIES == ("hard", "soft", "mixed")
+    total, parts = distillation_loss(s, y, None, "hard")
+    assert set(parts) == {"hard"} and total.requires_grad
+    total, parts = distillation_loss(s, None, t, "soft")
+    assert set(parts) == {"soft"} and total.requires_grad
+    total, parts = distillation_loss(s, y, t, "mixed", soft_loss="mse")
+    assert set(parts) == {"hard", "soft"} and total.requires_grad
+    assert not parts["soft"].requires_grad
+    assert parts["soft"].item() == pytest.approx(logit_mse(s, t).item(), rel=1e-6)
+
+
+def test_distillation_loss_errors():
+    s, y, t = _batch()
+    with pytest.raises(ValueError, match=r"^alpha must be in \[0, 1\], got 1.5$"):
+        distillation_loss(s, y, t, "mixed", alpha=1.5)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got -0.1"):
+        distillation_loss(s, y, t, "mixed", alpha=-0.1)
+    with pytest.raises(ValueError, match="hard, soft, mixed"):
+        distillation_loss(s, y, t, "medium")
+    with pytest.raises(ValueError, match="kl, mse"):
+        distillation_loss(s, y, t, "soft", soft_loss="cosine")
+    for strategy in ("soft", "mixed"):
+        with pytest.raises(ValueError, match="teacher_logits"):
+            distillation_loss(s, y, None, strategy)
+    for strategy in ("hard", "mixed"):
+        with pytest.raises(ValueError, match="labels"):
+            distillation_loss(s, None, t, strategy)
