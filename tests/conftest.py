@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
@@ -38,12 +39,15 @@ def make_word_tokenizer(directory: Path, vocab_size: int = 2000, lowercase_piece
     return str(directory)
 
 
-def make_tiny_bert(directory: Path, tokenizer_dir: str, num_labels: int = 2, layers: int = 2, hidden: int = 32) -> str:
+def make_tiny_bert(
+    directory: Path, tokenizer_dir: str, num_labels: int = 2, layers: int = 2, hidden: int = 32, seed: int = 0
+) -> str:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=130, num_labels=num_labels,
     )
+    torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
         if args.verb in ("distill", "run"):
             result = pipeline.distill(config, progress=True)
-            logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+            logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k not in ("loss_curve", "log_history")})
         if args.verb in ("eval", "run"):
             result = pipeline.evaluate(config, progress=True)
             print(_format_table(result))

@@ -13,6 +13,7 @@ Field names are unique across the four, so the same names work as flags
 
 import dataclasses
 import difflib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -193,7 +194,10 @@ class RunConfig:
 
 
 def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+    # The class's own fields first, so an error's (possibly truncated) list of valid keys shows kdistill's
+    # knobs (strategy, temperature, ...) before the ~100 inherited TrainingArguments fields.
+    own = inspect.get_annotations(cls)
+    return sorted((f.name for f in dataclasses.fields(cls) if f.init), key=lambda name: name not in own)
 
 
 def _unknown_key_error(key: str, where: str, valid: list[str]) -> ConfigError:
@@ -262,6 +266,11 @@ def parse_config(argv: list[str], config_path: str | None = None) -> RunConfig:
     """YAML values (if a file is given) become defaults; flags in `argv` override them."""
     yaml_values = load_yaml(config_path) if config_path else {}
     parser = HfArgumentParser(tuple(SECTIONS.values()))
+
+    def _error(message: str):  # a bad flag value is a user error: one line, not argparse's 150-flag usage dump
+        raise ConfigError(message)
+
+    parser.error = _error
     # Lists and mappings from YAML must not pass through argparse's string conversion.
     parser.set_defaults(**{k: v for k, v in yaml_values.items()})
     namespace, remaining = parser.parse_known_args(argv)

@@ -23,6 +23,18 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".pa
 LABELS_FILE = "labels.json"
 
 
+def _has_rows(path: str, header: bool) -> bool:
+    """Whether a csv/tsv file holds a non-blank line beyond its header (reads only until it finds one)."""
+    needed, seen = (2 if header else 1), 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                seen += 1
+                if seen >= needed:
+                    return True
+    return False
+
+
 def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.Dataset:
     """Read one data file into a Dataset holding the text column(s) and, if `labelled`, the label column.
 
@@ -41,6 +53,9 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     if ext in (".csv", ".tsv") and data.column_names:
         kwargs.update(column_names=list(data.column_names), header=None)
+    if ext in (".csv", ".tsv") and not _has_rows(path, header=not data.column_names):
+        # datasets would fail with 'Instruction "data" corresponds to no data!' on a header-only file.
+        raise UserError(f"{path}: the file holds no rows" + ("" if data.column_names else " below its header"))
     try:
         table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
     except UnicodeDecodeError as err:
@@ -62,12 +77,13 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
                 "set text_column / label_column, or column_names for a file without a header"
             )
     table = table.select_columns(needed)
-    texts = table[data.text_column]
+    # `table[column]` is a lazy Column that decodes row by row when iterated; `[:]` converts it in one go.
+    texts = table[data.text_column][:]
     empty = sum(1 for t in texts if t is None or not str(t).strip())
     if empty:
         raise UserError(f"{path}: {empty} row(s) have an empty {data.text_column!r}; remove them or fix the file")
     if labelled:
-        missing = sum(1 for v in table[data.label_column] if v is None)
+        missing = sum(1 for v in table[data.label_column][:] if v is None)
         if missing:
             raise UserError(f"{path}: {missing} row(s) have no {data.label_column!r}; remove them or fix the file")
     return table
@@ -105,7 +121,7 @@ def _label_key(value: Any) -> str:
 
 def build_label_map(labels: list[Any]) -> dict[str, int]:
     """One stable label -> id map: integer labels keep their order, strings are sorted."""
-    keys = sorted({_label_key(v) for v in labels})
+    keys = sorted({_label_key(v) for v in labels[:]})  # [:]: a datasets Column in one conversion
     if all(k.lstrip("-").isdigit() for k in keys):
         keys = sorted(keys, key=int)
     if len(keys) < 2:
@@ -120,7 +136,7 @@ def save_label_map(label2id: dict[str, int], directory: str) -> None:
 
 
 def encode_labels(table: datasets.Dataset, data: DataConfig, label2id: dict[str, int], source: str) -> list[int]:
-    values = [_label_key(v) for v in table[data.label_column]]
+    values = [_label_key(v) for v in table[data.label_column][:]]
     unknown = sorted(set(values) - set(label2id))
     if unknown:
         raise UserError(
@@ -142,8 +158,8 @@ def tokenize(
     Adds `idx` (the row's position, plus `index_offset`, used to find its soft labels), `length` (for
     length-grouped batches) and `labels` (-100 for unlabelled rows).
     """
-    texts = [str(t) for t in table[data.text_column]]
-    pairs = [str(t) for t in table[data.text_pair_column]] if data.text_pair_column else None
+    texts = [str(t) for t in table[data.text_column][:]]
+    pairs = [str(t) for t in table[data.text_pair_column][:]] if data.text_pair_column else None
     max_length = min(data.max_length, getattr(tokenizer, "model_max_length", data.max_length) or data.max_length)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     truncated = sum(1 for ids in enc["input_ids"] if len(ids) >= max_length)

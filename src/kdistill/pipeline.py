@@ -89,6 +89,16 @@ def _accuracy(pred) -> dict[str, float]:
     return {"accuracy": metrics.accuracy(pred.predictions, pred.label_ids)}
 
 
+def _model_rows(table, tokenizer) -> list[dict]:
+    """The model-input fields of a tokenised split as a list of rows (read column-wise: row access is slow)."""
+    names = [k for k in tokenizer.model_input_names if k in table.column_names]
+    return [dict(zip(names, values)) for values in zip(*(table[k][:] for k in names))]
+
+
+def _pad(tokenizer):
+    return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
+
+
 def _tokenized_split(config, split, tokenizer, label2id, offset=0):
     table = load_split(config.data, split)
     if table is None:
@@ -98,6 +108,10 @@ def _tokenized_split(config, split, tokenizer, label2id, offset=0):
         source = getattr(config.data, f"{split}_file", None) or split
         labels = encode_labels(table, config.data, label2id, source)
     return tokenize(table, tokenizer, config.data, labels, index_offset=offset)
+
+
+def _loss_curve(trainer) -> list[list[float]]:
+    return [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
 
 
 def teach(config: RunConfig) -> dict[str, float]:
@@ -136,7 +150,7 @@ def teach(config: RunConfig) -> dict[str, float]:
     )
     start = time.perf_counter()
     result = trainer.train()
-    out = {"train_loss": result.training_loss, "train_seconds": time.perf_counter() - start}
+    out = {"train_loss": result.training_loss, "train_seconds": time.perf_counter() - start, "loss_curve": _loss_curve(trainer)}
     if validation is not None:
         out.update(trainer.evaluate())
     trainer.save_model(paths["teacher"])
@@ -174,10 +188,10 @@ def soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: b
                 tokenizer = load_tokenizer(tdir, "teacher tokenizer")
                 teacher = load_classifier(tdir, "teacher", label2id)
             rows = _tokenized_split(config, split, tokenizer, label2id)
-            model_rows = [{k: r[k] for k in tokenizer.model_input_names if k in r} for r in rows]
+            model_rows = _model_rows(rows, tokenizer)
             bar = tqdm(total=len(model_rows), desc=f"soft labels ({split})", unit="rows", disable=not progress)
             logits = predict_logits(
-                teacher, model_rows, lambda b: dict(tokenizer.pad(b, return_tensors="pt")),
+                teacher, model_rows, _pad(tokenizer),
                 batch_size=config.distill.per_device_eval_batch_size, progress=bar.update,
             )
             bar.close()
@@ -246,6 +260,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         "strategy": args.strategy,
         "temperature": args.temperature,
         "alpha": args.alpha,
+        "loss_curve": _loss_curve(trainer),
+        "log_history": trainer.state.log_history,
     }
     if "validation" in parts:
         out.update(trainer.evaluate())
@@ -269,10 +285,10 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
     teacher_logits = soft_labels(config, ("test",), progress=progress)["test"]
-    rows = [{k: r[k] for k in tokenizer.model_input_names if k in r} for r in test]
-    collate = lambda b: dict(tokenizer.pad(b, return_tensors="pt"))  # noqa: E731
+    rows = _model_rows(test, tokenizer)
+    collate = _pad(tokenizer)
     student_logits = predict_logits(student, rows, collate, batch_size=config.distill.per_device_eval_batch_size)
-    labels = torch.tensor(test["labels"])
+    labels = torch.tensor(test["labels"][:])
     result: dict = {"split": config.data.test_file or config.data.validation_file, "rows": len(test)}
     result["student"] = metrics.classification_metrics(student_logits, labels, teacher_logits, len(label2id))
     result["teacher"] = metrics.classification_metrics(teacher_logits, labels, None, len(label2id))
@@ -283,11 +299,11 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     if config.distill.speed_batches > 0:
         teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
         teacher_rows = _tokenized_split(config, "test", teacher_tok, label2id)
-        teacher_rows = [{k: r[k] for k in teacher_tok.model_input_names if k in r} for r in teacher_rows]
+        teacher_rows = _model_rows(teacher_rows, teacher_tok)
         n = config.distill.speed_batches
         result["student"].update(measure_speed(student, rows, collate, batches=n))
         result["teacher"].update(
-            measure_speed(teacher, teacher_rows, lambda b: dict(teacher_tok.pad(b, return_tensors="pt")), batches=n)
+            measure_speed(teacher, teacher_rows, _pad(teacher_tok), batches=n)
         )
         result["speedup_b1"] = result["teacher"]["latency_ms_b1"] / result["student"]["latency_ms_b1"]
         result["speedup_b64"] = result["student"]["throughput_b64"] / result["teacher"]["throughput_b64"]

@@ -1,0 +1,274 @@
+"""Bad input through the real CLI: one line `kdistill: error: ...` on stderr, exit 2, no traceback, and nothing
+already on disk (eval.json, the soft-label cache, the student) changed."""
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conftest import SST2, make_tiny_bert, tiny_run_values
+from kdistill.cli import main
+from kdistill.config import SECTIONS, UserError
+from kdistill.soft_labels import read_cache, write_cache
+
+FP = "f" * 64
+
+
+def write_config(path: Path, values: dict) -> str:
+    """A sectioned YAML file from a flat {field: value} dict."""
+    doc = {}
+    for section, cls in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        part = {k: v for k, v in values.items() if k in names}
+        if part:
+            doc[section] = part
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return str(path)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_user_error(code: int, err: str, fragment: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    assert lines[-1].startswith("kdistill: error: "), err
+    assert fragment in lines[-1]
+    assert code == 2
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory`, by relative path."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tsv(path: Path, rows: list[str], header: str = "sentence\tlabel") -> str:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def values(tmp_path, tiny_bert) -> dict:
+    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
+    return tiny_run_values(
+        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
+        num_train_epochs=1, speed_batches=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
+    """A complete `kdistill run` (soft labels, student, eval.json) to check failures leave alone."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    values = tiny_run_values(
+        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
+        speed_batches=0, strategy="soft",
+    )
+    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
+    assert (out / "eval.json").is_file()
+    return out, values
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> tuple[Path, dict]:
+    out, values = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    return copy, {**values, "output_dir": str(copy)}
+
+
+# --- data files ----------------------------------------------------------------------------------------------
+
+
+def test_missing_data_file(capsys, tmp_path, values):
+    missing = tmp_path / "nope.tsv"
+    config = write_config(tmp_path / "c.yaml", {**values, "train_file": str(missing)})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config), f"data file not found: {missing}")
+
+
+def test_missing_text_column(capsys, tmp_path, values):
+    config = write_config(tmp_path / "c.yaml", {**values, "text_column": "text"})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config), "no column 'text' (columns: sentence, label)")
+
+
+def test_missing_label_column(capsys, tmp_path, values):
+    config = write_config(tmp_path / "c.yaml", {**values, "label_column": "gold"})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config), "no column 'gold' (columns: sentence, label)")
+
+
+def test_empty_data_file(capsys, tmp_path, values):
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    config = write_config(tmp_path / "c.yaml", {**values, "train_file": str(empty)})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config), f"{empty}: the file is empty")
+
+
+def test_header_only_data_file(capsys, tmp_path, values):
+    header_only = tsv(tmp_path / "header.tsv", [])
+    config = write_config(tmp_path / "c.yaml", {**values, "train_file": header_only})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config), f"{header_only}: the file holds no rows")
+
+
+def test_eval_label_the_model_does_not_know_leaves_eval_json(capsys, tmp_path, run_copy):
+    out, values = run_copy
+    before = snapshot(out)
+    assert "eval.json" in before
+    test_file = tsv(tmp_path / "test.tsv", ["a fine film\t1", "a dull film\t0", "a strange film\t7"])
+    config = write_config(tmp_path / "c.yaml", {**values, "test_file": test_file})
+    code, err = run_cli(capsys, "eval", "--config", config)
+    assert_user_error(code, err, f"{test_file}: label(s) '7' are not among the model's labels (0, 1)")
+    assert snapshot(out) == before
+
+
+# --- models --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_label_classifier(tmp_path_factory, word_tokenizer) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("three_labels"), word_tokenizer, num_labels=3)
+
+
+def test_student_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
+    config = write_config(tmp_path / "c.yaml", {
+        **values, "strategy": "hard", "student_init": "from_pretrained", "student_model": three_label_classifier,
+        "student_num_layers": None,
+    })
+    code, err = run_cli(capsys, "distill", "--config", config)
+    assert_user_error(code, err, f"student {three_label_classifier} has 3 output labels but the data has 2")
+    assert not (tmp_path / "run" / "student").exists()
+
+
+def test_teacher_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
+    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": three_label_classifier})
+    code, err = run_cli(capsys, "teach", "--config", config)
+    assert_user_error(code, err, f"teacher {three_label_classifier} has 3 output labels but the data has 2")
+
+
+# --- config and flags ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--temperature", "0"], "distill: temperature must be > 0, got 0.0"),
+        (["--temperature", "-2"], "distill: temperature must be > 0, got -2.0"),
+        (["--alpha", "1.5"], "distill: alpha must be in [0, 1], got 1.5"),
+        (["--alpha", "-0.5"], "distill: alpha must be in [0, 1], got -0.5"),
+        (["--temperature", "abc"], "argument --temperature: invalid float value: 'abc'"),
+        (["--temprature", "4"], "unknown option '--temprature'"),
+    ],
+)
+def test_bad_flag(capsys, tmp_path, values, flags, fragment):
+    config = write_config(tmp_path / "c.yaml", values)
+    code, err = run_cli(capsys, "distill", "--config", config, *flags)
+    assert_user_error(code, err, fragment)
+    assert len([line for line in err.splitlines() if line.strip()]) == 1  # no usage dump
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_key(capsys, tmp_path, values):
+    config = Path(write_config(tmp_path / "c.yaml", values))
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    doc["student"]["student_layerz"] = [0]
+    config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    code, err = run_cli(capsys, "distill", "--config", str(config))
+    assert_user_error(code, err, "unknown config key 'student_layerz'")
+    assert "Did you mean student_layers" in err
+
+
+def test_missing_config_file(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, "distill", "--config", str(tmp_path / "no.yaml")), "config file not found")
+
+
+# --- soft-label cache ----------------------------------------------------------------------------------------
+
+
+def test_write_cache_refuses_nan_and_inf(tmp_path):
+    path = tmp_path / "train.safetensors"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match=r"NaN or inf for 1 row\(s\), first at row 1"):
+            write_cache(str(path), torch.tensor([[0.0, 1.0], [bad, 0.0], [1.0, 0.0]]), FP)
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []  # no temp file left behind either
+
+
+def test_read_cache_refuses_nan_even_with_matching_hash(tmp_path):
+    path = tmp_path / "train.safetensors"
+    logits = torch.tensor([[0.0, 1.0], [1.0, float("nan")]])
+    meta = {
+        "format": "kdistill-soft-labels-v1", "fingerprint": FP, "rows": "2",
+        "sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
+    }
+    save_file({"logits": logits}, str(path), metadata=meta)
+    with pytest.raises(UserError, match=r"NaN or inf for 1 row\(s\), first at row 1"):
+        read_cache(str(path), FP)
+
+
+def tamper(path: Path) -> None:
+    """Rewrite a cache file with other logits but the same metadata (fingerprint and hash)."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta, logits = fh.metadata(), fh.get_tensor("logits")
+    save_file({"logits": logits + 1.0}, str(path), metadata=meta)
+
+
+def test_read_cache_detects_changed_contents(tmp_path):
+    path = tmp_path / "train.safetensors"
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    write_cache(str(path), logits, FP)
+    assert torch.equal(read_cache(str(path), FP), logits)
+    assert read_cache(str(path), "0" * 64) is None  # another fingerprint: not ours, recompute
+    tamper(path)
+    with pytest.raises(UserError, match="does not match its fingerprint"):
+        read_cache(str(path), FP)
+
+
+def test_read_cache_unreadable_file(tmp_path):
+    path = tmp_path / "train.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="is unreadable .*; delete it to recompute"):
+        read_cache(str(path), FP)
+
+
+def test_distill_with_tampered_cache_stops_and_changes_nothing(capsys, tmp_path, run_copy):
+    out, values = run_copy
+    (train_cache,) = (out / "soft_labels").glob("train-*.safetensors")
+    tamper(train_cache)
+    before = snapshot(out)
+    code, err = run_cli(capsys, "distill", "--config", write_config(tmp_path / "c.yaml", values))
+    assert_user_error(code, err, f"soft-label cache {train_cache} does not match its fingerprint")
+    assert snapshot(out) == before
+
+
+# --- the installed entry point ---------------------------------------------------------------------------------
+
+
+def test_console_script_prints_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  train_file: {tmp_path / 'nope.tsv'}\n  text_column: sentence\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdistill.cli", "teach", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("kdistill: error: data file not found:")
+    assert proc.stdout == ""
