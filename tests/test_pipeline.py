@@ -121,7 +121,8 @@ def test_student_with_another_tokenizer_distils_from_the_cache(taught, tmp_path)
     base = make_tiny_bert(tmp_path / "wordpiece_bert", str(minilm.get_model_path()))
     values = tiny_run_values(tmp_path / "run", str(out / "teacher"), teacher_train=False, strategy="soft",
                              student_init="from_config", student_model=base, student_num_layers=None,
-                             soft_label_cache=str(out / "soft_labels"), learning_rate=3e-3)
+                             soft_label_cache=str(out / "soft_labels"), learning_rate=2e-3,
+                             max_train_samples=2000, logging_steps=10)
     run = kdistill.make_config(values)
     result = kdistill.distill(run)
     assert _falls(result["loss_curve"]), result["loss_curve"]
