@@ -1,0 +1,63 @@
+"""DistillationTrainer: gradient accumulation gives the gradient of the whole batch."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+from kdistill import DistillationConfig, DistillationTrainer
+from kdistill.data import DistillationCollator
+
+from conftest import read_sst2_sentences
+
+
+def _rows(tokenizer, labels):
+    enc = tokenizer(read_sst2_sentences(len(labels)), truncation=True, max_length=32)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "idx": i, "labels": label, "length": len(ids)}
+        for i, (ids, mask, label) in enumerate(zip(enc["input_ids"], enc["attention_mask"], labels))
+    ]
+
+
+def _train_one_step(tmp_path, tokenizer, rows, teacher_logits, batch_size, accumulation, strategy, learning_rate=0.5):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(config)
+    args = DistillationConfig(
+        output_dir=str(tmp_path / f"b{batch_size}"), strategy=strategy, temperature=3.0, alpha=0.4,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
+        optim="sgd", learning_rate=learning_rate, lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
+        train_sampling_strategy="sequential", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    )
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=rows,
+                                  data_collator=DistillationCollator(tokenizer, teacher_logits))
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("strategy", ["hard", "soft", "mixed"])
+def test_accumulated_uneven_batches_equal_one_big_batch(tmp_path, word_tokenizer, strategy):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    # Six rows, two of them unlabelled transfer rows (label -100) for the soft and mixed cases.
+    labels = [0, 1, 1, 0, 1, 0] if strategy == "hard" else [0, 1, -100, 0, -100, 1]
+    rows = _rows(tokenizer, labels)
+    teacher_logits = torch.randn(6, 2, generator=torch.Generator().manual_seed(1)) * 2
+    whole = _train_one_step(tmp_path, tokenizer, rows, teacher_logits, batch_size=6, accumulation=1, strategy=strategy)
+    # Micro-batches of 4 and 2: a per-micro-batch mean divided by the accumulation steps would weight the last
+    # two rows twice as much as the others.
+    split = _train_one_step(tmp_path, tokenizer, rows, teacher_logits, batch_size=4, accumulation=2, strategy=strategy)
+    untouched = _train_one_step(tmp_path, tokenizer, rows, teacher_logits, 6, 1, strategy, learning_rate=0.0)
+    moved = max((whole[k] - untouched[k]).abs().max().item() for k in whole)
+    differs = max((whole[k] - split[k]).abs().max().item() for k in whole)
+    assert moved > 1e-4  # the step moved the weights, so the comparison is not between two untouched models
+    assert differs < 1e-3 * moved, f"accumulated update differs from the whole-batch one by {differs} (step {moved})"
+
+
+def test_trainer_needs_distillation_config(tmp_path, word_tokenizer):
+    from transformers import TrainingArguments
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(TypeError, match="DistillationConfig"):
+        DistillationTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
