@@ -46,7 +46,7 @@ def test_teacher_trains_and_saves(taught):
 
 def test_soft_labels_are_cached_and_reused_without_the_teacher(taught, monkeypatch):
     _, config, _ = taught
-    first = kdistill.soft_labels(config)
+    first = kdistill.make_soft_labels(config)
     assert set(first) == {"train", "validation", "test"}
     assert first["train"].shape == (2000, 2)
     files = sorted(os.listdir(os.path.join(config.output_dir, "soft_labels")))
@@ -57,20 +57,20 @@ def test_soft_labels_are_cached_and_reused_without_the_teacher(taught, monkeypat
 
     monkeypatch.setattr(pipeline, "load_classifier", no_teacher)
     monkeypatch.setattr(pipeline, "predict_logits", no_teacher)
-    again = kdistill.soft_labels(config)
+    again = kdistill.make_soft_labels(config)
     for split in first:
         assert torch.equal(first[split], again[split])
 
 
 def test_changed_data_settings_recompute_soft_labels(taught, tmp_path):
     _, config, _ = taught
-    base = kdistill.soft_labels(config, ("train",))["train"]
+    base = kdistill.make_soft_labels(config, ("train",))["train"]
     shorter = kdistill.make_config(tiny_run_values(config.output_dir, config.teacher.teacher_model,
                                                    teacher_train=False, max_train_samples=300,
                                                    soft_label_cache=str(tmp_path / "cache")))
     shorter.teacher.teacher_model = os.path.join(config.output_dir, "teacher")
     # A different row selection has a different fingerprint, so it is computed, not read from the other cache.
-    again = kdistill.soft_labels(shorter, ("train",))["train"]
+    again = kdistill.make_soft_labels(shorter, ("train",))["train"]
     assert again.shape == (300, 2)
     torch.testing.assert_close(again, base[:300], atol=1e-4, rtol=1e-4)
 

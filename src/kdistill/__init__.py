@@ -12,7 +12,7 @@ from .config import (
     parse_config,
 )
 from .losses import distillation_loss, hard_ce, logit_mse, soft_kl
-from .pipeline import distill, evaluate, soft_labels, teach
+from .pipeline import distill, evaluate, make_soft_labels, teach
 from .students import build_student, from_teacher
 from .trainer import DistillationTrainer
 
@@ -35,8 +35,8 @@ __all__ = [
     "hard_ce",
     "logit_mse",
     "make_config",
+    "make_soft_labels",
     "parse_config",
     "soft_kl",
-    "soft_labels",
     "teach",
 ]

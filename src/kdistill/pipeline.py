@@ -159,7 +159,7 @@ def teach(config: RunConfig) -> dict[str, float]:
     return out
 
 
-def soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> dict[str, torch.Tensor]:
+def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> dict[str, torch.Tensor]:
     """The teacher's logits for each configured split: read from the cache, or computed once and cached.
 
     The teacher is loaded only if some split is missing from the cache.
@@ -209,7 +209,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     args = config.distill
     label2id = label_map(config)
     splits = SPLITS if args.strategy != "hard" else ()
-    teacher_logits = soft_labels(config, splits, progress=progress) if splits else {}
+    teacher_logits = make_soft_labels(config, splits, progress=progress) if splits else {}
     tdir = teacher_dir(config)
     teacher = load_classifier(tdir, "teacher", label2id) if config.student.student_init == "from_teacher" else None
     student, tokenizer = build_student(config.student, teacher, tdir, label2id)
@@ -284,7 +284,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     test = _tokenized_split(config, "test", tokenizer, label2id)
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
-    teacher_logits = soft_labels(config, ("test",), progress=progress)["test"]
+    teacher_logits = make_soft_labels(config, ("test",), progress=progress)["test"]
     rows = _model_rows(test, tokenizer)
     collate = _pad(tokenizer)
     student_logits = predict_logits(student, rows, collate, batch_size=config.distill.per_device_eval_batch_size)
