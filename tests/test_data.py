@@ -1,0 +1,67 @@
+"""Data loading, the label map, tokenisation and the collator, on real rows from ../shared/data."""
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from kdistill.config import DataConfig, UserError
+from kdistill.data import DistillationCollator, build_label_map, encode_labels, load_split, load_table, tokenize
+
+from conftest import SHARED, SST2
+
+
+def test_headerless_agnews_with_string_labels_maps_to_sorted_ids():
+    data = DataConfig(train_file=str(SHARED / "agnews" / "dev.tsv"), column_names=["text", "label"],
+                      max_train_samples=500)
+    table = load_split(data, "train")
+    assert len(table) == 500
+    label2id = build_label_map(table["label"][:])
+    assert label2id == {"Business": 0, "Sci/Tech": 1, "Sports": 2, "World": 3}
+    ids = encode_labels(table, data, label2id, "agnews")
+    assert ids[0] == label2id[table["label"][0]]
+    # The same data gives the same map, whatever the row order.
+    assert build_label_map(list(reversed(table["label"][:]))) == label2id
+
+
+def test_integer_labels_keep_numeric_order():
+    assert build_label_map([10, 2, 2, 1]) == {"1": 0, "2": 1, "10": 2}
+    assert build_label_map([1.0, 0.0]) == {"0": 0, "1": 1}
+    with pytest.raises(UserError, match="fraction"):
+        build_label_map([0.5, 1.0])
+    with pytest.raises(UserError, match="at least 2"):
+        build_label_map([1, 1])
+
+
+def test_unknown_eval_label_names_it():
+    data = DataConfig(train_file=str(SHARED / "agnews" / "test.tsv"), column_names=["text", "label"],
+                      max_train_samples=50)
+    table = load_split(data, "train")
+    with pytest.raises(UserError, match="'Sports'|'World'|'Business'|'Sci/Tech'"):
+        encode_labels(table, data, {"A": 0, "B": 1}, "agnews test")
+
+
+def test_tokenize_is_unpadded_with_offsets_and_lengths(word_tokenizer):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    data = DataConfig(train_file=str(SST2 / "train.tsv"), text_column="sentence", max_length=16)
+    table = load_table(str(SST2 / "test.tsv"), data).select(range(40))
+    encoded = tokenize(table, tokenizer, data, labels=None, index_offset=100)
+    assert encoded["idx"][:] == list(range(100, 140))
+    assert encoded["labels"][:] == [-100] * 40
+    lengths = encoded["length"][:]
+    assert lengths == [len(ids) for ids in encoded["input_ids"][:]]
+    assert max(lengths) == 16 and min(lengths) < 16  # truncated to max_length, not padded to it
+
+
+def test_collator_pads_to_longest_and_looks_up_soft_labels_by_index(word_tokenizer):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    data = DataConfig(train_file=str(SST2 / "train.tsv"), text_column="sentence")
+    table = load_table(str(SST2 / "train.tsv"), data).select(range(8))
+    encoded = tokenize(table, tokenizer, data, labels=[0, 1] * 4)
+    logits = torch.arange(16, dtype=torch.float32).reshape(8, 2)
+    rows = [encoded[i] for i in (5, 2, 7)]
+    batch = DistillationCollator(tokenizer, logits)(rows)
+    assert batch["input_ids"].shape == (3, max(r["length"] for r in rows))
+    assert torch.equal(batch["teacher_logits"], logits[[5, 2, 7]])
+    assert batch["labels"].tolist() == [1, 0, 1]
+    assert "length" not in batch
+    assert int(batch["attention_mask"].sum()) == sum(r["length"] for r in rows)
