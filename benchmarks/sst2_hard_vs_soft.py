@@ -2,6 +2,7 @@
 
     python benchmarks/sst2_hard_vs_soft.py                 # both legs (the soft leg reuses the hard leg's teacher)
     python benchmarks/sst2_hard_vs_soft.py --legs soft     # one leg; the other is read from its run directory
+    python benchmarks/sst2_hard_vs_soft.py --legs          # no leg: collect finished ones into the table/JSON
 
 Each leg is the exact `kdistill run` command printed in the table; its wall time is measured here and stored in
 <run dir>/wall_seconds.json. Writes benchmarks/results/sst2_hard_vs_soft.json and prints a table.
@@ -30,7 +31,9 @@ LEGS = {
 def run_leg(name: str) -> None:
     out = LEGS[name][LEGS[name].index("--output_dir") + 1]
     start = time.perf_counter()
-    subprocess.run(LEGS[name], cwd=ROOT, check=True)
+    # The kdistill installed beside this Python, so the script works without an activated venv.
+    exe = os.path.join(os.path.dirname(sys.executable), "kdistill")
+    subprocess.run([exe if os.path.exists(exe) else "kdistill", *LEGS[name][1:]], cwd=ROOT, check=True)
     wall = time.perf_counter() - start
     with open(os.path.join(ROOT, out, "wall_seconds.json"), "w") as fh:
         json.dump({"wall_seconds": wall, "command": " ".join(LEGS[name])}, fh)
@@ -38,7 +41,8 @@ def run_leg(name: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--legs", nargs="+", default=list(LEGS), choices=list(LEGS))
+    parser.add_argument("--legs", nargs="*", default=list(LEGS), choices=list(LEGS),
+                        help="legs to run (none: only collect the finished ones)")
     args = parser.parse_args()
     for name in args.legs:
         run_leg(name)

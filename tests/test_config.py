@@ -160,3 +160,12 @@ def test_make_config_unknown_key():
 def test_make_config_needs_training_data():
     with pytest.raises(ConfigError, match="set train_file"):
         make_config(strategy="soft")
+
+
+def test_negative_bool_flag_overrides_default_and_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  train_file: t.tsv\nteacher:\n  teacher_train: true\n", encoding="utf-8")
+    assert parse_config([], str(path)).teacher.teacher_train is True
+    assert parse_config(["--no_teacher_train"], str(path)).teacher.teacher_train is False
+    assert parse_config(["--train_file", "t.tsv", "--no_teacher_train"]).teacher.teacher_train is False
+    assert parse_config(["--train_file", "t.tsv"]).teacher.teacher_train is True

@@ -277,9 +277,15 @@ def parse_config(argv: list[str], config_path: str | None = None) -> RunConfig:
     if remaining:
         raise ConfigError(f"unknown option {remaining[0]!r}; run with --help for the valid ones")
     values = vars(namespace)
-    # argparse fills every field; only keep those the user set (YAML or flag) so dataclass defaults apply.
-    defaults = {a.dest: a.default for a in parser._actions}
-    given = {k: v for k, v in values.items() if k in yaml_values or v != defaults.get(k)}
+    # argparse fills every field; keep those the user set (YAML or a flag differing from the field's default) so
+    # dataclass defaults and __post_init__ logic apply to the rest. argparse's own defaults cannot serve here:
+    # a `--no_x` flag registers a default of its own.
+    field_defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+        if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+    }
+    given = {k: v for k, v in values.items() if k in yaml_values or k not in field_defaults or v != field_defaults[k]}
     return make_config(given)
 
 
