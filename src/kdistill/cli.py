@@ -4,6 +4,7 @@
     kdistill distill --config run.yaml
     kdistill eval    --config run.yaml
     kdistill run     --config run.yaml      # teach, distill, eval
+    kdistill demo    [--output_dir runs/demo] [--seed 0] [--quick]   # offline, on scikit-learn's digits
 
 Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
 """
@@ -17,7 +18,7 @@ from .config import UserError, parse_config
 
 logger = logging.getLogger("kdistill")
 
-VERBS = ("teach", "distill", "eval", "run")
+VERBS = ("teach", "distill", "eval", "run", "demo")
 
 
 def _format_table(result: dict) -> str:
@@ -51,6 +52,24 @@ def _format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _demo(argv: list[str]) -> None:
+    from . import demo, report
+
+    parser = argparse.ArgumentParser(prog="kdistill demo", description="Hinton et al.'s soft-vs-hard experiments on digits.")
+    parser.add_argument("--output_dir", default="runs/demo", help="where report.md, plots and results.json go")
+    parser.add_argument("--seed", type=int, default=0, help="split, teacher and student seeds derive from it")
+    parser.add_argument("--quick", action="store_true", help="reduced size: one seed, fewer steps (a smoke test)")
+
+    def _error(message: str):
+        raise UserError(f"demo: {message}")
+
+    parser.error = _error
+    args = parser.parse_args(argv)
+    config = (demo.DemoConfig.reduced if args.quick else demo.DemoConfig)(output_dir=args.output_dir, seed=args.seed)
+    result = demo.run_demo(config)
+    print(report.format_table(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation with honest measurements.")
@@ -66,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_warning()
     try:
+        if args.verb == "demo":
+            _demo(rest)
+            return 0
         from . import pipeline
 
         config = parse_config(rest, args.config)
