@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import SST2, make_tiny_bert, tiny_run_values
+from conftest import make_tiny_bert, tiny_run_values
 from kdistill.cli import main
 from kdistill.config import SECTIONS, UserError
 from kdistill.soft_labels import read_cache, write_cache

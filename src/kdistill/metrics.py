@@ -119,7 +119,6 @@ def expected_calibration_error(logits: Any, labels: Any, n_bins: int = 15) -> fl
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # side="left" finds the first edge >= c, so c lands in (edges[i-1], edges[i]].
     bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    counts = np.bincount(bins, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
     # |sum acc - sum conf| / N equals (count / N) * |mean acc - mean conf| per bin.

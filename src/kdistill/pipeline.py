@@ -10,10 +10,8 @@ A run directory (`output_dir`) holds everything a run makes:
 """
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 import time
 
 import torch
@@ -31,6 +29,7 @@ from .data import (
     tokenize,
 )
 from .evaluation import measure_speed, size_on_disk
+from .files import write_json
 from .soft_labels import cache_path, fingerprint, predict_logits, read_cache, write_cache
 from .students import (
     build_student,
@@ -56,15 +55,6 @@ def _paths(config: RunConfig) -> dict[str, str]:
         "cache": config.distill.soft_label_cache or os.path.join(out, "soft_labels"),
         "eval": os.path.join(out, "eval.json"),
     }
-
-
-def write_json(path: str, value: dict) -> None:
-    """Atomic JSON write: a reader sees the old file or the new one, never half of one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(value, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def label_map(config: RunConfig) -> dict[str, int]:

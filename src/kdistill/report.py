@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
+
+from .files import atomic_write
 
 # Soft labels whose top class holds this much mass on average are "nearly one-hot": they tell the student little
 # beyond the gold label (the wrong classes share under 5% between them).
@@ -98,28 +98,12 @@ def format_table(results: dict) -> str:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same directory, then rename: never a half-written file at `path`."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is as readable as any new file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_text(path: str, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_report(output_dir: str, results: dict) -> None:
@@ -152,7 +136,7 @@ def _err(ci: dict) -> list[float]:
 
 
 def _save(fig, path: str) -> None:
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
 
 
 def plot_strategies(results: dict, path: str) -> None:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import UserError
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +76,8 @@ def write_cache(path: str, logits: torch.Tensor, fp: str) -> None:
     """Write atomically: a temp file in the same directory, then rename, so readers never see a partial file."""
     logits = logits.detach().to(torch.float32).contiguous().cpu()
     check_finite(logits, path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     meta = {"format": CACHE_FORMAT, "fingerprint": fp, "rows": str(len(logits)), "sha256": _content_hash(logits)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        save_file({"logits": logits}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: save_file({"logits": logits}, tmp, metadata=meta))
 
 
 def read_cache(path: str, fp: str) -> torch.Tensor | None:
@@ -129,12 +121,14 @@ def predict_logits(
     """
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    # Text rows go shortest first, so each batch pads little; other rows keep their order.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("input_ids", ())))
     out: torch.Tensor | None = None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
-        logits = model(**batch).logits.float().cpu()
+        outputs = model(**batch)
+        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float().cpu()
         if out is None:
             out = torch.empty((len(rows), *logits.shape[1:]), dtype=torch.float32)
         out[torch.tensor(chunk)] = logits
