@@ -1,42 +1,43 @@
-"""kdistill: knowledge distillation with honest soft-vs-hard measurements, on the transformers Trainer."""
+"""kdistill: knowledge distillation with honest soft-vs-hard measurements, on the transformers Trainer.
 
-from .config import (
-    ConfigError,
-    DataConfig,
-    DistillationConfig,
-    RunConfig,
-    StudentConfig,
-    TeacherConfig,
-    UserError,
-    make_config,
-    parse_config,
-)
-from .losses import distillation_loss, hard_ce, logit_mse, soft_kl
-from .pipeline import distill, evaluate, make_soft_labels, teach
-from .students import build_student, from_teacher
-from .trainer import DistillationTrainer
+Names are imported on first use, so `kdistill --help` answers without loading torch and transformers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "DistillationConfig",
-    "DistillationTrainer",
-    "RunConfig",
-    "StudentConfig",
-    "TeacherConfig",
-    "UserError",
-    "build_student",
-    "distill",
-    "distillation_loss",
-    "evaluate",
-    "from_teacher",
-    "hard_ce",
-    "logit_mse",
-    "make_config",
-    "make_soft_labels",
-    "parse_config",
-    "soft_kl",
-    "teach",
-]
+_EXPORTS = {
+    "ConfigError": "config",
+    "DataConfig": "config",
+    "DistillationConfig": "config",
+    "RunConfig": "config",
+    "StudentConfig": "config",
+    "TeacherConfig": "config",
+    "make_config": "config",
+    "parse_config": "config",
+    "UserError": "errors",
+    "distillation_loss": "losses",
+    "hard_ce": "losses",
+    "logit_mse": "losses",
+    "soft_kl": "losses",
+    "distill": "pipeline",
+    "evaluate": "pipeline",
+    "make_soft_labels": "pipeline",
+    "teach": "pipeline",
+    "build_student": "students",
+    "from_teacher": "students",
+    "DistillationTrainer": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from .config import UserError, parse_config
+from .errors import UserError
 
 logger = logging.getLogger("kdistill")
 
@@ -79,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nEvery config field is also a flag, e.g. --strategy soft --temperature 4 (see configs/*.yaml).")
         return 0
-    args, rest = parser.parse_known_args(argv)
+    if argv[0] in VERBS and argv[0] != "demo" and any(a in ("-h", "--help") for a in argv[1:]):
+        from transformers import HfArgumentParser
+
+        from .config import SECTIONS
+
+        HfArgumentParser(tuple(SECTIONS.values()), prog=f"kdistill {argv[0]} [--config FILE]").print_help()
+        return 0
+    # The top-level parser would take a verb's own --help; demo parses its arguments itself.
+    args, rest = parser.parse_known_args(argv) if argv[0] != "demo" else (argparse.Namespace(verb="demo"), argv[1:])
     logging.basicConfig(level=os.environ.get("KDISTILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             _demo(rest)
             return 0
         from . import pipeline
+        from .config import parse_config
 
         config = parse_config(rest, args.config)
         if args.verb in ("teach", "run"):

@@ -22,11 +22,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .errors import UserError
 from .losses import SOFT_LOSSES, STRATEGIES
-
-
-class UserError(ValueError):
-    """Something the user can fix (a file, a flag, a model); the CLI prints its message as one line."""
 
 
 class ConfigError(UserError):
