@@ -61,3 +61,13 @@ def test_trainer_needs_distillation_config(tmp_path, word_tokenizer):
                                                      num_attention_heads=2, intermediate_size=32))
     with pytest.raises(TypeError, match="DistillationConfig"):
         DistillationTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+
+
+def test_logs_go_to_logging_not_stdout(tmp_path, word_tokenizer, capsys, caplog):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    rows = _rows(tokenizer, [0, 1, 1, 0])
+    with caplog.at_level("DEBUG", logger="kdistill.trainer"):
+        # disable_tqdm=True makes the stock Trainer print each log line to stdout.
+        _train_one_step(tmp_path, tokenizer, rows, None, batch_size=2, accumulation=1, strategy="hard")
+    assert "loss" not in capsys.readouterr().out
+    assert any("loss" in r.getMessage() for r in caplog.records)

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from scipy import stats
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers.trainer_callback import PrinterCallback
 
 from . import metrics
 from .config import DistillationConfig
@@ -269,8 +268,6 @@ def fit(
         train_dataset=dataset,
         data_collator=DigitsCollator(teacher_logits, max_shift=max_shift, seed=seed),
     )
-    # With tqdm disabled the Trainer prints its logs; library code stays quiet (the CLI prints the table).
-    trainer.remove_callback(PrinterCallback)
     try:
         trainer.train()
     finally:

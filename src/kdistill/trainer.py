@@ -4,15 +4,27 @@ Soft labels arrive in the batch (`teacher_logits`, from the cache by the collato
 fine-tuning the student costs: no teacher forward pass.
 """
 
+import logging
 from collections import defaultdict
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from .config import DistillationConfig
 from .losses import distillation_loss
 
 _NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
+
+logger = logging.getLogger(__name__)
+
+
+class _LogToLogging(TrainerCallback):
+    """Sends the Trainer's log lines to `logging` (at DEBUG) instead of stdout, where PrinterCallback puts them."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero:
+            logger.debug("step %d: %s", state.global_step, logs)
 
 
 class DistillationTrainer(Trainer):
@@ -33,6 +45,9 @@ class DistillationTrainer(Trainer):
         if not self.label_names:
             self.label_names = ["labels"]
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # With tqdm disabled the Trainer prints every log line; library code speaks through logging only.
+        if self.pop_callback(PrinterCallback) is not None:
+            self.add_callback(_LogToLogging)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         # Items are rows for sequence classification: unlabelled transfer rows count too, since they carry soft
