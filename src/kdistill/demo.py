@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from . import metrics
 from .config import DistillationConfig
 from .soft_labels import cache_path, fingerprint, read_cache, write_cache
+from .students import count_parameters
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -208,10 +209,6 @@ class DigitsMLP(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
         return {"logits": self.net(pixel_values)}
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------- training
