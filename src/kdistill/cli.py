@@ -5,6 +5,10 @@
     kdistill eval    --config run.yaml
     kdistill run     --config run.yaml      # teach, distill, eval
     kdistill demo    [--output_dir runs/demo] [--seed 0] [--quick]   # offline, on scikit-learn's digits
+    kdistill compare --config sweep.yaml    # a grid of strategies, temperatures, alphas and seeds, with a verdict
+    kdistill report  SWEEP_DIR              # rebuild a sweep's report from its results.json
+    kdistill export  RUN_DIR --format onnx [--int8] [--out DIR]
+    kdistill predict MODEL_DIR "some text" [...]
 
 Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
 """
@@ -18,7 +22,9 @@ from .errors import UserError
 
 logger = logging.getLogger("kdistill")
 
-VERBS = ("teach", "distill", "eval", "run", "demo")
+VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict")
+# Verbs that parse their own arguments (the others take the run config's flags).
+OWN_PARSER = ("demo", "compare", "report", "export", "predict")
 
 
 def _format_table(result: dict) -> str:
@@ -79,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nEvery config field is also a flag, e.g. --strategy soft --temperature 4 (see configs/*.yaml).")
         return 0
-    if argv[0] in VERBS and argv[0] != "demo" and any(a in ("-h", "--help") for a in argv[1:]):
+    if argv[0] in VERBS and argv[0] not in OWN_PARSER and any(a in ("-h", "--help") for a in argv[1:]):
         from transformers import HfArgumentParser
 
         from .config import SECTIONS
 
         HfArgumentParser(tuple(SECTIONS.values()), prog=f"kdistill {argv[0]} [--config FILE]").print_help()
         return 0
-    # The top-level parser would take a verb's own --help; demo parses its arguments itself.
-    args, rest = parser.parse_known_args(argv) if argv[0] != "demo" else (argparse.Namespace(verb="demo"), argv[1:])
+    # The top-level parser would take a verb's own --help; some verbs parse their arguments themselves.
+    if argv[0] in OWN_PARSER:
+        args, rest = argparse.Namespace(verb=argv[0]), argv[1:]
+    else:
+        args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=os.environ.get("KDISTILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
@@ -96,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "demo":
             _demo(rest)
             return 0
+        if args.verb in ("compare", "report"):
+            from . import compare
+
+            return (compare.compare_main if args.verb == "compare" else compare.report_main)(rest)
+        if args.verb in ("export", "predict"):
+            from . import export
+
+            return (export.export_main if args.verb == "export" else export.predict_main)(rest)
         from . import pipeline
         from .config import parse_config
 
