@@ -259,9 +259,12 @@ def make_config(values: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     return RunConfig(**{name: _build(cls, merged) for name, cls in SECTIONS.items()})
 
 
-def parse_config(argv: list[str], config_path: str | None = None) -> RunConfig:
-    """YAML values (if a file is given) become defaults; flags in `argv` override them."""
-    yaml_values = load_yaml(config_path) if config_path else {}
+def parse_config(argv: list[str], config_path: str | None = None, flat: dict[str, Any] | None = None) -> RunConfig:
+    """YAML values (if a file is given) become defaults; flags in `argv` override them.
+
+    `flat` (a {field: value} dict, e.g. from `flatten_yaml`) stands in for the file when given.
+    """
+    yaml_values = dict(flat) if flat is not None else load_yaml(config_path) if config_path else {}
     parser = HfArgumentParser(tuple(SECTIONS.values()))
 
     def _error(message: str):  # a bad flag value is a user error: one line, not argparse's 150-flag usage dump

@@ -37,13 +37,13 @@ from torch import Tensor, nn
 from . import metrics
 from .config import DistillationConfig
 from .soft_labels import cache_path, fingerprint, read_cache, write_cache
+from .stats import CONFIDENCE, t_interval
 from .students import count_parameters
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
 NUM_CLASSES = 10
-CONFIDENCE = 0.95
 DIAGNOSTIC_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -337,16 +337,6 @@ def store_soft_labels(config: DemoConfig, name: str, teachers: list[nn.Module], 
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-
-
-def t_interval(values: list[float], confidence: float = CONFIDENCE) -> dict:
-    """Mean with a two-sided Student-t interval (None bounds for a single value)."""
-    x = np.asarray(values, dtype=np.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": len(x), "values": x.tolist()}
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(x), "values": x.tolist()}
 
 
 def gap_closed(hard: list[float], soft: list[float], teacher: float, confidence: float = CONFIDENCE) -> dict:

@@ -33,6 +33,8 @@ def measure_speed(
 
     Rows are taken in order and cycled, so two models measured on the same rows see the same lengths.
     """
+    if batches < 1:
+        raise ValueError(f"measure_speed needs at least one batch, got {batches}")
     model.eval()
     warmup = 3
 

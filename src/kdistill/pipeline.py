@@ -262,6 +262,35 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     return out
 
 
+def _speed(config: RunConfig, student, rows, collate, teacher, label2id) -> dict:
+    """Student and teacher CPU speed on the same test rows, measured one after the other (a ratio of one run)."""
+    tdir = teacher_dir(config)
+    teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
+    teacher_rows = _model_rows(_tokenized_split(config, "test", teacher_tok, label2id), teacher_tok)
+    n = config.distill.speed_batches
+    out = {"student": measure_speed(student, rows, collate, batches=n),
+           "teacher": measure_speed(teacher, teacher_rows, _pad(teacher_tok), batches=n)}
+    out["speedup_b1"] = out["teacher"]["latency_ms_b1"] / out["student"]["latency_ms_b1"]
+    out["speedup_b64"] = out["student"]["throughput_b64"] / out["teacher"]["throughput_b64"]
+    return out
+
+
+def speed(config: RunConfig) -> dict:
+    """CPU latency and throughput of the run's trained student and of its teacher, plus their size."""
+    sdir, tdir = _paths(config)["student"], teacher_dir(config)
+    if not os.path.isfile(os.path.join(sdir, "config.json")):
+        raise UserError(f"no student in {sdir}: run `kdistill distill` first")
+    student = AutoModelForSequenceClassification.from_pretrained(sdir)
+    tokenizer = load_tokenizer(sdir, "student tokenizer")
+    label2id = {str(k): int(v) for k, v in student.config.label2id.items()}
+    teacher = load_classifier(tdir, "teacher", label2id)
+    rows = _model_rows(_tokenized_split(config, "test", tokenizer, label2id), tokenizer)
+    out = _speed(config, student, rows, _pad(tokenizer), teacher, label2id)
+    out["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
+    out["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
+    return out
+
+
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json."""
     paths = _paths(config)
@@ -287,16 +316,10 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
     result["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
     if config.distill.speed_batches > 0:
-        teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
-        teacher_rows = _tokenized_split(config, "test", teacher_tok, label2id)
-        teacher_rows = _model_rows(teacher_rows, teacher_tok)
-        n = config.distill.speed_batches
-        result["student"].update(measure_speed(student, rows, collate, batches=n))
-        result["teacher"].update(
-            measure_speed(teacher, teacher_rows, _pad(teacher_tok), batches=n)
-        )
-        result["speedup_b1"] = result["teacher"]["latency_ms_b1"] / result["student"]["latency_ms_b1"]
-        result["speedup_b64"] = result["student"]["throughput_b64"] / result["teacher"]["throughput_b64"]
+        timing = _speed(config, student, rows, collate, teacher, label2id)
+        result["student"].update(timing["student"])
+        result["teacher"].update(timing["teacher"])
+        result["speedup_b1"], result["speedup_b64"] = timing["speedup_b1"], timing["speedup_b64"]
     result["compression"] = result["teacher"]["parameters"] / result["student"]["parameters"]
     write_json(paths["eval"], result)
     return result

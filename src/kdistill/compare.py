@@ -1,0 +1,484 @@
+"""`kdistill compare`: does distilling with soft labels pay off on this data? A sweep with a verdict.
+
+A sweep file is a run config (data / teacher / student / distill sections) plus two sections of its own:
+
+    students:            # optional; each entry is a name plus student-section fields
+      - name: 2-layer
+        student_layers: [0, 5]
+    grid:
+      strategies: [hard, soft, mixed, scratch]   # scratch: hard labels from random initialisation
+      temperatures: [2, 4]                        # for soft and mixed
+      alphas: [0.5]                               # for mixed
+      seeds: [1, 2, 3]
+
+The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
+cell of the grid runs the same `pipeline.distill` and `pipeline.evaluate` as `kdistill run`, in
+`<output_dir>/runs/<student>/<setting>/seed<k>/`. A cell is finished when its `cell.json` exists; rerunning the
+command skips finished cells and restarts unfinished ones from scratch. `report.py`-style output (results.json,
+report.md, report.html, plots) is written by `write_report`, which needs nothing but the results dict, so
+`kdistill report DIR` rebuilds it from `results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .files import write_json
+
+logger = logging.getLogger(__name__)
+
+GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds")
+SWEEP_STRATEGIES = ("hard", "soft", "mixed", "scratch")
+DISTILLED = ("soft", "mixed")
+# Fields the grid sets per cell; as flags they would silently flatten the grid.
+GRID_FIELDS = ("strategy", "temperature", "alpha", "seed")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_STUDENT = "student"
+
+
+# ------------------------------------------------------------------------------------------------ the sweep file
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: a student spec, a setting and a seed."""
+
+    student: str
+    strategy: str
+    temperature: float | None = None
+    alpha: float | None = None
+    seed: int = 0
+
+    @property
+    def setting(self) -> str:
+        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5'."""
+        return setting_label(self.strategy, self.temperature, self.alpha)
+
+    @property
+    def path(self) -> str:
+        slug = self.setting.replace(" ", "-").replace("=", "")
+        return os.path.join("runs", self.student, slug, f"seed{self.seed}")
+
+
+def setting_label(strategy: str, temperature: float | None, alpha: float | None) -> str:
+    label = strategy
+    if temperature is not None:
+        label += f" T={temperature:g}"
+    if alpha is not None:
+        label += f" a={alpha:g}"
+    return label
+
+
+@dataclass
+class Sweep:
+    output_dir: str
+    flat: dict[str, Any]  # the run-config sections, flattened (see config.flatten_yaml)
+    students: dict[str, dict[str, Any]]  # name -> student-section fields
+    strategies: list[str]
+    temperatures: list[float]
+    alphas: list[float]
+    seeds: list[int]
+
+    def cells(self) -> list[Cell]:
+        """Every run, student by student, seed-major within a setting so early results cover all settings."""
+        out = []
+        for student in self.students:
+            for seed in self.seeds:
+                for strategy in self.strategies:
+                    if strategy in ("hard", "scratch"):
+                        out.append(Cell(student, strategy, seed=seed))
+                    for t in self.temperatures if strategy in DISTILLED else ():
+                        for a in self.alphas if strategy == "mixed" else (None,):
+                            out.append(Cell(student, strategy, float(t), None if a is None else float(a), seed))
+        return out
+
+
+def _grid_list(grid: dict, key: str, kind: type, source: str) -> list:
+    values = grid.get(key)
+    if values is None:
+        return []
+    values = values if isinstance(values, list) else [values]
+    try:
+        return [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: grid.{key} must be a list of {kind.__name__}s, got {values!r}") from None
+
+
+def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
+    """Check a loaded sweep document; one clear error for each thing wrong with it."""
+    from .config import SECTIONS, StudentConfig, _field_names, _unknown_key_error, flatten_yaml
+
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the top level must be a mapping with sections "
+                        f"{', '.join([*SECTIONS, 'students', 'grid'])}")
+    raw = dict(raw)
+    students_raw, grid = raw.pop("students", None), raw.pop("grid", None)
+    for section in raw:
+        if section not in SECTIONS:
+            raise _unknown_key_error(str(section), source, [*SECTIONS, "students", "grid"])
+    flat = flatten_yaml(raw, source)
+    if not isinstance(grid, dict):
+        raise UserError(f"{source}: needs a 'grid' mapping with {', '.join(GRID_KEYS)}")
+    for key in grid:
+        if key not in GRID_KEYS:
+            raise _unknown_key_error(str(key), f"{source} section 'grid'", list(GRID_KEYS))
+    strategies = [str(s) for s in _grid_list(grid, "strategies", str, source)]
+    for s in strategies:
+        if s not in SWEEP_STRATEGIES:
+            raise UserError(f"{source}: unknown strategy {s!r} in grid.strategies; use {', '.join(SWEEP_STRATEGIES)}")
+    temperatures = _grid_list(grid, "temperatures", float, source)
+    alphas = _grid_list(grid, "alphas", float, source)
+    seeds = _grid_list(grid, "seeds", int, source)
+    if not strategies:
+        raise UserError(f"{source}: the grid is empty: grid.strategies lists no strategy")
+    if not seeds:
+        raise UserError(f"{source}: the grid is empty: grid.seeds lists no seed")
+    if any(s in DISTILLED for s in strategies) and not temperatures:
+        raise UserError(f"{source}: soft and mixed need grid.temperatures")
+    if "mixed" in strategies and not alphas:
+        raise UserError(f"{source}: mixed needs grid.alphas")
+    if any(not t > 0 for t in temperatures) or any(not 0 <= a <= 1 for a in alphas):
+        raise UserError(f"{source}: temperatures must be > 0 and alphas in [0, 1]")
+    for name, values in (("strategies", strategies), ("temperatures", temperatures), ("alphas", alphas), ("seeds", seeds)):
+        if len(set(values)) != len(values):
+            raise UserError(f"{source}: grid.{name} lists a value twice")
+    for key in GRID_FIELDS:
+        if key in flat:
+            logger.warning("%s: %s in the distill section is ignored: the grid sets it per run", source, key)
+            flat.pop(key)
+
+    students: dict[str, dict[str, Any]] = {}
+    valid = _field_names(StudentConfig)
+    for i, entry in enumerate(students_raw if students_raw is not None else [{"name": DEFAULT_STUDENT}]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise UserError(f"{source}: students[{i}] must be a mapping with a 'name'")
+        entry = dict(entry)
+        name = str(entry.pop("name"))
+        if not NAME.match(name) or name in students:
+            raise UserError(f"{source}: student name {name!r} must be unique and use only letters, digits, '.', '_', '-'")
+        for key in entry:
+            if key not in valid:
+                raise _unknown_key_error(str(key), f"{source} students[{i}]", valid)
+        students[name] = entry
+    if not students:
+        raise UserError(f"{source}: 'students' lists no student")
+    output_dir = flat.get("output_dir") or "runs/compare"
+    return Sweep(output_dir, flat, students, strategies, temperatures, alphas, seeds)
+
+
+def load_sweep(path: str) -> Sweep:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UserError(f"sweep file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"sweep file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_sweep(raw, source=path)
+
+
+# ------------------------------------------------------------------------------------------------ running it
+
+
+def _student_config(sweep: Sweep, name: str, argv: list[str]):
+    """The full run config for one student spec: YAML, the spec's fields, then flags."""
+    from .config import parse_config
+
+    return parse_config(argv, flat={**sweep.flat, **sweep.students[name], "output_dir": sweep.output_dir})
+
+
+def scratch_spec(spec):
+    """The same architecture as `spec`, randomly initialised; None where that is what `spec` is already."""
+    from .config import StudentConfig
+
+    if spec.student_init == "from_config":
+        return None
+    overrides = spec.overrides()
+    if spec.student_init == "from_teacher":
+        overrides["num_hidden_layers"] = len(spec.student_layers) if spec.student_layers else spec.student_num_layers
+        base = None  # the teacher's config
+    else:
+        base = spec.student_model
+    return StudentConfig(student_init="from_config", student_model=base, student_tokenizer=spec.student_tokenizer,
+                         student_config_overrides=json.dumps(overrides) if overrides else None)
+
+
+def _tensorboard() -> list[str]:
+    from transformers.integrations import is_tensorboard_available
+
+    if is_tensorboard_available():
+        return ["tensorboard"]
+    logger.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+    return []
+
+
+def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_to: list[str]):
+    """The run config of one cell: the student's config with the grid's settings and the sweep's shared teacher."""
+    from .config import RunConfig
+
+    spec = student_config.student
+    if cell.strategy == "scratch":
+        spec = scratch_spec(spec)
+    d = student_config.distill
+    distill = dataclasses.replace(
+        d,
+        output_dir=os.path.join(sweep.output_dir, cell.path),
+        strategy="hard" if cell.strategy == "scratch" else cell.strategy,
+        temperature=cell.temperature if cell.temperature is not None else d.temperature,
+        alpha=cell.alpha if cell.alpha is not None else d.alpha,
+        seed=cell.seed,
+        soft_label_cache=os.path.join(sweep.output_dir, "soft_labels"),
+        speed_batches=0,  # timed once per student spec, after the grid (see `measure_speeds`)
+        report_to=report_to,
+    )
+    teacher_cfg = dataclasses.replace(student_config.teacher, teacher_train=False, teacher_model=teacher)
+    return RunConfig(data=student_config.data, teacher=teacher_cfg, student=spec, distill=distill)
+
+
+def _fingerprint(config) -> dict:
+    """What must not change between a sweep's invocations for its finished cells to stay comparable."""
+    from .config import config_to_dict
+
+    d = config_to_dict(config)
+    for key in (*GRID_FIELDS, "output_dir", "report_to", "speed_batches", "logging_dir", "run_name"):
+        d["distill"].pop(key, None)
+    return d
+
+
+def _check_same_sweep(out: str, record: dict) -> None:
+    path = os.path.join(out, "sweep.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        for section in record:
+            for key, value in record[section].items():
+                if old.get(section, {}).get(key, value) != value:
+                    raise UserError(
+                        f"{out} holds a sweep made with {section}.{key}={old[section][key]!r}, not {value!r}; its finished "
+                        "runs would not be comparable: use another output_dir, or delete that one"
+                    )
+    write_json(path, record)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_cell(config, cell: Cell) -> dict:
+    """Distil and evaluate one cell; its record, also written to cell.json (the 'finished' mark)."""
+    from . import pipeline
+
+    out = config.output_dir
+    if os.path.exists(out):  # an unfinished cell from an interrupted sweep: start it over
+        logger.info("restarting the unfinished run in %s", out)
+        shutil.rmtree(out)
+    trained = pipeline.distill(config, progress=False)
+    evaluated = pipeline.evaluate(config)
+    record = {
+        **dataclasses.asdict(cell),
+        "setting": cell.setting,
+        "metrics": {**evaluated["student"], "validation_accuracy": trained.get("eval_accuracy")},
+        "teacher_metrics": evaluated["teacher"],
+        "train_seconds": trained["train_seconds"],
+        "train_loss": trained["train_loss"],
+        "train_rows": trained["train_rows"],
+        "loss_curve": trained["loss_curve"],
+        "run_dir": out,
+    }
+    write_json(os.path.join(out, "cell.json"), record)
+    return record
+
+
+def read_cell(sweep: Sweep, cell: Cell) -> dict | None:
+    path = os.path.join(sweep.output_dir, cell.path, "cell.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
+    """The teacher's soft labels on each split at T=1 and each grid temperature (labels where the split has them)."""
+    import torch
+
+    from . import metrics, pipeline
+    from .data import encode_labels, load_split
+
+    label2id = pipeline.label_map(config)
+    logits = pipeline.make_soft_labels(config, progress=True)
+    out = {}
+    for split, values in logits.items():
+        labels = None
+        if split != "transfer":
+            table = load_split(config.data, split)
+            labels = torch.tensor(encode_labels(table, config.data, label2id, split))
+        out[split] = {f"{t:g}": metrics.soft_label_stats(values, t, labels) for t in sorted({1.0, *temperatures})}
+    return out
+
+
+def measure_speeds(sweep: Sweep, student_configs: dict, cells: list[Cell], teacher: str) -> dict:
+    """Per student spec: its trained student (the first finished cell) and the teacher timed in one call."""
+    from . import pipeline
+
+    path = os.path.join(sweep.output_dir, "speed.json")
+    speeds = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            speeds = json.load(fh)
+    for name, config in student_configs.items():
+        if name in speeds or config.distill.speed_batches <= 0:
+            continue
+        cell = next(c for c in cells if c.student == name)
+        logger.info("timing the %s student and the teacher on CPU", name)
+        timed = cell_config(config, cell, sweep, teacher, [])
+        timed.distill.speed_batches = config.distill.speed_batches
+        speeds[name] = pipeline.speed(timed)
+        write_json(path, speeds)
+    return speeds
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_sweep(sweep: Sweep, argv: list[str] | None = None) -> dict:
+    """Teacher once, soft labels once, then every unfinished cell; returns (and writes) the results dict."""
+    from . import __version__, pipeline
+
+    argv = list(argv or [])
+    for flag in argv:
+        if flag.lstrip("-").split("=")[0] in GRID_FIELDS:
+            raise UserError(f"compare: {flag} is set by the grid (strategies, temperatures, alphas, seeds), not by a flag")
+    out = sweep.output_dir
+    student_configs = {name: _student_config(sweep, name, argv) for name in sweep.students}
+    for name, config in student_configs.items():
+        if "scratch" in sweep.strategies and scratch_spec(config.student) is None:
+            logger.warning("student %s is built from a config already: 'scratch' would repeat 'hard', skipped", name)
+    cells = [c for c in sweep.cells()
+             if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
+    first = next(iter(student_configs.values()))
+    _check_same_sweep(out, {f"{name}/{section}": values for name, config in student_configs.items()
+                            for section, values in _fingerprint(config).items()})
+
+    # The teacher, once. A teacher this sweep fine-tuned lives in <out>/teacher and is reused when the sweep resumes.
+    if first.teacher.teacher_train and os.path.isfile(os.path.join(out, "teacher", "config.json")):
+        logger.info("teacher: reusing the one fine-tuned in %s", os.path.join(out, "teacher"))
+    else:
+        pipeline.teach(first)
+    teacher = pipeline.teacher_dir(first)
+    shared = dataclasses.replace(first, distill=dataclasses.replace(
+        first.distill, soft_label_cache=os.path.join(out, "soft_labels")))
+    diagnostics = soft_label_diagnostics(shared, sweep.temperatures)
+
+    report_to = _tensorboard()
+    done = {c: read_cell(sweep, c) for c in cells}
+    todo = [c for c in cells if done[c] is None]
+    logger.info("sweep: %d runs, %d finished before, %d to run, in %s", len(cells), len(cells) - len(todo), len(todo), out)
+    start, ran = time.perf_counter(), 0
+    for i, cell in enumerate(cells, 1):
+        if done[cell] is not None:
+            continue
+        eta = ""
+        if ran:
+            per_run = (time.perf_counter() - start) / ran
+            eta = f", about {_duration(per_run * (len(todo) - ran))} left"
+        logger.info("[%d/%d] %s: %s, seed %d%s", i, len(cells), cell.student, cell.setting, cell.seed, eta)
+        done[cell] = run_cell(cell_config(student_configs[cell.student], cell, sweep, teacher, report_to), cell)
+        ran += 1
+    speeds = measure_speeds(sweep, student_configs, cells, teacher)
+
+    runs = [done[c] for c in cells]
+    results = {
+        "kdistill_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "output_dir": out,
+        "machine": _machine(),
+        "grid": {"strategies": sweep.strategies, "temperatures": sweep.temperatures, "alphas": sweep.alphas,
+                 "seeds": sweep.seeds, "students": sweep.students},
+        "config": {name: _fingerprint(c) for name, c in student_configs.items()},
+        "teacher": runs[0]["teacher_metrics"],
+        "diagnostics": diagnostics,
+        "speed": speeds,
+        "sweep_seconds": time.perf_counter() - start,
+        "runs": [{k: v for k, v in r.items() if k != "teacher_metrics"} for r in runs],
+    }
+    from .compare_report import write_report
+
+    return write_report(out, results)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kdistill compare",
+        description="Run a grid of strategies, temperatures, alphas and seeds; report whether soft labels pay off.",
+        epilog="Other flags are run-config fields (e.g. --num_train_epochs 2) and apply to every run.",
+    )
+    parser.add_argument("--config", required=True, help="sweep YAML: run-config sections plus 'students' and 'grid'")
+    parser.add_argument("--output_dir", help="the sweep directory (default: the config's output_dir)")
+
+    def _error(message: str):
+        raise UserError(f"compare: {message}")
+
+    parser.error = _error
+    args, rest = parser.parse_known_args(argv)
+    sweep = load_sweep(args.config)
+    if args.output_dir:
+        sweep.output_dir = args.output_dir
+    from .compare_report import format_summary
+
+    results = run_sweep(sweep, rest)
+    print(format_summary(results))
+    print(f"report: {os.path.join(sweep.output_dir, 'report.md')} (and report.html)")
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kdistill report", description="Rebuild a sweep's report from its results.json.")
+    parser.add_argument("sweep_dir", help="a directory holding results.json (written by kdistill compare)")
+    parser.add_argument("--out", help="where the report goes (default: SWEEP_DIR)")
+
+    def _error(message: str):
+        raise UserError(f"report: {message}")
+
+    parser.error = _error
+    args = parser.parse_args(argv)
+    path = os.path.join(args.sweep_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            results = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"report: no results.json in {args.sweep_dir} (run kdistill compare first)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"report: {path} is not valid JSON ({err})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
+    from .compare_report import format_summary, write_report
+
+    results = write_report(args.out or args.sweep_dir, results)
+    print(format_summary(results))
+    print(f"report: {os.path.join(args.out or args.sweep_dir, 'report.md')} (and report.html)")
+    return 0

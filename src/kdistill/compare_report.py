@@ -1,0 +1,510 @@
+"""The report of a `kdistill compare` sweep: aggregates, paired differences, a verdict, plots, Markdown and HTML.
+
+Everything here is a function of the results dict (see `compare.run_sweep`): per-run records under "runs", plus the
+teacher's metrics, soft-label diagnostics and speed. Aggregates and the verdict are recomputed from the runs each
+time, so `kdistill report DIR` rebuilds the same report from `results.json` alone.
+
+Statistics: a cell's interval is a Student-t interval over its seeds; a setting is compared with hard labels by the
+paired differences over the seeds both ran (paired t), since a seed fixes initialisation and data order for both.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+
+from .files import atomic_write
+from .report import ONE_HOT_TOP_PROB
+from .stats import CONFIDENCE, paired_difference, t_interval
+
+METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
+PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
+METHOD = ("95% intervals are Student-t intervals over seeds; differences from hard labels are paired by seed (each "
+          "seed starts both runs from the same initialisation and data order) with a paired t-interval.")
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def aggregate(runs: list[dict], confidence: float = CONFIDENCE) -> list[dict]:
+    """One entry per (student, setting), in order of first appearance: every metric's mean, std and interval."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["student"], run["setting"]), []).append(run)
+    out = []
+    for (student, setting), group in groups.items():
+        first = group[0]
+        entry = {"student": student, "setting": setting, "strategy": first["strategy"],
+                 "temperature": first.get("temperature"), "alpha": first.get("alpha"),
+                 "seeds": [r["seed"] for r in group], "n": len(group)}
+        for metric in METRICS:
+            values = [r["metrics"][metric] for r in group if r["metrics"].get(metric) is not None]
+            if values:
+                entry[metric] = t_interval(values, confidence)
+        out.append(entry)
+    return out
+
+
+def compare_to_hard(runs: list[dict], metric: str = "accuracy", confidence: float = CONFIDENCE) -> list[dict]:
+    """For every setting other than hard: its paired difference from hard labels on `metric`, per student."""
+    by_seed: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        value = run["metrics"].get(metric)
+        if value is not None:
+            by_seed.setdefault((run["student"], run["setting"]), {})[run["seed"]] = value
+    out = []
+    for (student, setting), values in by_seed.items():
+        hard = by_seed.get((student, "hard"))
+        if setting == "hard" or hard is None:
+            continue
+        diff = paired_difference(values, hard, confidence)
+        if diff is not None:
+            out.append({"student": student, "setting": setting, "versus": "hard", "metric": metric, **diff})
+    return out
+
+
+def _selection_metric(cells: list[dict]) -> str:
+    return "validation_accuracy" if cells and all("validation_accuracy" in c for c in cells) else "accuracy"
+
+
+def best_cell(cells: list[dict], strategies: tuple[str, ...]) -> dict | None:
+    """The setting of `strategies` with the best mean selection metric (validation when every cell has it)."""
+    candidates = [c for c in cells if c["strategy"] in strategies]
+    if not candidates:
+        return None
+    metric = _selection_metric(candidates)
+    return max(candidates, key=lambda c: c[metric]["mean"])  # max keeps the first of ties: the simpler setting
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _diff_text(diff: dict) -> str:
+    if diff.get("low") is None:
+        return f"{_points(diff['mean'])} points (one seed, no interval)"
+    return f"{_points(diff['mean'])} points (95% CI {100 * diff['low']:.1f} to {100 * diff['high']:.1f}, {diff['n']} seeds)"
+
+
+def _differs(diff: dict) -> int:
+    """+1 / -1 when the interval excludes zero, 0 when it does not (or there is none)."""
+    if diff.get("low") is None:
+        return 0
+    return 1 if diff["low"] > 0 else -1 if diff["high"] < 0 else 0
+
+
+def _one_hot_sentence(diagnostics: dict, temperature: float | None) -> str | None:
+    """Says so when the teacher's training-data soft labels are too close to one-hot to teach much."""
+    train = diagnostics.get("train")
+    if not train or "1" not in train:
+        return None
+    at1 = train["1"]
+    if at1["mean_top_prob"] < ONE_HOT_TOP_PROB:
+        return None
+    text = (f"The teacher's soft labels on its own training data are nearly one-hot (mean top probability "
+            f"{at1['mean_top_prob']:.3f} at T=1")
+    key = f"{temperature:g}" if temperature is not None else None
+    if key and key in train and key != "1":
+        text += f", {train[key]['mean_top_prob']:.3f} at T={key}"
+    if "teacher_error_rate" in at1:
+        text += f"; it gets {at1['teacher_error_rate']:.1%} of them wrong"
+    text += ")"
+    test = diagnostics.get("test", {}).get("1")
+    if test:
+        text += f", against {test['mean_top_prob']:.3f} on the held-out test split"
+    return (text + ": they carry little beyond the gold labels, which is the usual reason soft labels do not win. "
+            "Remedies: data the teacher did not train on (`transfer_file`), out-of-fold soft labels, a higher "
+            "temperature.")
+
+
+def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[str]:
+    """One plain paragraph per student: does the best soft-label setting beat hard labels, and why (not)."""
+    out = []
+    for student in dict.fromkeys(c["student"] for c in cells):
+        mine = [c for c in cells if c["student"] == student]
+        diff_of = {d["setting"]: d for d in diffs if d["student"] == student}
+        hard = next((c for c in mine if c["setting"] == "hard"), None)
+        best = best_cell(mine, ("soft", "mixed"))
+        name = f"the {student} student" if student != "student" else "the student"
+        if hard is None or best is None:
+            out.append(f"For {name}, the grid has no {'hard-label' if hard is None else 'soft-label'} runs to compare.")
+            continue
+        chosen = "validation" if _selection_metric([c for c in mine if c["strategy"] in ("soft", "mixed")]) == \
+            "validation_accuracy" else "test (no validation split: the difference is optimistic)"
+        diff = diff_of.get(best["setting"])
+        if diff is None:
+            out.append(f"For {name}, hard and {best['setting']} share no seed, so they cannot be paired.")
+            continue
+        sign = _differs(diff)
+        family = "soft labels" if best["strategy"] == "soft" else f"mixed labels (alpha={best['alpha']:g})"
+        where = f"at T={best['temperature']:g}" if best.get("temperature") is not None else ""
+        if sign > 0:
+            text = f"On this data, {family} {where} beat hard labels by {_diff_text(diff)} for {name}"
+        elif sign < 0:
+            text = (f"On this data, hard labels beat the best soft-label setting ({best['setting']}) by "
+                    f"{_diff_text({**diff, 'mean': -diff['mean'], 'low': -diff['high'], 'high': -diff['low']})} "
+                    f"for {name}")
+        else:
+            text = (f"On this data, soft labels do not measurably beat hard labels for {name}: the best setting, "
+                    f"{best['setting']}, differs from hard by {_diff_text(diff)}, an interval that includes 0")
+        text += f" (settings chosen on {chosen})."
+        other = best_cell(mine, ("mixed",) if best["strategy"] == "soft" else ("soft",))
+        if other is not None:
+            rel = paired_difference(dict(zip(other["seeds"], other["accuracy"]["values"])),
+                                    dict(zip(best["seeds"], best["accuracy"]["values"])))
+            if rel is not None:
+                word = {0: "is not distinguishable from", 1: "beats", -1: "is worse than"}[_differs(rel)]
+                text += f" The best {other['strategy']} setting, {other['setting']}, {word} {best['setting']} ({_diff_text(rel)})."
+        scratch = diff_of.get("scratch")
+        if scratch is not None:
+            text += (f" A student of the same shape trained from random initialisation on hard labels ('scratch') "
+                     f"differs from hard by {_diff_text(scratch)}: that is what starting from the teacher's weights is worth.")
+        if sign <= 0:
+            one_hot = _one_hot_sentence(diagnostics, best.get("temperature"))
+            if one_hot:
+                text += " " + one_hot
+        out.append(text)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+
+
+def _pct(ci: dict) -> tuple[float, list[float]]:
+    mean = 100 * ci["mean"]
+    if ci.get("low") is None:
+        return mean, [0.0, 0.0]
+    return mean, [mean - 100 * ci["low"], 100 * ci["high"] - mean]
+
+
+def _students(cells: list[dict]) -> list[str]:
+    return list(dict.fromkeys(c["student"] for c in cells))
+
+
+COLORS = {"hard": "black", "scratch": "gray", "soft": "tab:blue", "mixed": "tab:orange"}
+
+
+def plot_accuracy_by_strategy(results: dict, path: str) -> None:
+    plt = _pyplot()
+    cells, students = results["cells"], _students(results["cells"])
+    teacher = results.get("teacher", {}).get("accuracy")
+    n = max(sum(c["student"] == s for c in cells) for s in students)
+    fig, axes = plt.subplots(len(students), 1, figsize=(7, (0.35 * n + 1.3) * len(students)), squeeze=False)
+    for ax, student in zip(axes[:, 0], students):
+        mine = [c for c in cells if c["student"] == student]
+        for i, c in enumerate(mine):
+            mean, err = _pct(c["accuracy"])
+            ax.errorbar([mean], [i], xerr=[[err[0]], [err[1]]], fmt="o", capsize=3, color=COLORS[c["strategy"]])
+        hard = next((c for c in mine if c["setting"] == "hard"), None)
+        if hard and hard["accuracy"].get("low") is not None:
+            ax.axvspan(100 * hard["accuracy"]["low"], 100 * hard["accuracy"]["high"], color="gray", alpha=0.15,
+                       label="hard labels, 95% CI")
+        if teacher is not None:
+            ax.axvline(100 * teacher, color="green", ls="--", label="teacher")
+        ax.set_yticks(range(len(mine)), [c["setting"] for c in mine])
+        ax.invert_yaxis()
+        ax.set_title(f"{student}: test accuracy, mean and 95% t-interval over seeds", fontsize=10)
+        ax.set_xlabel("accuracy (%)")
+        ax.legend(fontsize=8, loc="best")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
+    cells, students = results["cells"], _students(results["cells"])
+    if not any(c.get("temperature") is not None for c in cells):
+        return False
+    plt = _pyplot()
+    teacher = results.get("teacher", {}).get("accuracy")
+    fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False)
+    for ax, student in zip(axes[0], students):
+        mine = [c for c in cells if c["student"] == student]
+        lines: dict[str, list[dict]] = {}
+        for c in mine:
+            if c.get("temperature") is not None:
+                label = c["strategy"] if c.get("alpha") is None else f"mixed a={c['alpha']:g}"
+                lines.setdefault(label, []).append(c)
+        for label, group in lines.items():
+            group.sort(key=lambda c: c["temperature"])
+            means, errs = zip(*[_pct(c["accuracy"]) for c in group])
+            ax.errorbar([c["temperature"] for c in group], means, yerr=list(zip(*errs)), marker="o", capsize=3,
+                        label=label, ls="-" if label == "soft" else "--")
+        hard = next((c for c in mine if c["setting"] == "hard"), None)
+        if hard:
+            ax.axhline(100 * hard["accuracy"]["mean"], color="black", label="hard (band: 95% CI)")
+            if hard["accuracy"].get("low") is not None:
+                ax.axhspan(100 * hard["accuracy"]["low"], 100 * hard["accuracy"]["high"], color="gray", alpha=0.15)
+        if teacher is not None:
+            ax.axhline(100 * teacher, color="green", ls=":", label="teacher")
+        temps = sorted({c["temperature"] for c in mine if c.get("temperature") is not None})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.minorticks_off()
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(student)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy against temperature, mean and 95% t-interval over seeds")
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for j, (l2, a2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
+    speed, cells = results.get("speed") or {}, results["cells"]
+    names = [s for s in _students(cells) if s in speed]
+    if not names:
+        return False
+    plt = _pyplot()
+    points, labels = [], []
+    teacher_latency = [speed[s]["teacher"]["latency_ms_b1"] for s in names]
+    if results.get("teacher", {}).get("accuracy") is not None:
+        points.append((sum(teacher_latency) / len(teacher_latency), 100 * results["teacher"]["accuracy"]))
+        labels.append("teacher")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for s in names:
+        latency = speed[s]["student"]["latency_ms_b1"]
+        mine = [c for c in cells if c["student"] == s]
+        ax.scatter([latency] * len(mine), [100 * c["accuracy"]["mean"] for c in mine], s=12, color="lightgray")
+        top = max(mine, key=lambda c: c["accuracy"]["mean"])
+        points.append((latency, 100 * top["accuracy"]["mean"]))
+        labels.append(f"{s} ({top['setting']})")
+    front = set(pareto_front(points))
+    for i, ((lat, acc), label) in enumerate(zip(points, labels)):
+        ax.scatter([lat], [acc], s=70, marker="*" if i in front else "o",
+                   color="tab:red" if i in front else "tab:blue", zorder=3)
+        ax.annotate(label, (lat, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ordered = sorted(points[i] for i in front)
+    ax.plot([p[0] for p in ordered], [p[1] for p in ordered], color="tab:red", lw=1, ls="--",
+            label="Pareto front (stars)")
+    ax.set_xlabel("CPU latency at batch 1 (ms, median)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Compression trade-off: best setting per model (gray: other settings)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_fidelity(results: dict, path: str) -> None:
+    plt = _pyplot()
+    cells = results["cells"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(cells) + 1.8))
+    names = [f"{c['student']}: {c['setting']}" for c in cells]
+    for ax, metric, title in ((axes[0], "agreement", "agreement with the teacher (%)"),
+                              (axes[1], "ece", "expected calibration error (15 bins, %)")):
+        for i, c in enumerate(cells):
+            if metric in c:
+                mean, err = _pct(c[metric])
+                ax.errorbar([mean], [i], xerr=[[err[0]], [err[1]]], fmt="o", capsize=3, color=COLORS[c["strategy"]])
+        ax.set_yticks(range(len(cells)), names if ax is axes[0] else [""] * len(cells))
+        ax.invert_yaxis()
+        ax.set_xlabel(title)
+    fig.suptitle("Fidelity and calibration by setting, mean and 95% t-interval over seeds")
+    _save(fig, path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ documents
+
+
+def _ci_text(ci: dict | None, scale: float = 100, digits: int = 1) -> str:
+    if not ci:
+        return "-"
+    if ci.get("low") is None:
+        return f"{scale * ci['mean']:.{digits}f}"
+    return f"{scale * ci['mean']:.{digits}f} [{scale * ci['low']:.{digits}f}, {scale * ci['high']:.{digits}f}]"
+
+
+def _blocks(results: dict) -> list[tuple]:
+    """The report as a list of blocks, rendered to both Markdown and HTML."""
+    cells, diffs, diagnostics = results["cells"], results["comparisons"], results.get("diagnostics", {})
+    teacher, speed = results.get("teacher", {}), results.get("speed") or {}
+    diff_of = {(d["student"], d["setting"]): d for d in diffs}
+    b: list[tuple] = [("h1", "Do soft labels pay off here? (kdistill compare)")]
+    b += [("p", f"**Verdict.** {v}") for v in results["verdict"]]
+    grid = results.get("grid", {})
+    b.append(("p", f"{len(results['runs'])} runs in {results.get('output_dir', '.')}: strategies "
+                   f"{', '.join(grid.get('strategies', []))}; temperatures {grid.get('temperatures')}; alphas "
+                   f"{grid.get('alphas')}; seeds {grid.get('seeds')}. {METHOD} Made {results.get('created', '?')} on "
+                   f"{results.get('machine', {}).get('cpu', '?')} ({results.get('machine', {}).get('cores', '?')} cores)."))
+    b.append(("h2", "Results by setting"))
+    rows = []
+    for c in cells:
+        d = diff_of.get((c["student"], c["setting"]))
+        rows.append([c["student"], c["setting"], str(c["n"]), _ci_text(c.get("accuracy")),
+                     _diff_text(d) if d else "-", _ci_text(c.get("validation_accuracy")), _ci_text(c.get("macro_f1")),
+                     _ci_text(c.get("agreement")), _ci_text(c.get("kl_to_teacher"), 1, 3), _ci_text(c.get("ece"))])
+    b.append(("table", ["student", "setting", "seeds", "test accuracy % [95% CI]", "minus hard (paired)",
+                        "validation acc. %", "macro-F1 %", "agreement %", "KL to teacher", "ECE %"], rows))
+    if teacher:
+        b.append(("p", f"Teacher on the same test rows: accuracy {100 * teacher['accuracy']:.2f}%, macro-F1 "
+                       f"{100 * teacher['macro_f1']:.2f}%, ECE {100 * teacher['ece']:.2f}%."))
+    b.append(("img", "accuracy_by_strategy.png", "Test accuracy by setting with 95% intervals"))
+    if "accuracy_vs_temperature.png" in results.get("plots", []):
+        b.append(("img", "accuracy_vs_temperature.png", "Accuracy against temperature"))
+    b.append(("img", "fidelity_by_strategy.png", "Agreement with the teacher and calibration by setting"))
+
+    b.append(("h2", "The teacher's soft labels"))
+    b.append(("p", "How much a soft label can teach beyond the gold label: mean probability of the top class (1 = "
+                   "one-hot) and mean entropy over log(classes) (0 = one-hot, 1 = uniform), at each temperature; "
+                   f"above {ONE_HOT_TOP_PROB} mean top probability they are nearly one-hot. 'wrong' is the share of "
+                   "rows where the teacher's top class is not the gold label."))
+    if diagnostics:
+        temps = list(next(iter(diagnostics.values())))
+        drows = []
+        for split, by_t in diagnostics.items():
+            wrong = by_t[temps[0]].get("teacher_error_rate")
+            drows.append([split] + [f"{s['mean_top_prob']:.3f} / {s['normalized_entropy']:.2f}" for s in by_t.values()]
+                         + [f"{wrong:.1%}" if wrong is not None else "-"])
+        b.append(("table", ["split"] + [f"T={t}" for t in temps] + ["wrong"], drows))
+
+    if speed:
+        b.append(("h2", "Size and CPU speed"))
+        srows = []
+        for name, s in speed.items():
+            srows.append([name, f"{s['student']['parameters']:,}", f"{s['student']['size_bytes'] / 1e6:.1f}",
+                          f"{s['student']['latency_ms_b1']:.2f}", f"{s['student']['throughput_b64']:.0f}",
+                          f"{s['teacher']['latency_ms_b1']:.2f}", f"{s['teacher']['throughput_b64']:.0f}",
+                          f"{s['speedup_b1']:.2f}x / {s['speedup_b64']:.2f}x"])
+        b.append(("table", ["student", "parameters", "MB", "latency b=1 ms", "rows/s b=64", "teacher latency ms",
+                            "teacher rows/s", "speed-up b1 / b64"], srows))
+        b.append(("p", "Student and teacher are timed one after the other in the same call on the same rows; compare "
+                       "the ratios, not the absolute times (shared machines are noisy). One timing per student "
+                       "shape: the setting does not change a model's speed."))
+        if "accuracy_vs_latency.png" in results.get("plots", []):
+            b.append(("img", "accuracy_vs_latency.png", "Accuracy against CPU latency, Pareto front marked"))
+    b.append(("h2", "Cost"))
+    seconds = [r["train_seconds"] for r in results["runs"] if "train_seconds" in r]
+    if seconds:
+        b.append(("p", f"Training took {sum(seconds) / 60:.1f} minutes over {len(seconds)} runs (mean "
+                       f"{sum(seconds) / len(seconds):.0f} s per run); a sweep's cost grows linearly with its number "
+                       "of runs (students x settings x seeds), while the teacher and its soft labels are paid once. "
+                       "TensorBoard logs of each run (loss, loss_hard, loss_soft) are under runs/*/*/seed*/student/runs/."))
+    return b
+
+
+_INLINE = [(re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"), (re.compile(r"`(.+?)`"), r"<code>\1</code>")]
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text)
+    for pattern, repl in _INLINE:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}")
+        elif kind == "h2":
+            out.append(f"## {block[1]}")
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                                 + ["| " + " | ".join(r) + " |" for r in rows]))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[tuple], directory: str) -> str:
+    """A self-contained page: the plots are embedded as base64 data URIs."""
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            with open(os.path.join(directory, block[1]), "rb") as fh:
+                data = base64.b64encode(fh.read()).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 7px}"
+             "img{max-width:100%}figcaption{color:#555;font-size:90%}")
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>kdistill compare</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    atomic_write(path, write)
+
+
+def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
+    """Recompute cells, comparisons and verdict from the runs (what `kdistill report` relies on)."""
+    results = dict(results)
+    results["cells"] = aggregate(results["runs"], confidence)
+    results["comparisons"] = compare_to_hard(results["runs"], "accuracy", confidence)
+    results["verdict"] = verdicts(results["cells"], results["comparisons"], results.get("diagnostics", {}))
+    return results
+
+
+def write_report(directory: str, results: dict) -> dict:
+    """results.json, the plots, report.md and report.html in `directory`; returns the summarised results."""
+    os.makedirs(directory, exist_ok=True)
+    results = summarise(results)
+    plots = ["accuracy_by_strategy.png", "fidelity_by_strategy.png"]
+    plot_accuracy_by_strategy(results, os.path.join(directory, plots[0]))
+    plot_fidelity(results, os.path.join(directory, plots[1]))
+    if plot_accuracy_vs_temperature(results, os.path.join(directory, "accuracy_vs_temperature.png")):
+        plots.append("accuracy_vs_temperature.png")
+    if plot_accuracy_vs_latency(results, os.path.join(directory, "accuracy_vs_latency.png")):
+        plots.append("accuracy_vs_latency.png")
+    results["plots"] = plots
+    _write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
+    blocks = _blocks(results)
+    _write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
+    _write_text(os.path.join(directory, "report.html"), to_html(blocks, directory))
+    return results
+
+
+def format_summary(results: dict) -> str:
+    """The verdict and a short table, for the terminal."""
+    diff_of = {(d["student"], d["setting"]): d for d in results["comparisons"]}
+    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<20}{'n':>3}  {'test accuracy % [95% CI]':<26}{'minus hard (points)':<30}"]
+    for c in results["cells"]:
+        d = diff_of.get((c["student"], c["setting"]))
+        lines.append(f"{c['student']:<12}{c['setting']:<20}{c['n']:>3}  {_ci_text(c.get('accuracy')):<26}"
+                     f"{_diff_text(d) if d else '-':<30}")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""`kdistill compare` and `kdistill report`: the statistics by hand, the verdict's logic, the sweep file's errors, and
+a real 2 x 2 x 2 sweep on a tiny BERT that is interrupted and resumed."""
+
+import json
+import math
+import os
+
+import pytest
+import yaml
+
+from kdistill import compare, compare_report
+from kdistill.cli import main
+from kdistill.stats import paired_difference, t_interval
+from conftest import SST2
+
+T975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
+
+
+def _run(student, setting, seed, accuracy, **metrics):
+    strategy = setting.split()[0]
+    temperature = float(setting.split("T=")[1].split()[0]) if "T=" in setting else None
+    return {"student": student, "setting": setting, "strategy": strategy, "temperature": temperature,
+            "alpha": 0.5 if strategy == "mixed" else None, "seed": seed,
+            "metrics": {"accuracy": accuracy, **metrics}, "train_seconds": 1.0}
+
+
+def test_t_interval_and_paired_difference_by_hand():
+    ci = t_interval([0.80, 0.82, 0.84])
+    assert ci["mean"] == pytest.approx(0.82)
+    assert ci["std"] == pytest.approx(0.02)
+    half = T975_DF2 * 0.02 / math.sqrt(3)
+    assert (ci["low"], ci["high"]) == pytest.approx((0.82 - half, 0.82 + half))
+    # Paired over the shared seeds only (seed 3 has no partner).
+    diff = paired_difference({1: 0.85, 2: 0.86, 3: 0.99}, {1: 0.80, 2: 0.83})
+    assert diff["seeds"] == [1, 2]
+    assert diff["values"] == pytest.approx([0.05, 0.03])
+    assert paired_difference({1: 0.5}, {2: 0.5}) is None
+
+
+def test_aggregates_match_a_hand_computation_on_a_fixed_results_file(tmp_path):
+    runs = [_run("s", "hard", seed, acc, validation_accuracy=acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    runs += [_run("s", "soft T=4", seed, acc, validation_accuracy=acc)
+             for seed, acc in zip((1, 2, 3), (0.83, 0.86, 0.86))]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs}))
+    results = compare_report.summarise(json.loads(path.read_text()))
+    soft = next(c for c in results["cells"] if c["setting"] == "soft T=4")
+    assert soft["n"] == 3 and soft["seeds"] == [1, 2, 3]
+    assert soft["accuracy"]["mean"] == pytest.approx(0.85)
+    assert soft["accuracy"]["std"] == pytest.approx(math.sqrt(((-0.02) ** 2 + 0.01 ** 2 + 0.01 ** 2) / 2))
+    (diff,) = results["comparisons"]
+    # Paired differences 0.03, 0.04, 0.02: mean 0.03, sd 0.01.
+    assert diff["values"] == pytest.approx([0.03, 0.04, 0.02])
+    assert diff["mean"] == pytest.approx(0.03)
+    assert diff["high"] - diff["mean"] == pytest.approx(T975_DF2 * 0.01 / math.sqrt(3))
+    assert "beat hard labels by +3.0 points (95% CI 0.5 to 5.5, 3 seeds)" in results["verdict"][0]
+    assert "chosen on validation" in results["verdict"][0]
+
+
+def test_verdict_says_when_soft_does_not_win_and_why():
+    runs = [_run("s", "hard", seed, acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    runs += [_run("s", "soft T=2", seed, acc) for seed, acc in zip((1, 2, 3), (0.81, 0.81, 0.85))]
+    runs += [_run("s", "mixed T=2 a=0.5", seed, acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    one_hot = {"train": {"1": {"mean_top_prob": 0.99, "normalized_entropy": 0.02, "teacher_error_rate": 0.01},
+                         "2": {"mean_top_prob": 0.97, "normalized_entropy": 0.1, "teacher_error_rate": 0.01}}}
+    results = compare_report.summarise({"runs": runs, "diagnostics": one_hot})
+    (verdict,) = results["verdict"]
+    assert "do not measurably beat hard labels" in verdict
+    assert "chosen on test" in verdict  # no validation accuracy in these runs: the selection is flagged optimistic
+    assert "nearly one-hot (mean top probability 0.990 at T=1, 0.970 at T=2" in verdict
+    assert "is not distinguishable from" in verdict
+
+    worse = [_run("s", "hard", s, 0.85 + 0.001 * s) for s in (1, 2, 3)] + [_run("s", "soft T=2", s, 0.80 + 0.002 * s) for s in (1, 2, 3)]
+    (verdict,) = compare_report.summarise({"runs": worse})["verdict"]
+    assert verdict.startswith("On this data, hard labels beat the best soft-label setting (soft T=2) by +4.8 points")
+
+
+def test_pareto_front():
+    # (latency, accuracy): the teacher is slow and best, b is fast and good, c is slower and worse than b.
+    assert compare_report.pareto_front([(10.0, 90.0), (2.0, 85.0), (3.0, 84.0), (2.0, 85.0)]) == [0, 1, 3]
+
+
+def test_cells_of_a_grid():
+    sweep = compare.parse_sweep({
+        "data": {"train_file": "x.tsv"},
+        "students": [{"name": "a"}, {"name": "b", "student_num_layers": 1}],
+        "grid": {"strategies": ["hard", "soft", "mixed", "scratch"], "temperatures": [2, 4], "alphas": [0.5],
+                 "seeds": [1, 2]},
+    })
+    cells = sweep.cells()
+    # Per student and seed: hard, soft T=2, soft T=4, mixed T=2, mixed T=4, scratch.
+    assert len(cells) == 2 * 2 * 6
+    assert [c.setting for c in cells[:6]] == ["hard", "soft T=2", "soft T=4", "mixed T=2 a=0.5", "mixed T=4 a=0.5", "scratch"]
+    assert cells[3].path == os.path.join("runs", "a", "mixed-T2-a0.5", "seed1")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["grid"].update(strategy=["hard"]), "unknown config key 'strategy'"),
+    (lambda s: s["grid"].update(strategies=[]), "the grid is empty"),
+    (lambda s: s["grid"].update(seeds=[]), "the grid is empty"),
+    (lambda s: s["grid"].update(strategies=["hard", "sotf"]), "unknown strategy 'sotf'"),
+    (lambda s: s.update(students=[{"name": "a", "layers": 2}]), "unknown config key 'layers'"),
+    (lambda s: s.update(students=[{"name": "../up"}]), "student name '../up'"),
+    (lambda s: s.update(extra={}), "unknown config key 'extra'"),
+    (lambda s: s["grid"].update(strategies=["soft"], temperatures=[]), "soft and mixed need grid.temperatures"),
+])
+def test_bad_sweep_files_fail_with_one_line(tmp_path, capsys, change, message):
+    sweep = {"data": {"train_file": str(SST2 / "train.tsv")}, "grid": {"strategies": ["hard"], "seeds": [1]}}
+    change(sweep)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["compare", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("kdistill: error:") and message in err, err
+
+
+def test_grid_fields_are_not_flags(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train_file": str(SST2 / "train.tsv")},
+                                    "grid": {"strategies": ["hard"], "seeds": [1]}}))
+    assert main(["compare", "--config", str(path), "--temperature", "3"]) == 2
+    assert "set by the grid" in capsys.readouterr().err
+
+
+def test_report_of_a_directory_without_results_fails_with_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory, tiny_bert):
+    out = tmp_path_factory.mktemp("sweep")
+    doc = {
+        "data": {"train_file": str(SST2 / "train.tsv"), "validation_file": str(SST2 / "dev.tsv"),
+                 "test_file": str(SST2 / "test.tsv"), "text_column": "sentence", "max_train_samples": 300,
+                 "max_eval_samples": 100, "max_length": 48},
+        "teacher": {"teacher_model": tiny_bert, "teacher_epochs": 2, "teacher_learning_rate": 1e-3},
+        "students": [{"name": "one", "student_num_layers": 1}, {"name": "two", "student_num_layers": 2}],
+        "distill": {"output_dir": str(out / "sweep"), "num_train_epochs": 1, "learning_rate": 1e-3,
+                    "per_device_train_batch_size": 32, "logging_steps": 2, "save_strategy": "no",
+                    "speed_batches": 2, "use_cpu": True},
+        "grid": {"strategies": ["hard", "soft"], "temperatures": [2], "seeds": [0, 1]},
+    }
+    path = out / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path, out / "sweep"
+
+
+def test_sweep_runs_resumes_and_reports(sweep_file, monkeypatch, capsys):
+    path, out = sweep_file
+    real_run_cell, calls = compare.run_cell, []
+
+    def interrupted_after_three(config, cell):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(cell)
+        return real_run_cell(config, cell)
+
+    monkeypatch.setattr(compare, "run_cell", interrupted_after_three)
+    assert main(["compare", "--config", str(path)]) == 130
+    finished = sorted(str(p) for p in out.glob("runs/*/*/seed*/cell.json"))
+    assert len(finished) == 3
+    stamps = {p: os.path.getmtime(p) for p in finished}
+
+    resumed = []
+
+    def counting(config, cell):
+        resumed.append(cell)
+        return real_run_cell(config, cell)
+
+    monkeypatch.setattr(compare, "run_cell", counting)
+    assert main(["compare", "--config", str(path)]) == 0
+    assert len(resumed) == 8 - 3 and not set(resumed) & set(calls)  # nothing finished is run again
+    assert {p: os.path.getmtime(p) for p in finished} == stamps
+    printed = capsys.readouterr().out
+    assert "For the one student" in printed or "for the one student" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 8
+    assert {(c["student"], c["setting"]) for c in results["cells"]} == {
+        ("one", "hard"), ("one", "soft T=2"), ("two", "hard"), ("two", "soft T=2")}
+    run = results["runs"][0]
+    for key in ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy"):
+        assert 0 <= run["metrics"][key] < float("inf"), key
+    assert set(results["speed"]) == {"one", "two"}
+    assert results["speed"]["one"]["student"]["parameters"] < results["speed"]["two"]["student"]["parameters"]
+    assert set(results["diagnostics"]) == {"train", "validation", "test"}
+    assert set(results["diagnostics"]["train"]) == {"1", "2"}
+    # TensorBoard event files, with the hard and soft parts of the loss among the scalars.
+    for setting, part in (("soft-T2", b"train/loss_soft"), ("hard", b"train/loss_hard")):
+        events = list(out.glob(f"runs/one/{setting}/seed0/student/runs/*/events.out.tfevents.*"))
+        assert events and any(part in e.read_bytes() for e in events), setting
+
+    for name in ("report.md", "report.html", *compare_report.PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "Verdict." in (out / "report.md").read_text()
+
+
+def test_report_rebuilds_from_results_json_alone(sweep_file, tmp_path, capsys):
+    _, out = sweep_file
+    if not (out / "results.json").exists():
+        pytest.skip("needs the sweep of the test above")
+    original = json.loads((out / "results.json").read_text())
+    assert main(["report", str(out), "--out", str(tmp_path)]) == 0
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert rebuilt["verdict"] == original["verdict"] and rebuilt["cells"] == original["cells"]
+    assert (tmp_path / "report.html").stat().st_size > 0
