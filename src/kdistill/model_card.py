@@ -1,0 +1,202 @@
+"""The model card and the tables of an export: what `kdistill export` writes into README.md and prints.
+
+Pure functions of the export report (a dict, see export.py) and the run's config; nothing here runs a model.
+"""
+
+import os
+
+PARITY_BOUND = 1e-4  # max abs difference of fp32 ONNX logits from PyTorch's
+INT8_AGREEMENT_TARGET = 0.995  # top-1 agreement of int8 with fp32
+# Published figures for dynamic int8 against fp32 on CPU, quoted beside ours (ranges over the sources' models).
+ANCHORS = {
+    "latency_speedup": "about 1.5-2x lower latency",
+    "file_ratio": "about 1.6-2.4x smaller file",
+    "accuracy": "within about 1 point",
+    "sources": [
+        "PyTorch tutorial '(beta) Dynamic Quantization on BERT' "
+        "(https://pytorch.org/tutorials/intermediate/dynamic_quantization_bert_tutorial.html)",
+        "ONNX Runtime / Hugging Face blog 'Faster and smaller quantized NLP with Hugging Face and ONNX Runtime' "
+        "(https://medium.com/microsoftazure/faster-and-smaller-quantized-nlp-with-hugging-face-and-onnx-runtime-ec5525473bb7)",
+    ],
+}
+
+SPEED_ROWS = (
+    ("teacher", "PyTorch"), ("teacher", "ONNX fp32"), ("teacher", "ONNX int8"),
+    ("student", "PyTorch"), ("student", "ONNX fp32"), ("student", "ONNX int8"),
+)
+
+
+def speed_table(report: dict) -> str:
+    """Markdown table: size, latency, throughput and speed-up over the PyTorch teacher, for each model timed."""
+    speed, sizes = report["speed"]["models"], report["sizes"]
+    base = speed.get("teacher PyTorch")
+    lines = [
+        "| model | runtime | size (MB) | latency b=1 median (ms) | p95 (ms) | throughput b=64 (rows/s) | speed-up b=1 | speed-up b=64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for who, runtime in SPEED_ROWS:
+        name = f"{who} {runtime}"
+        if name not in speed:
+            continue
+        s = speed[name]
+        up1 = f"{base['latency_ms_b1'] / s['latency_ms_b1']:.2f}x" if base else "-"
+        up64 = f"{s['throughput_b64'] / base['throughput_b64']:.2f}x" if base else "-"
+        size = f"{sizes[name] / 1e6:.1f}" if name in sizes else "-"
+        lines.append(f"| {who} | {runtime} | {size} | {s['latency_ms_b1']:.2f} | {s['latency_ms_b1_p95']:.2f} | "
+                     f"{s['throughput_b64']:.1f} | {up1} | {up64} |")
+    return "\n".join(lines)
+
+
+def summary(report: dict) -> dict:
+    """The ratios a reader wants first (all from one run, so they hold while absolute times drift)."""
+    out: dict = {"fp32_max_abs_diff": report["parity"]["max_abs_diff"], "parity_passed": report["parity"]["passed"]}
+    sizes, speed = report["sizes"], report.get("speed", {}).get("models", {})
+    if "int8" in report:
+        i8 = report["int8"]
+        out.update(int8_fp32_agreement=i8["agreement_with_fp32"], int8_accuracy_change_points=i8["accuracy_change_points"],
+                   fp32_accuracy=i8["accuracy_fp32"], int8_accuracy=i8["accuracy_int8"],
+                   int8_over_fp32_file_ratio=sizes["student ONNX fp32"] / sizes["student ONNX int8"])
+    pairs = {
+        "int8_over_fp32": ("student ONNX fp32", "student ONNX int8"),
+        "fp32_onnx_over_pytorch": ("student PyTorch", "student ONNX fp32"),
+        "student_over_teacher": ("teacher PyTorch", "student PyTorch"),
+        "student_fp32_over_teacher_fp32_onnx": ("teacher ONNX fp32", "student ONNX fp32"),
+        "student_int8_over_teacher": ("teacher PyTorch", "student ONNX int8"),
+        "student_int8_over_teacher_int8": ("teacher ONNX int8", "student ONNX int8"),
+    }
+    for key, (slow, fast) in pairs.items():
+        if slow in speed and fast in speed:
+            out[f"{key}_latency_speedup"] = speed[slow]["latency_ms_b1"] / speed[fast]["latency_ms_b1"]
+            out[f"{key}_throughput_speedup"] = speed[fast]["throughput_b64"] / speed[slow]["throughput_b64"]
+    return out
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
+    """The export directory's README.md.
+
+    Args:
+        config: the run's run_config.json, by section.
+        evaluation: the run's eval.json, or None.
+    """
+    data, teacher, student, distill = (config.get(k, {}) for k in ("data", "teacher", "student", "distill"))
+    strategy = distill.get("strategy", "?")
+    lines = [
+        f"# {os.path.basename(os.path.abspath(report['run_dir']))}: a distilled text classifier (ONNX)",
+        "",
+        f"Made by `{report['command']}` on {report['date']} ({report['machine']}).",
+        "",
+        "## Model",
+        "",
+        f"- **Teacher**: `{teacher.get('teacher_model')}`"
+        + (f", fine-tuned on the training data by `kdistill teach` (teacher_epochs {teacher.get('teacher_epochs')})"
+           if teacher.get("teacher_train", True) else " (already fine-tuned)")
+        + (f"; {report['parameters']['teacher']:,} parameters" if "teacher" in report["parameters"] else ""),
+        f"- **Student**: `{student.get('student_init')}`"
+        + (f", teacher layers {student.get('student_layers')}" if student.get("student_layers") else "")
+        + (f", {student.get('student_num_layers')} evenly spaced teacher layers" if student.get("student_num_layers") else "")
+        + f"; {report['parameters']['student']:,} parameters",
+        f"- **Distillation**: strategy `{strategy}`, temperature {distill.get('temperature')}, alpha {distill.get('alpha')}"
+        + (" (hard labels only: temperature and alpha unused)" if strategy == "hard" else "")
+        + f"; num_train_epochs {distill.get('num_train_epochs')}, learning rate {distill.get('learning_rate')}",
+        f"- **Data**: trained on `{data.get('train_file') or data.get('dataset_name')}`"
+        + (f" (+ unlabelled transfer data `{data.get('transfer_file')}`)" if data.get("transfer_file") else "")
+        + f"; text column `{data.get('text_column')}`, max {report['max_length']} tokens",
+        f"- **Labels**: {', '.join(f'{k} (id {v})' for k, v in report['labels'].items())}",
+        "",
+    ]
+    ev = evaluation
+    if ev:
+        keys = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("ECE (15 bins)", "ece"),
+                ("agreement with teacher", "agreement"), ("KL(teacher ‖ student)", "kl_to_teacher")]
+        lines += [f"## Metrics (`eval.json`: {ev.get('split')}, {ev.get('rows')} rows, PyTorch)", "",
+                  "| metric | student | teacher |", "|---|---|---|"]
+        for title, key in keys:
+            cells = [f"{side[key]:.4f}" if key in side else "-" for side in (ev["student"], ev["teacher"])]
+            lines.append(f"| {title} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    else:
+        lines += ["## Metrics", "", "The run has no `eval.json` (run `kdistill eval` for quality and fidelity).", ""]
+    p = report["parity"]
+    lines += [
+        f"## Export checks ({report['eval']['rows']} rows of `{report['eval']['source']}`)",
+        "",
+        f"- **fp32 parity**: max |logit(ONNX) − logit(PyTorch)| = {p['max_abs_diff']:.2e} "
+        f"(bound {PARITY_BOUND:g}): **{'passed' if p['passed'] else 'FAILED'}**; top-1 agreement {pct(p['top1_agreement'])}; "
+        f"accuracy on these rows {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
+    ]
+    if "int8" in report:
+        i8 = report["int8"]
+        lines += [
+            f"- **int8 vs fp32**: top-1 agreement {pct(i8['agreement_with_fp32'])} (target {pct(INT8_AGREEMENT_TARGET)}: "
+            f"{'met' if i8['agreement_met'] else 'NOT met'}); accuracy {100 * i8['accuracy_fp32']:.2f} (fp32) → "
+            f"{100 * i8['accuracy_int8']:.2f} (int8), {i8['accuracy_change_points']:+.2f} points; "
+            f"max |logit difference| {i8['max_abs_logit_diff']:.3f}.",
+        ]
+    if "teacher_parity" in report:
+        lines.append(f"- **teacher fp32 parity**: {report['teacher_parity']['max_abs_diff']:.2e} "
+                     f"({'passed' if report['teacher_parity']['passed'] else 'FAILED'}).")
+    lines.append("")
+    lines += ["## Size and CPU speed", ""]
+    if report.get("speed"):
+        sp = report["speed"]
+        lines += [
+            f"One run, {sp['threads']} thread(s) for PyTorch and ONNX Runtime alike, {sp['rounds']} round-robin rounds "
+            f"of {sp['batches']} timed batches (median over rounds); real rows of the evaluation file. Absolute times "
+            "depend on the machine and its load; the ratios are what carries over.",
+            "",
+            speed_table(report),
+            "",
+        ]
+    else:
+        lines += ["Speed was not measured (`--speed_batches 0`).", ""]
+        lines += ["| file | MB |", "|---|---|"] + [f"| {k} | {v / 1e6:.1f} |" for k, v in report["sizes"].items()] + [""]
+    s = report["summary"]
+    if "int8" in report:
+        measured = f"int8 file {s['int8_over_fp32_file_ratio']:.2f}x smaller"
+        if "int8_over_fp32_latency_speedup" in s:
+            measured = (f"int8 {s['int8_over_fp32_latency_speedup']:.2f}x lower latency at batch 1 and "
+                        f"{s['int8_over_fp32_throughput_speedup']:.2f}x the throughput at batch 64, ") + measured
+        lines += [
+            f"Measured here: {measured}, {s['int8_accuracy_change_points']:+.2f} accuracy points.",
+            f"Published anchors for dynamic int8 against fp32 on CPU: {ANCHORS['latency_speedup']}, "
+            f"{ANCHORS['file_ratio']}, accuracy {ANCHORS['accuracy']} ("
+            + "; ".join(ANCHORS["sources"]) + ").",
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```",
+        f"kdistill predict {report['out']} \"a text to classify\"{' --int8' if 'int8' in report else ''}",
+        "```",
+        "",
+        "Or with ONNX Runtime alone: tokenise with the tokenizer files here (truncate to "
+        f"{report['max_length']} tokens), feed {', '.join(report['inputs'])} as int64 [batch, sequence] arrays, "
+        "and take the softmax of `logits`; `labels.json` maps label names to ids.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_text(report: dict) -> str:
+    """What the user sees at the end of `kdistill export`."""
+    lines = []
+    p = report["parity"]
+    lines.append(f"fp32 parity: max |ONNX - PyTorch| = {p['max_abs_diff']:.2e} on {report['eval']['rows']} rows "
+                 f"({'passed' if p['passed'] else 'FAILED'}, bound {PARITY_BOUND:g})")
+    if "int8" in report:
+        i8 = report["int8"]
+        lines.append(f"int8: agreement with fp32 {pct(i8['agreement_with_fp32'])} (target {pct(INT8_AGREEMENT_TARGET)}, "
+                     f"{'met' if i8['agreement_met'] else 'NOT met'}); accuracy {100 * i8['accuracy_fp32']:.2f} -> "
+                     f"{100 * i8['accuracy_int8']:.2f} ({i8['accuracy_change_points']:+.2f} points)")
+    if report.get("speed"):
+        lines.append(speed_table(report))
+        lines.append(f"published anchors, dynamic int8 vs fp32 on CPU: {ANCHORS['latency_speedup']}, "
+                     f"{ANCHORS['file_ratio']}, accuracy {ANCHORS['accuracy']} "
+                     "(PyTorch BERT dynamic quantisation tutorial; ONNX Runtime blog)")
+    lines.append(f"written: {report['out']}")
+    return "\n".join(lines)

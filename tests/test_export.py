@@ -1,0 +1,187 @@
+"""`kdistill export` and `kdistill predict` on a tiny run: ONNX fp32 and int8, parity, the card, the errors.
+
+Nothing here times anything: the speed report runs with one batch and one round, and only its keys are checked.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import kdistill
+from kdistill import export
+from kdistill.cli import main
+from conftest import make_tiny_bert, tiny_run_values
+
+TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés from start to finish",
+         "bad"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, word_tokenizer):
+    """A finished tiny run: a given (untrained) 64-wide teacher, a 1-layer student trained on hard labels, eval.json."""
+    out = tmp_path_factory.mktemp("run")
+    teacher = make_tiny_bert(tmp_path_factory.mktemp("teacher"), word_tokenizer, hidden=64)
+    config = kdistill.make_config(tiny_run_values(
+        out, teacher, teacher_train=False, strategy="hard", max_train_samples=200, max_eval_samples=120,
+        num_train_epochs=1, speed_batches=0, report_to="none",
+    ))
+    kdistill.teach(config)
+    kdistill.distill(config)
+    kdistill.evaluate(config)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    """The run exported with every option: int8, the teacher, and a (one-batch, untimed-by-tests) speed report."""
+    code = main(["export", str(run_dir), "--format", "onnx", "--int8", "--teacher",
+                 "--speed_batches", "1", "--speed_rounds", "1"])
+    assert code == 0
+    out = run_dir / "export"
+    return out, json.loads((out / "export_report.json").read_text())
+
+
+def test_export_writes_the_deployment_directory(exported):
+    out, report = exported
+    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "labels.json", "README.md", "export_report.json",
+                 "teacher/model.onnx", "teacher/model.int8.onnx", "teacher/tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "labels.json").read_text()) == {"0": 0, "1": 1}
+    # The word-level test tokenizer makes no token_type_ids, so the graph takes none.
+    assert report["inputs"] == ["input_ids", "attention_mask"]
+    assert report["command"].startswith("kdistill export ") and "--int8" in report["command"]
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # no temp files left behind
+
+
+def test_onnx_graph_has_dynamic_batch_and_sequence_and_matches_pytorch(exported, run_dir):
+    out, _ = exported
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for tensor in session.get_inputs():
+        assert all(isinstance(d, str) for d in tensor.shape), (tensor.name, tensor.shape)  # symbolic, not fixed
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    # Batch sizes and lengths other than the export example's (2 rows): one row, then three padded rows.
+    for texts in (TEXTS[:1], TEXTS):
+        enc = tokenizer(texts, padding=True, return_tensors="np")
+        onnx_logits = session.run(None, {i.name: enc[i.name] for i in session.get_inputs()})[0]
+        with torch.no_grad():
+            torch_logits = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+        assert onnx_logits.shape == (len(texts), 2)
+        np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=0)
+
+
+def test_parity_and_int8_fidelity_are_reported(exported):
+    out, report = exported
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["eval"]["rows"] == 120  # the run's max_eval_samples
+    assert report["teacher_parity"]["max_abs_diff"] <= 1e-4
+    i8 = report["int8"]
+    assert 0.0 <= i8["agreement_with_fp32"] <= 1.0
+    assert i8["agreement_met"] == (i8["agreement_with_fp32"] >= 0.995)
+    assert i8["accuracy_change_points"] == pytest.approx(100 * (i8["accuracy_int8"] - i8["accuracy_fp32"]))
+    assert os.path.getsize(out / "model.int8.onnx") < os.path.getsize(out / "model.onnx")
+    assert report["summary"]["int8_over_fp32_file_ratio"] > 1.0
+
+
+def test_speed_report_has_every_model_and_the_ratios(exported):
+    _, report = exported
+    models = report["speed"]["models"]
+    assert set(models) == {f"{w} {r}" for w in ("teacher", "student") for r in ("PyTorch", "ONNX fp32", "ONNX int8")}
+    for timing in models.values():
+        assert {"latency_ms_b1", "latency_ms_b1_p95", "throughput_b64"} <= set(timing)
+    assert report["speed"]["threads"] == torch.get_num_threads()
+    for key in ("int8_over_fp32_latency_speedup", "int8_over_fp32_throughput_speedup", "student_over_teacher_throughput_speedup",
+                "int8_accuracy_change_points", "int8_fp32_agreement", "fp32_max_abs_diff"):
+        assert key in report["summary"], key
+
+
+def test_model_card_lists_metrics_fidelity_and_the_command(exported, run_dir):
+    out, report = exported
+    card = (out / "README.md").read_text()
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert f"| accuracy | {evaluation['student']['accuracy']:.4f} | {evaluation['teacher']['accuracy']:.4f} |" in card
+    for text in ("macro-F1", "agreement with teacher", "strategy `hard`", "temperature 2.0", "alpha 0.5",
+                 "fp32 parity", "int8 vs fp32", "Published anchors", "dynamic_quantization_bert_tutorial",
+                 report["command"], "| student | ONNX int8 |"):
+        assert text in card, text
+
+
+def test_predict_gives_the_same_answer_from_pytorch_and_onnx(exported, run_dir, capsys):
+    out, _ = exported
+    answers = {}
+    for name, argv in {"run dir (PyTorch)": [str(run_dir)], "student dir (PyTorch)": [str(run_dir / "student")],
+                       "export (ONNX fp32)": [str(out)], "export (ONNX int8)": [str(out), "--int8"]}.items():
+        assert main(["predict", *argv, *TEXTS, "--json"]) == 0
+        answers[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    reference = answers["run dir (PyTorch)"]
+    assert [a["text"] for a in reference] == TEXTS
+    for row in reference:
+        assert set(row["probabilities"]) == {"0", "1"} and sum(row["probabilities"].values()) == pytest.approx(1.0)
+    for name in ("student dir (PyTorch)", "export (ONNX fp32)"):
+        assert [a["label"] for a in answers[name]] == [a["label"] for a in reference], name
+        for a, b in zip(answers[name], reference):
+            assert a["probabilities"]["1"] == pytest.approx(b["probabilities"]["1"], abs=1e-5)
+    assert all(a["label"] in ("0", "1") for a in answers["export (ONNX int8)"])
+
+
+def test_predict_reads_a_file_and_prints_a_line_per_text(exported, tmp_path, capsys):
+    out, _ = exported
+    texts = tmp_path / "texts.txt"
+    texts.write_text(TEXTS[0] + "\n\n" + TEXTS[1] + "\n")
+    assert main(["predict", str(out), "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2  # the blank line is skipped
+    label, probs, text = lines[0].split("\t")
+    assert label in ("0", "1") and probs.startswith("p(0)=") and text == TEXTS[0]
+
+
+def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys):
+    # No real export misses 1e-4, so the bound is made impossible to meet.
+    monkeypatch.setattr(export, "PARITY_BOUND", -1.0)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.int8.onnx").write_text("from an earlier export")
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out), "--speed_batches", "0"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["passed"] is False and "FAILED" in (out / "README.md").read_text()
+    assert not (out / "model.int8.onnx").exists()  # this export has no --int8: a stale int8 model must not stay
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("kdistill: error: ")
+    return err[0]
+
+
+def test_exporting_a_directory_that_is_not_a_run_fails_with_one_line(tmp_path, capsys):
+    (tmp_path / "student").mkdir()
+    assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
+    line = _one_error_line(capsys)
+    assert f"{tmp_path} is not a kdistill run directory (no run_config.json, labels.json, student/config.json)" in line
+
+
+def test_unknown_format_and_missing_model_fail_with_one_line(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--format", "tflite"]) == 2
+    assert "argument --format: invalid choice: 'tflite'" in _one_error_line(capsys)
+    assert main(["predict", str(tmp_path), "some text"]) == 2
+    assert "no model here" in _one_error_line(capsys)
+    assert main(["predict", str(run_dir), "some text", "--int8"]) == 2
+    assert "no model.int8.onnx" in _one_error_line(capsys)
+
+
+def test_paths_in_run_config_are_found_from_where_the_run_now_lies(tmp_path, monkeypatch):
+    # A run made in base/ with output_dir runs/x and data ../data/f.tsv, read from another directory.
+    (tmp_path / "base" / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.tsv").write_text("sentence\tlabel\na\t0\n")
+    run = export.Run(str(tmp_path / "base" / "runs" / "x"), {"distill": {"output_dir": "runs/x"}}, {}, None)
+    monkeypatch.chdir(tmp_path / "base" / "runs")
+    assert export.locate("../data/f.tsv", run) == str(tmp_path / "data" / "f.tsv")
+    assert export.locate("../nowhere.tsv", run) == "../nowhere.tsv"  # left as given; the loader names it
