@@ -477,7 +477,8 @@ def export_main(argv: list[str]) -> int:
 
     if args.speed_batches > 0:
         models = time_models(candidates, args.speed_batches, args.speed_rounds)
-        report["speed"] = {"threads": torch.get_num_threads(), "batches": args.speed_batches,
+        report["speed"] = {"threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                           "batches": args.speed_batches,
                            "rounds": args.speed_rounds, "batch_size": 64, "models": models}
     report["anchors"] = ANCHORS
     report["summary"] = summary(report)

@@ -134,7 +134,8 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
             f"- **int8 vs fp32**: top-1 agreement {pct(i8['agreement_with_fp32'])} (target {pct(INT8_AGREEMENT_TARGET)}: "
             f"{'met' if i8['agreement_met'] else 'NOT met'}); accuracy {100 * i8['accuracy_fp32']:.2f} (fp32) → "
             f"{100 * i8['accuracy_int8']:.2f} (int8), {i8['accuracy_change_points']:+.2f} points; "
-            f"max |logit difference| {i8['max_abs_logit_diff']:.3f}.",
+            f"max |logit difference| {i8['max_abs_logit_diff']:.3f}. Dynamic quantisation scales activations per "
+            "batch, so an int8 answer can shift slightly with the batch a text is scored in.",
         ]
     if "teacher_parity" in report:
         lines.append(f"- **teacher fp32 parity**: {report['teacher_parity']['max_abs_diff']:.2e} "
