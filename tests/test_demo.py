@@ -157,3 +157,14 @@ def test_cli_demo_bad_flag_is_one_line(capsys):
     assert main(["demo", "--seed", "zero"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdistill: error: demo:") and "\n" not in err
+
+
+def test_prior_matching_shift_matches_the_teachers_rate_without_labels():
+    # The teacher calls 2 of 4 rows a 3; the student needs a shift of 1.5 on class 3 before it calls 2 rows a 3.
+    teacher = torch.tensor([[0.0, 0, 0, 5], [0.0, 0, 0, 5], [5.0, 0, 0, 0], [5.0, 0, 0, 0]])
+    student = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0.6], [3.0, 0, 0, 0], [4.0, 0, 0, 0]])
+    shifts = np.arange(0.0, 3.01, 0.5)
+    index, rate = demo.prior_matching_shift(student, teacher, 3, shifts)
+    assert rate == 0.5 and shifts[index] == 1.5
+    # A student that never gets there takes the largest shift.
+    assert demo.prior_matching_shift(student - 100 * torch.eye(4)[3], teacher, 3, shifts)[0] == len(shifts) - 1
