@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+    # Bars for loading and saving weights (instant for local models) would stand above a one-line error.
+    hf_logging.disable_progress_bar()
     try:
         if args.verb == "demo":
             _demo(rest)
@@ -126,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k not in ("loss_curve", "log_history")})
         if args.verb in ("eval", "run"):
             result = pipeline.evaluate(config, progress=True)
-            print(_format_table(result))
-            print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
+            if result:  # empty on the replicas of a torchrun launch: the first process evaluates
+                print(_format_table(result))
+                print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
     except UserError as err:
         print(f"kdistill: error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ Field names are unique across the four, so the same names work as flags
 (`--temperature 4`) and in Python (`DistillationConfig(temperature=4, ...)`).
 """
 
+import codecs
 import dataclasses
 import difflib
 import inspect
@@ -50,6 +51,9 @@ class DataConfig:
     column_names: list[str] | None = field(
         default=None, metadata={"help": "Names for the columns of a csv/tsv file without a header row, in order."}
     )
+    encoding: str = field(
+        default="utf-8", metadata={"help": "Text encoding of csv/tsv/json files, e.g. latin-1 (parquet needs none)."}
+    )
     max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
@@ -59,6 +63,10 @@ class DataConfig:
             raise ConfigError("data: set train_file (or dataset_name for a hub data set)")
         if self.max_length < 8:
             raise ConfigError(f"data: max_length must be at least 8, got {self.max_length}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"data: unknown encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
 
 
 @dataclass
@@ -142,6 +150,14 @@ class DistillationConfig(TrainingArguments):
     soft_loss: str = field(default="kl", metadata={"help": f"Soft loss: one of {', '.join(SOFT_LOSSES)}."})
     soft_label_cache: str | None = field(
         default=None, metadata={"help": "Directory of the soft-label cache (default: <output_dir>/soft_labels)."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Reuse an output_dir that holds a run made with another config: its student/ (teach: its "
+            "teacher/) and eval.json are deleted first. Without it such a directory is refused; a directory "
+            "holding this same config is resumed from its last checkpoint."
+        },
     )
     speed_batches: int = field(default=20, metadata={"help": "Timed batches per speed measurement in eval (0 skips it)."})
     train_sampling_strategy: str = field(

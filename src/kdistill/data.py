@@ -4,10 +4,12 @@ Rows keep their position in the file as their identity (`idx`): the soft-label c
 student may tokenise the text however it likes and still find its teacher's logits.
 """
 
+import contextlib
 import csv
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 LABELS_FILE = "labels.json"
+# Truncation messages already logged in this process (a split is tokenised by the teacher pass, the student and
+# evaluation: the user needs to read the count once).
+_TRUNCATION_REPORTED: set[tuple[str, int, int, int]] = set()
 
 
 def _has_rows(path: str, header: bool) -> bool:
@@ -35,10 +40,45 @@ def _has_rows(path: str, header: bool) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence datasets' own ERROR line for a file it cannot parse (the UserError raised instead says it once) and
+    its 'Generating data split' bar (a second, half-finished line above that error; library code does not print)."""
+    quiet = logging.getLogger("datasets")
+    level, bars = quiet.level, datasets.is_progress_bar_enabled()
+    quiet.setLevel(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> UserError:
+    # The error's offset is into the parser's buffer, not the file: find the first bad line again (error path only).
+    where = err.reason
+    with open(path, "rb") as fh:
+        offset = 0
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as bad:
+                where = f"line {number}, byte {offset + bad.start}: {bad.reason}"
+                break
+            offset += len(line)
+    return UserError(
+        f"{path}: not valid {encoding} text ({where}); "
+        "set the data option encoding to the file's encoding (e.g. encoding: latin-1)"
+    )
+
+
 def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.Dataset:
     """Read one data file into a Dataset holding the text column(s) and, if `labelled`, the label column.
 
-    Raises UserError for a missing, empty or undecodable file, an unknown format or a missing column.
+    Raises UserError for a missing, empty or undecodable file, an unknown format, a missing column, an empty
+    text or a missing label.
     """
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}")
@@ -51,19 +91,22 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
     if ext == ".tsv":
         # SST-2 and AG News hold bare quote characters; QUOTE_NONE keeps them as text.
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    if ext in (".csv", ".tsv", ".json", ".jsonl"):
+        kwargs["encoding"] = data.encoding
     if ext in (".csv", ".tsv") and data.column_names:
         kwargs.update(column_names=list(data.column_names), header=None)
     if ext in (".csv", ".tsv") and not _has_rows(path, header=not data.column_names):
         # datasets would fail with 'Instruction "data" corresponds to no data!' on a header-only file.
         raise UserError(f"{path}: the file holds no rows" + ("" if data.column_names else " below its header"))
     try:
-        table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
+        with _quiet_datasets():
+            table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise _decode_error(path, data.encoding, err) from None
     except Exception as err:  # datasets wraps parser errors in many types; the user needs the first line only
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError):
-            raise UserError(f"{path}: not valid UTF-8 text ({cause.reason} at byte {cause.start})") from None
+            raise _decode_error(path, data.encoding, cause) from None
         raise UserError(f"{path}: could not be read as {FORMATS[ext]}: {str(cause).splitlines()[0]}") from None
     if len(table) == 0:
         raise UserError(f"{path}: the file holds no rows")
@@ -111,21 +154,38 @@ def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
     return table
 
 
-def _label_key(value: Any) -> str:
+def _label_key(value: Any, source: str = "data") -> str:
+    # A float column whose values are whole numbers (1.0, 0.0: what pandas makes of an integer column with a gap,
+    # or what a JSON writer may emit) is read as integers; a fraction is a regression target, not a class.
     if isinstance(value, float):
         if not value.is_integer():
-            raise UserError(f"label {value!r} is a fraction; labels must be integers or strings")
+            raise UserError(f"{source}: label {value!r} is a fraction; labels must be integers or strings")
         value = int(value)
     return str(value)
 
 
-def build_label_map(labels: list[Any]) -> dict[str, int]:
-    """One stable label -> id map: integer labels keep their order, strings are sorted."""
-    keys = sorted({_label_key(v) for v in labels[:]})  # [:]: a datasets Column in one conversion
-    if all(k.lstrip("-").isdigit() for k in keys):
+def _is_int(key: str) -> bool:
+    return key.lstrip("-").isdigit()
+
+
+def build_label_map(labels: list[Any], source: str = "the training data") -> dict[str, int]:
+    """One stable label -> id map: integer labels keep their order, strings are sorted.
+
+    Raises UserError for fractional labels, for integers mixed with strings (a csv file reads both as text, so
+    `1` next to `neg` is caught here too) and for fewer than 2 classes.
+    """
+    keys = sorted({_label_key(v, source) for v in labels[:]})  # [:]: a datasets Column in one conversion
+    ints = [k for k in keys if _is_int(k)]
+    if ints and len(ints) < len(keys):
+        strings = [k for k in keys if not _is_int(k)]
+        raise UserError(
+            f"{source}: the labels mix integers ({', '.join(ints[:3])}) and strings "
+            f"({', '.join(map(repr, strings[:3]))}); use one kind for every row"
+        )
+    if ints:
         keys = sorted(keys, key=int)
     if len(keys) < 2:
-        raise UserError(f"the training data holds {len(keys)} distinct label(s); a classifier needs at least 2")
+        raise UserError(f"{source} holds {len(keys)} distinct label(s); a classifier needs at least 2")
     return {k: i for i, k in enumerate(keys)}
 
 
@@ -136,7 +196,7 @@ def save_label_map(label2id: dict[str, int], directory: str) -> None:
 
 
 def encode_labels(table: datasets.Dataset, data: DataConfig, label2id: dict[str, int], source: str) -> list[int]:
-    values = [_label_key(v) for v in table[data.label_column][:]]
+    values = [_label_key(v, source) for v in table[data.label_column][:]]
     unknown = sorted(set(values) - set(label2id))
     if unknown:
         raise UserError(
@@ -152,19 +212,26 @@ def tokenize(
     data: DataConfig,
     labels: list[int] | None,
     index_offset: int = 0,
+    source: str = "data",
+    who: str = "tokenizer",
 ) -> datasets.Dataset:
     """Tokenise without padding (the collator pads each batch to its longest row).
 
     Adds `idx` (the row's position, plus `index_offset`, used to find its soft labels), `length` (for
-    length-grouped batches) and `labels` (-100 for unlabelled rows).
+    length-grouped batches) and `labels` (-100 for unlabelled rows). How many texts were truncated is logged once
+    per `source` and count, however often the split is tokenised (teacher pass, student, evaluation); `who`
+    (e.g. "student tokenizer") tells two tokenizers' counts apart.
     """
     texts = [str(t) for t in table[data.text_column][:]]
     pairs = [str(t) for t in table[data.text_pair_column][:]] if data.text_pair_column else None
     max_length = min(data.max_length, getattr(tokenizer, "model_max_length", data.max_length) or data.max_length)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     truncated = sum(1 for ids in enc["input_ids"] if len(ids) >= max_length)
-    if truncated:
-        logger.info("%d of %d texts reached max_length=%d tokens and were truncated", truncated, len(texts), max_length)
+    key = (source, truncated, len(texts), max_length)
+    if truncated and key not in _TRUNCATION_REPORTED:
+        _TRUNCATION_REPORTED.add(key)
+        logger.info("%s: %d of %d texts reached max_length=%d tokens (%s) and were truncated",
+                    source, truncated, len(texts), max_length, who)
     columns = {k: list(v) for k, v in enc.items()}
     columns["idx"] = list(range(index_offset, index_offset + len(texts)))
     columns["length"] = [len(ids) for ids in enc["input_ids"]]

@@ -10,13 +10,17 @@ A run directory (`output_dir`) holds everything a run makes:
 """
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import time
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import metrics
 from .config import RunConfig, UserError, config_to_dict
@@ -44,6 +48,20 @@ from .trainer import DistillationTrainer
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "transfer", "validation", "test")
+RUN_CONFIG = "run_config.json"
+
+# Fields that change where a run logs, how it checkpoints or how fast it evaluates, not what it trains: a rerun
+# that changes only these continues the run in output_dir. Any other change is another run (see check_output_dir).
+_UNTRACKED = {
+    "data": ("test_file",),
+    "distill": (
+        "output_dir", "overwrite", "resume_from_checkpoint", "soft_label_cache", "speed_batches",
+        "per_device_eval_batch_size", "report_to", "run_name", "project", "disable_tqdm", "local_rank", "debug",
+        "skip_memory_metrics", "push_to_hub", "do_train", "do_eval", "do_predict", "include_num_input_tokens_seen",
+        "ddp_timeout", "ddp_backend", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+    ),
+}
+_UNTRACKED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "dataloader_")
 
 
 def _paths(config: RunConfig) -> dict[str, str]:
@@ -62,7 +80,99 @@ def label_map(config: RunConfig) -> dict[str, int]:
     train = load_split(config.data, "train")
     if train is None:
         raise UserError("data: no training data configured")
-    return build_label_map(train[config.data.label_column])
+    return build_label_map(train[config.data.label_column], config.data.train_file or "the training data")
+
+
+def _is_main(config: RunConfig) -> bool:
+    """Whether this process writes the run's files (always, unless launched by torchrun/accelerate as rank > 0)."""
+    return config.distill.process_index == 0
+
+
+def _tracked(record: dict[str, dict[str, Any]], sections: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of a run record that define what the run trains, as {"section.field": value}."""
+    out = {}
+    for section in sections:
+        for key, value in record.get(section, {}).items():
+            if key in _UNTRACKED.get(section, ()) or key.startswith(_UNTRACKED_PREFIXES):
+                continue
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    # A field missing from the old record (written by an older kdistill) is not a difference.
+    for key, value in new.items():
+        if key in old and old[key] != value:
+            return f"{key}={old[key]!r}, not {value!r}"
+    return None
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def check_output_dir(config: RunConfig, verb: str) -> list[str]:
+    """Check that output_dir may take this run; returns what `take_output_dir` deletes first (with overwrite).
+
+    An output_dir holding the products of a run made with another config (`run_config.json` differs in a tracked
+    field) is refused, unless `overwrite`, which deletes those products: teach replaces teacher/ (and so the
+    student and eval.json made from it), distill replaces student/ and eval.json (with overwrite, also when the
+    config is the same: the run starts over). The same config is allowed: that is a resumed run. The soft-label
+    cache is never deleted: it is keyed by what produced it. Nothing is written here, so that a run that stops on
+    bad input later leaves the directory as it was.
+
+    Args:
+        verb: "teach" or "distill".
+    """
+    paths = _paths(config)
+    out = paths["out"]
+    for what, path in (("output_dir", out), ("soft_label_cache", paths["cache"])):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{what} {path} is a file, not a directory; give a directory (it is created if missing)")
+    record_path = os.path.join(out, RUN_CONFIG)
+    old = None
+    if os.path.isfile(record_path):
+        try:
+            with open(record_path, encoding="utf-8") as fh:
+                old = json.load(fh)
+        except (OSError, ValueError) as err:
+            if not config.distill.overwrite:
+                raise UserError(f"{record_path} is unreadable ({str(err).splitlines()[0]}); pass --overwrite to replace "
+                                "the run in that directory") from None
+    # The products this verb would replace, and which parts of the config they depend on. Distilling from this
+    # run's own fine-tuned teacher depends on the config that taught it, even before a student exists.
+    teacher_made = os.path.isdir(paths["teacher"]) and config.teacher.teacher_train
+    if verb == "teach":
+        products = [paths["teacher"], paths["student"], paths["eval"]] if config.teacher.teacher_train else []
+        sections = ("data", "teacher") if teacher_made else ()
+    else:
+        products = [paths["student"], paths["eval"]]
+        sections = ("data", "teacher", "student", "distill") if os.path.isdir(paths["student"]) else \
+            ("data", "teacher") if teacher_made else ()
+    existing = [p for p in products if os.path.exists(p)]
+    reason = None
+    if sections and old is None:
+        reason = f"no {RUN_CONFIG} says which config made its {', '.join(os.path.basename(p) for p in existing)}"
+    elif sections:
+        diff = _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+        reason = diff and f"it holds a run made with {diff}"
+    if reason and not config.distill.overwrite:
+        raise UserError(f"output_dir {out}: {reason}; use another output_dir, or pass --overwrite to replace that run")
+    return existing if config.distill.overwrite and (reason or verb == "distill") else []
+
+
+def take_output_dir(config: RunConfig, stale: list[str]) -> None:
+    """Delete `stale` (from check_output_dir) and record this run's config in output_dir/run_config.json."""
+    if not _is_main(config):
+        return
+    if stale:
+        logger.warning("overwrite: deleting %s", ", ".join(stale))
+        for path in stale:
+            _remove(path)
+    write_json(os.path.join(config.output_dir, RUN_CONFIG), config_to_dict(config))
 
 
 def teacher_dir(config: RunConfig) -> str:
@@ -89,15 +199,60 @@ def _pad(tokenizer):
     return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
 
 
-def _tokenized_split(config, split, tokenizer, label2id, offset=0):
+def _tokenized_split(config, split, tokenizer, label2id, offset=0, who="student tokenizer"):
     table = load_split(config.data, split)
     if table is None:
         return None
     labels = None
+    source = getattr(config.data, f"{split}_file", None) or split
+    if split == "test":
+        source = config.data.test_file or config.data.validation_file or split
     if split != "transfer":
-        source = getattr(config.data, f"{split}_file", None) or split
         labels = encode_labels(table, config.data, label2id, source)
-    return tokenize(table, tokenizer, config.data, labels, index_offset=offset)
+    return tokenize(table, tokenizer, config.data, labels, index_offset=offset, source=source, who=who)
+
+
+def _check_vocabulary(model, tokenizer, what: str) -> None:
+    """A tokenizer with more ids than the model has embeddings would fail mid-training with an index error."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise UserError(
+            f"{what}'s tokenizer has {len(tokenizer)} tokens but its embeddings hold {rows}; "
+            "use the tokenizer the model was made with (student_tokenizer), or student_init=from_config"
+        )
+
+
+def _resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
+    """The checkpoint to resume from: the one asked for, else the last complete one in student_dir (if any).
+
+    A checkpoint is complete when its trainer_state.json (the Trainer writes it last) reads back; a run killed
+    while saving leaves a directory without it, which is skipped.
+    """
+    asked = config.distill.resume_from_checkpoint
+    if isinstance(asked, str) and asked.lower() in ("true", "last"):
+        asked = None
+    elif asked:
+        if not os.path.isdir(asked):
+            raise UserError(f"resume_from_checkpoint {asked}: no such checkpoint directory")
+        return asked
+    if not os.path.isdir(student_dir):
+        return None
+    steps = []
+    for name in os.listdir(student_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit():
+            steps.append((int(step), os.path.join(student_dir, name)))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+                json.load(fh)
+        except (OSError, ValueError):
+            logger.warning("checkpoint %s is incomplete (a run killed while saving it?); skipped", path)
+            continue
+        logger.info("resuming from %s (pass --overwrite to start over)", path)
+        return path
+    return None
 
 
 def _loss_curve(trainer) -> list[list[float]]:
@@ -108,16 +263,26 @@ def teach(config: RunConfig) -> dict[str, float]:
     """Fine-tune the teacher on the gold labels (or check the given fine-tuned one). Returns its eval metrics."""
     paths = _paths(config)
     label2id = label_map(config)
-    save_label_map(label2id, paths["out"])
+    stale = check_output_dir(config, "teach")
     if not config.teacher.teacher_train:
         model = load_classifier(config.teacher.teacher_model, "teacher", label2id)
         check_label_count(model, len(label2id), "teacher")
+        take_output_dir(config, stale)
+        if _is_main(config):
+            save_label_map(label2id, paths["out"])
         logger.info("teacher: using the fine-tuned %s as is", config.teacher.teacher_model)
         return {}
-    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer")
+    done = os.path.join(paths["teacher"], "teach_results.json")  # written last: the teacher is complete
+    if os.path.isfile(done) and not config.distill.overwrite:
+        # check_output_dir found this config's teacher here: a rerun (say of `kdistill run`) reuses it.
+        logger.info("teacher: reusing the one fine-tuned in %s (pass --overwrite to train it again)", paths["teacher"])
+        with open(done, encoding="utf-8") as fh:
+            return json.load(fh)
     model = load_classifier(config.teacher.teacher_model, "teacher", label2id)
-    train = _tokenized_split(config, "train", tokenizer, label2id)
-    validation = _tokenized_split(config, "validation", tokenizer, label2id)
+    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer")
+    _check_vocabulary(model, tokenizer, "teacher")
+    train = _tokenized_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
+    validation = _tokenized_split(config, "validation", tokenizer, label2id, who="teacher tokenizer")
     t = config.teacher
     args = dataclasses.replace(
         config.distill,
@@ -138,22 +303,34 @@ def teach(config: RunConfig) -> dict[str, float]:
         processing_class=tokenizer,
         compute_metrics=_accuracy,
     )
+    with args.main_process_first(local=False, desc="output_dir"):
+        take_output_dir(config, stale)
+        if _is_main(config):
+            save_label_map(label2id, paths["out"])
     start = time.perf_counter()
     result = trainer.train()
     out = {"train_loss": result.training_loss, "train_seconds": time.perf_counter() - start, "loss_curve": _loss_curve(trainer)}
     if validation is not None:
         out.update(trainer.evaluate())
     trainer.save_model(paths["teacher"])
-    save_label_map(label2id, paths["teacher"])
-    write_json(os.path.join(paths["teacher"], "teach_results.json"), out)
+    if _is_main(config):
+        save_label_map(label2id, paths["teacher"])
+        write_json(os.path.join(paths["teacher"], "teach_results.json"), out)
     return out
 
 
 def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> dict[str, torch.Tensor]:
     """The teacher's logits for each configured split: read from the cache, or computed once and cached.
 
-    The teacher is loaded only if some split is missing from the cache.
+    The teacher is loaded only if some split is missing from the cache. Under torchrun/accelerate launch, the
+    first process computes and writes the cache while the others wait, then they read it: every process holds
+    the same logits, and the cache is written once (output_dir must be on a file system all processes share).
     """
+    with config.distill.main_process_first(local=False, desc="soft labels"):
+        return _make_soft_labels(config, splits, progress and _is_main(config))
+
+
+def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool) -> dict[str, torch.Tensor]:
     tdir = teacher_dir(config)
     cache = _paths(config)["cache"]
     data = config.data
@@ -175,9 +352,10 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
         if logits is None:
             if teacher is None:
                 label2id = label_map(config)
-                tokenizer = load_tokenizer(tdir, "teacher tokenizer")
                 teacher = load_classifier(tdir, "teacher", label2id)
-            rows = _tokenized_split(config, split, tokenizer, label2id)
+                tokenizer = load_tokenizer(tdir, "teacher tokenizer")
+                _check_vocabulary(teacher, tokenizer, "teacher")
+            rows = _tokenized_split(config, split, tokenizer, label2id, who="teacher tokenizer")
             model_rows = _model_rows(rows, tokenizer)
             bar = tqdm(total=len(model_rows), desc=f"soft labels ({split})", unit="rows", disable=not progress)
             logits = predict_logits(
@@ -185,7 +363,8 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
                 batch_size=config.distill.per_device_eval_batch_size, progress=bar.update,
             )
             bar.close()
-            write_cache(file, logits, fp)
+            if _is_main(config):
+                write_cache(file, logits, fp)
             logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
         else:
             logger.info("soft labels for %s: %d rows reused from %s", split, len(logits), file)
@@ -198,12 +377,14 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     paths = _paths(config)
     args = config.distill
     label2id = label_map(config)
+    stale = check_output_dir(config, "distill")
     splits = SPLITS if args.strategy != "hard" else ()
     teacher_logits = make_soft_labels(config, splits, progress=progress) if splits else {}
     tdir = teacher_dir(config)
     teacher = load_classifier(tdir, "teacher", label2id) if config.student.student_init == "from_teacher" else None
     student, tokenizer = build_student(config.student, teacher, tdir, label2id)
     del teacher
+    _check_vocabulary(student, tokenizer, "student")
     for split, logits in teacher_logits.items():
         if logits.shape[-1] != len(label2id):
             raise UserError(
@@ -240,8 +421,23 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         processing_class=tokenizer,
         compute_metrics=_accuracy,
     )
+    # The first process clears (with overwrite) and records; the others find the checkpoint it left, or none.
+    with args.main_process_first(local=False, desc="output_dir"):
+        take_output_dir(config, stale)
+        checkpoint = _resume_point(config, paths["student"])
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as err:
+        # Failing before a step past the checkpoint means failing to load it (a truncated file, a pickle that
+        # torch.load(weights_only=True) refuses): the user's to fix, not a bug to print a traceback for.
+        if checkpoint is None or trainer.state.global_step > _checkpoint_step(checkpoint):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"could not resume from {checkpoint} ({type(err).__name__}: {first}); "
+            "delete that checkpoint, or pass --overwrite to start over"
+        ) from None
     out = {
         "train_loss": result.training_loss,
         "train_seconds": time.perf_counter() - start,
@@ -256,17 +452,22 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     if "validation" in parts:
         out.update(trainer.evaluate())
     trainer.save_model(paths["student"])
-    save_label_map(label2id, paths["student"])
-    write_json(os.path.join(paths["student"], "distill_results.json"), out)
-    write_json(os.path.join(paths["out"], "run_config.json"), config_to_dict(config))
+    if _is_main(config):
+        save_label_map(label2id, paths["student"])
+        write_json(os.path.join(paths["student"], "distill_results.json"), out)
     return out
+
+
+def _checkpoint_step(path: str) -> int:
+    tail = os.path.basename(os.path.normpath(path)).rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _speed(config: RunConfig, student, rows, collate, teacher, label2id) -> dict:
     """Student and teacher CPU speed on the same test rows, measured one after the other (a ratio of one run)."""
     tdir = teacher_dir(config)
     teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
-    teacher_rows = _model_rows(_tokenized_split(config, "test", teacher_tok, label2id), teacher_tok)
+    teacher_rows = _model_rows(_tokenized_split(config, "test", teacher_tok, label2id, who="teacher tokenizer"), teacher_tok)
     n = config.distill.speed_batches
     out = {"student": measure_speed(student, rows, collate, batches=n),
            "teacher": measure_speed(teacher, teacher_rows, _pad(teacher_tok), batches=n)}
@@ -292,7 +493,13 @@ def speed(config: RunConfig) -> dict:
 
 
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
-    """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json."""
+    """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
+
+    A single-process step: under torchrun/accelerate launch only the first process evaluates (the others return
+    an empty dict), so the timings are not shared with replicas of itself.
+    """
+    if not _is_main(config):
+        return {}
     paths = _paths(config)
     sdir, tdir = paths["student"], teacher_dir(config)
     if not os.path.isfile(os.path.join(sdir, "config.json")):
@@ -303,7 +510,12 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     test = _tokenized_split(config, "test", tokenizer, label2id)
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
-    teacher_logits = make_soft_labels(config, ("test",), progress=progress)["test"]
+    teacher_logits = _make_soft_labels(config, ("test",), progress=progress)["test"]
+    if teacher_logits.shape != (len(test), len(label2id)):
+        raise UserError(
+            f"the teacher's logits for the test data have shape {tuple(teacher_logits.shape)} but the data has "
+            f"{len(test)} rows and the student {len(label2id)} labels; delete the soft-label cache to recompute"
+        )
     rows = _model_rows(test, tokenizer)
     collate = _pad(tokenizer)
     student_logits = predict_logits(student, rows, collate, batch_size=config.distill.per_device_eval_batch_size)

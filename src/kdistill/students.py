@@ -43,14 +43,19 @@ def resolve_model_path(name: str) -> str:
 
 def _from_pretrained(cls, name: str, what: str, **kwargs):
     path = resolve_model_path(name)
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{what} {name}: directory holds no model (no config.json)")
-    if not os.path.isdir(path) and (os.sep in name or name.startswith(".")):
+    if os.path.isdir(path):
+        # A tokenizer may be saved alone (tokenizer.json / tokenizer_config.json); a model or config needs config.json.
+        marks = ("tokenizer_config.json", "tokenizer.json", "config.json") if cls is AutoTokenizer else ("config.json",)
+        if not any(os.path.isfile(os.path.join(path, m)) for m in marks):
+            kind = "tokenizer" if cls is AutoTokenizer else "model"
+            raise UserError(f"{what} {name}: directory holds no {kind} (no {' or '.join(marks)})")
+    elif os.sep in name or name.startswith("."):
         raise UserError(f"{what} {name}: no such directory")
     try:
         return cls.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{what} {name} could not be loaded: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError, UnpicklingError, ...: a bad file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{what} {name} could not be loaded: {first}") from None
 
 
 def load_classifier(name: str, what: str, label2id: dict[str, int] | None = None) -> PreTrainedModel:

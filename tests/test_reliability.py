@@ -1,0 +1,232 @@
+"""Reliability: bad input ends in one line and exit 2 with nothing overwritten; real faults (kill -9 while training
+or while writing soft labels) are survived; the same seed gives the same run; pickles in a run are never executed.
+
+Input errors already covered by test_errors.py (missing file or column, empty or header-only file, unknown label,
+bad flags, tampered cache) are not repeated here.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import make_word_tokenizer, tiny_run_values
+from kdistill import pipeline
+from kdistill.cli import main
+from kdistill.config import DataConfig, make_config
+from kdistill.data import load_table
+from kdistill.soft_labels import write_cache
+from test_errors import assert_user_error, run_cli, snapshot, tsv, write_config
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def one_line_error(capsys, caplog, *argv: str) -> str:
+    """Run the CLI in-process; assert exit 2, exactly one line on stderr and no warning logged; return that line."""
+    code, err = run_cli(capsys, *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert_user_error(code, err, "")
+    noisy = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
+    assert not noisy, noisy
+    return lines[0]
+
+
+@pytest.fixture
+def values(tmp_path, tiny_bert) -> dict:
+    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
+    return tiny_run_values(
+        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
+        num_train_epochs=1, speed_batches=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
+    """A complete soft-label `kdistill run` to copy: tests change the copy, never this."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    values = tiny_run_values(
+        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
+        speed_batches=0, strategy="soft",
+    )
+    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
+    return out, values
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> tuple[Path, dict]:
+    out, values = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    return copy, {**values, "output_dir": str(copy)}
+
+
+# --- data files --------------------------------------------------------------------------------------------------
+
+
+def test_latin1_file_names_the_encoding_option_in_one_line(tmp_path, values):
+    """Through the console entry point: datasets' own ERROR log line must not add a second line."""
+    latin1 = tmp_path / "latin1.tsv"
+    raw = "sentence\tlabel\nun caf\xe9 tr\xe8s bon\t1\nun film lent\t0\n".encode("latin-1")
+    latin1.write_bytes(raw)
+    config = write_config(tmp_path / "c.yaml", {**values, "train_file": str(latin1)})
+    proc = subprocess.run([sys.executable, "-m", "kdistill.cli", "teach", "--config", config],
+                          capture_output=True, text=True, timeout=120, env={**ENV, "KDISTILL_LOG": "WARNING"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"kdistill: error: {latin1}: not valid utf-8 text (line 2, byte {raw.index(0xE9)}: invalid continuation byte); "
+        "set the data option encoding to the file's encoding (e.g. encoding: latin-1)"
+    )
+    # With the option the same file reads, and the text is decoded right.
+    table = load_table(str(latin1), DataConfig(train_file=str(latin1), text_column="sentence", encoding="latin-1"))
+    assert table["sentence"][:] == ["un café très bon", "un film lent"]
+
+
+def test_unknown_encoding_is_refused(capsys, caplog, tmp_path, values):
+    config = write_config(tmp_path / "c.yaml", {**values, "encoding": "klingon"})
+    assert one_line_error(capsys, caplog, "teach", "--config", config).endswith(
+        "data: unknown encoding 'klingon' (e.g. utf-8, latin-1, cp1252)")
+
+
+@pytest.mark.parametrize("rows, fragment", [
+    (["\t1", "a dull film\t0"], "1 row(s) have an empty 'sentence'; remove them or fix the file"),
+    (["a fine film\t", "a dull film\t0"], "1 row(s) have no 'label'; remove them or fix the file"),
+    (["a fine film\t0.5", "a dull film\t0"], "label 0.5 is a fraction; labels must be integers or strings"),
+    (["a fine film\t1", "a dull film\tneg", "a film\t0"],
+     "the labels mix integers (0, 1) and strings ('neg'); use one kind for every row"),
+], ids=["empty-text", "missing-label", "fraction", "mixed-tsv"])
+def test_bad_rows(capsys, caplog, tmp_path, values, rows, fragment):
+    train = tsv(tmp_path / "train.tsv", rows)
+    line = one_line_error(capsys, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": train}))
+    assert line == f"kdistill: error: {train}: {fragment}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixed_labels_in_json(capsys, caplog, tmp_path, values):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"sentence": "a fine film", "label": 1}\n{"sentence": "a dull film", "label": "neg"}\n')
+    line = one_line_error(capsys, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": str(train)}))
+    assert line.endswith("the labels mix integers (1) and strings ('neg'); use one kind for every row")
+
+
+def test_whole_number_float_labels_are_integers(tmp_path, values):
+    """1.0 and 0.0 (what a float column holds) are read as the classes 1 and 0: documented in README's Data."""
+    train = tsv(tmp_path / "train.tsv", ["a fine film\t1.0", "a dull film\t0.0", "a film\t1.0"])
+    config = make_config({**values, "train_file": train})
+    assert pipeline.label_map(config) == {"0": 0, "1": 1}
+
+
+def test_truncation_is_reported_once_per_split(caplog, tmp_path, values):
+    caplog.set_level("INFO", logger="kdistill")
+    run = {**values, "max_length": 8, "strategy": "soft"}
+    assert main(["run", "--config", write_config(tmp_path / "c.yaml", run)]) == 0
+    messages = [r.getMessage() for r in caplog.records if "and were truncated" in r.getMessage()]
+    # The train split is tokenised for the soft-label pass and for the student, the test split for the soft-label
+    # pass, the evaluation and (speed) again: one line each, since teacher and student share a tokenizer here.
+    per_source = {m.split(":")[0] for m in messages}
+    assert sorted(per_source) == sorted({values["train_file"], values["validation_file"], values["test_file"]})
+    assert len(messages) == 3, messages
+    train = next(m for m in messages if m.startswith(values["train_file"]))
+    assert re.fullmatch(r".*: \d+ of 64 texts reached max_length=8 tokens \(teacher tokenizer\) and were truncated", train)
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contents, fragment", [
+    ({}, "directory holds no model (no config.json)"),
+    ({"config.json": '{"model_type": "bert"}'}, "could not be loaded: Error no file named model.safetensors"),
+    ({"config.json": "{not json"}, "could not be loaded: It looks like the config file"),
+    ({"config.json": '{"model_type": "bert"}', "model.safetensors": "truncated"}, "could not be loaded:"),
+], ids=["empty-dir", "no-weights", "bad-config", "bad-weights"])
+def test_teacher_directory_that_is_not_a_model(capsys, caplog, tmp_path, values, contents, fragment):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for name, text in contents.items():
+        (teacher / name).write_text(text)
+    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": str(teacher), "strategy": "soft"})
+    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    assert line.startswith(f"kdistill: error: teacher {teacher}"), line
+    assert fragment in line
+
+
+def test_student_tokenizer_larger_than_its_embeddings(capsys, caplog, tmp_path, values, word_tokenizer):
+    big = make_word_tokenizer(tmp_path / "big_tok", vocab_size=6000)
+    config = write_config(tmp_path / "c.yaml", {**values, "strategy": "hard", "student_tokenizer": big})
+    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    n_big = len(json.loads((Path(big) / "tokenizer.json").read_text())["model"]["vocab"])
+    n_model = json.loads((Path(values["teacher_model"]) / "config.json").read_text())["vocab_size"]
+    assert n_big > n_model, (n_big, n_model)
+    assert f"student's tokenizer has {n_big} tokens but its embeddings hold {n_model}" in line
+    assert not (tmp_path / "run" / "student").exists()
+
+
+def _rewrite_cache(path: Path, logits: torch.Tensor) -> None:
+    """A cache file with a valid fingerprint and content hash but other contents (e.g. made by another kdistill)."""
+    with safe_open(str(path), framework="pt") as fh:
+        fp = fh.metadata()["fingerprint"]
+    write_cache(str(path), logits, fp)
+
+
+def test_cache_with_other_class_count_is_refused(capsys, caplog, tmp_path, run_copy):
+    out, values = run_copy
+    (train_cache,) = (out / "soft_labels").glob("train-*.safetensors")
+    _rewrite_cache(train_cache, torch.zeros(64, 3))
+    before = snapshot(out)
+    line = one_line_error(capsys, caplog, "distill", "--config", write_config(tmp_path / "c.yaml", values))
+    assert line.endswith("soft labels for train have 3 classes but the data has 2; teacher and student must share the label set")
+    assert snapshot(out) == before
+
+
+def test_cache_with_other_row_count_is_refused(capsys, caplog, tmp_path, run_copy):
+    out, values = run_copy
+    (test_cache,) = (out / "soft_labels").glob("test-*.safetensors")
+    _rewrite_cache(test_cache, torch.zeros(5, 2))
+    before = snapshot(out)
+    line = one_line_error(capsys, caplog, "eval", "--config", write_config(tmp_path / "c.yaml", values))
+    assert "the teacher's logits for the test data have shape (5, 2) but the data has 32 rows" in line
+    assert snapshot(out) == before
+
+
+# --- the output directory ----------------------------------------------------------------------------------------
+
+
+def test_output_dir_with_another_run_is_refused_then_overwritten(capsys, caplog, tmp_path, run_copy):
+    out, values = run_copy
+    before = snapshot(out)
+    config = write_config(tmp_path / "c.yaml", {**values, "strategy": "hard"})
+    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    assert line == (f"kdistill: error: output_dir {out}: it holds a run made with distill.strategy='soft', not 'hard'; "
+                    "use another output_dir, or pass --overwrite to replace that run")
+    assert snapshot(out) == before
+    assert main(["distill", "--config", config, "--overwrite"]) == 0
+    assert not (out / "eval.json").exists()  # the old run's evaluation went with its student
+    assert json.loads((out / "run_config.json").read_text())["distill"]["strategy"] == "hard"
+    assert json.loads((out / "student" / "distill_results.json").read_text())["strategy"] == "hard"
+
+
+def test_output_dir_with_other_data_for_its_teacher_is_refused(capsys, caplog, tmp_path, values):
+    """A fine-tuned teacher in output_dir/teacher was taught on other rows: distilling from it would mix runs."""
+    run = {**values, "teacher_train": True, "teacher_epochs": 1, "strategy": "soft"}
+    assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0
+    capsys.readouterr()
+    caplog.clear()
+    config = write_config(tmp_path / "b.yaml", {**run, "max_train_samples": 32})
+    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    assert "it holds a run made with data.max_train_samples=64, not 32" in line
+
+
+def test_output_dir_that_is_a_file(capsys, caplog, tmp_path, values):
+    path = tmp_path / "afile"
+    path.write_text("keep me")
+    config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(path), "strategy": "hard"})
+    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    assert line.endswith(f"output_dir {path} is a file, not a directory; give a directory (it is created if missing)")
+    assert path.read_text() == "keep me"
