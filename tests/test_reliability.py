@@ -9,28 +9,32 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from conftest import make_word_tokenizer, tiny_run_values
 from kdistill import pipeline
 from kdistill.cli import main
 from kdistill.config import DataConfig, make_config
-from kdistill.data import load_table
+from kdistill.data import DistillationCollator, load_table
 from kdistill.soft_labels import write_cache
 from test_errors import assert_user_error, run_cli, snapshot, tsv, write_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def one_line_error(capsys, caplog, *argv: str) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one line on stderr and no warning logged; return that line."""
-    code, err = run_cli(capsys, *argv)
+def one_line_error(capfd, caplog, *argv: str) -> str:
+    """Run the CLI in-process; assert exit 2, one line on stderr (the file descriptor: progress bars and library
+    handlers included) and no warning or error logged by anyone; return that line."""
+    code, err = run_cli(capfd, *argv)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert_user_error(code, err, "")
@@ -71,16 +75,13 @@ def run_copy(finished, tmp_path) -> tuple[Path, dict]:
 # --- data files --------------------------------------------------------------------------------------------------
 
 
-def test_latin1_file_names_the_encoding_option_in_one_line(tmp_path, values):
-    """Through the console entry point: datasets' own ERROR log line must not add a second line."""
+def test_latin1_file_names_the_encoding_option_in_one_line(capfd, caplog, tmp_path, values):
     latin1 = tmp_path / "latin1.tsv"
     raw = "sentence\tlabel\nun caf\xe9 tr\xe8s bon\t1\nun film lent\t0\n".encode("latin-1")
     latin1.write_bytes(raw)
     config = write_config(tmp_path / "c.yaml", {**values, "train_file": str(latin1)})
-    proc = subprocess.run([sys.executable, "-m", "kdistill.cli", "teach", "--config", config],
-                          capture_output=True, text=True, timeout=120, env={**ENV, "KDISTILL_LOG": "WARNING"})
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (
+    # datasets' own ERROR record and its progress bar (on the file descriptor) would make it three lines.
+    assert one_line_error(capfd, caplog, "teach", "--config", config) == (
         f"kdistill: error: {latin1}: not valid utf-8 text (line 2, byte {raw.index(0xE9)}: invalid continuation byte); "
         "set the data option encoding to the file's encoding (e.g. encoding: latin-1)"
     )
@@ -89,9 +90,9 @@ def test_latin1_file_names_the_encoding_option_in_one_line(tmp_path, values):
     assert table["sentence"][:] == ["un café très bon", "un film lent"]
 
 
-def test_unknown_encoding_is_refused(capsys, caplog, tmp_path, values):
+def test_unknown_encoding_is_refused(capfd, caplog, tmp_path, values):
     config = write_config(tmp_path / "c.yaml", {**values, "encoding": "klingon"})
-    assert one_line_error(capsys, caplog, "teach", "--config", config).endswith(
+    assert one_line_error(capfd, caplog, "teach", "--config", config).endswith(
         "data: unknown encoding 'klingon' (e.g. utf-8, latin-1, cp1252)")
 
 
@@ -102,17 +103,17 @@ def test_unknown_encoding_is_refused(capsys, caplog, tmp_path, values):
     (["a fine film\t1", "a dull film\tneg", "a film\t0"],
      "the labels mix integers (0, 1) and strings ('neg'); use one kind for every row"),
 ], ids=["empty-text", "missing-label", "fraction", "mixed-tsv"])
-def test_bad_rows(capsys, caplog, tmp_path, values, rows, fragment):
+def test_bad_rows(capfd, caplog, tmp_path, values, rows, fragment):
     train = tsv(tmp_path / "train.tsv", rows)
-    line = one_line_error(capsys, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": train}))
+    line = one_line_error(capfd, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": train}))
     assert line == f"kdistill: error: {train}: {fragment}"
     assert not (tmp_path / "run").exists()
 
 
-def test_mixed_labels_in_json(capsys, caplog, tmp_path, values):
+def test_mixed_labels_in_json(capfd, caplog, tmp_path, values):
     train = tmp_path / "train.jsonl"
     train.write_text('{"sentence": "a fine film", "label": 1}\n{"sentence": "a dull film", "label": "neg"}\n')
-    line = one_line_error(capsys, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": str(train)}))
+    line = one_line_error(capfd, caplog, "teach", "--config", write_config(tmp_path / "c.yaml", {**values, "train_file": str(train)}))
     assert line.endswith("the labels mix integers (1) and strings ('neg'); use one kind for every row")
 
 
@@ -146,21 +147,21 @@ def test_truncation_is_reported_once_per_split(caplog, tmp_path, values):
     ({"config.json": "{not json"}, "could not be loaded: It looks like the config file"),
     ({"config.json": '{"model_type": "bert"}', "model.safetensors": "truncated"}, "could not be loaded:"),
 ], ids=["empty-dir", "no-weights", "bad-config", "bad-weights"])
-def test_teacher_directory_that_is_not_a_model(capsys, caplog, tmp_path, values, contents, fragment):
+def test_teacher_directory_that_is_not_a_model(capfd, caplog, tmp_path, values, contents, fragment):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     for name, text in contents.items():
         (teacher / name).write_text(text)
     config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": str(teacher), "strategy": "soft"})
-    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
     assert line.startswith(f"kdistill: error: teacher {teacher}"), line
     assert fragment in line
 
 
-def test_student_tokenizer_larger_than_its_embeddings(capsys, caplog, tmp_path, values, word_tokenizer):
+def test_student_tokenizer_larger_than_its_embeddings(capfd, caplog, tmp_path, values, word_tokenizer):
     big = make_word_tokenizer(tmp_path / "big_tok", vocab_size=6000)
     config = write_config(tmp_path / "c.yaml", {**values, "strategy": "hard", "student_tokenizer": big})
-    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
     n_big = len(json.loads((Path(big) / "tokenizer.json").read_text())["model"]["vocab"])
     n_model = json.loads((Path(values["teacher_model"]) / "config.json").read_text())["vocab_size"]
     assert n_big > n_model, (n_big, n_model)
@@ -175,22 +176,22 @@ def _rewrite_cache(path: Path, logits: torch.Tensor) -> None:
     write_cache(str(path), logits, fp)
 
 
-def test_cache_with_other_class_count_is_refused(capsys, caplog, tmp_path, run_copy):
+def test_cache_with_other_class_count_is_refused(capfd, caplog, tmp_path, run_copy):
     out, values = run_copy
     (train_cache,) = (out / "soft_labels").glob("train-*.safetensors")
     _rewrite_cache(train_cache, torch.zeros(64, 3))
     before = snapshot(out)
-    line = one_line_error(capsys, caplog, "distill", "--config", write_config(tmp_path / "c.yaml", values))
+    line = one_line_error(capfd, caplog, "distill", "--config", write_config(tmp_path / "c.yaml", values))
     assert line.endswith("soft labels for train have 3 classes but the data has 2; teacher and student must share the label set")
     assert snapshot(out) == before
 
 
-def test_cache_with_other_row_count_is_refused(capsys, caplog, tmp_path, run_copy):
+def test_cache_with_other_row_count_is_refused(capfd, caplog, tmp_path, run_copy):
     out, values = run_copy
     (test_cache,) = (out / "soft_labels").glob("test-*.safetensors")
     _rewrite_cache(test_cache, torch.zeros(5, 2))
     before = snapshot(out)
-    line = one_line_error(capsys, caplog, "eval", "--config", write_config(tmp_path / "c.yaml", values))
+    line = one_line_error(capfd, caplog, "eval", "--config", write_config(tmp_path / "c.yaml", values))
     assert "the teacher's logits for the test data have shape (5, 2) but the data has 32 rows" in line
     assert snapshot(out) == before
 
@@ -198,11 +199,11 @@ def test_cache_with_other_row_count_is_refused(capsys, caplog, tmp_path, run_cop
 # --- the output directory ----------------------------------------------------------------------------------------
 
 
-def test_output_dir_with_another_run_is_refused_then_overwritten(capsys, caplog, tmp_path, run_copy):
+def test_output_dir_with_another_run_is_refused_then_overwritten(capfd, caplog, tmp_path, run_copy):
     out, values = run_copy
     before = snapshot(out)
     config = write_config(tmp_path / "c.yaml", {**values, "strategy": "hard"})
-    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
     assert line == (f"kdistill: error: output_dir {out}: it holds a run made with distill.strategy='soft', not 'hard'; "
                     "use another output_dir, or pass --overwrite to replace that run")
     assert snapshot(out) == before
@@ -212,21 +213,180 @@ def test_output_dir_with_another_run_is_refused_then_overwritten(capsys, caplog,
     assert json.loads((out / "student" / "distill_results.json").read_text())["strategy"] == "hard"
 
 
-def test_output_dir_with_other_data_for_its_teacher_is_refused(capsys, caplog, tmp_path, values):
+def test_output_dir_with_other_data_for_its_teacher_is_refused(capfd, caplog, tmp_path, values):
     """A fine-tuned teacher in output_dir/teacher was taught on other rows: distilling from it would mix runs."""
     run = {**values, "teacher_train": True, "teacher_epochs": 1, "strategy": "soft"}
     assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0
-    capsys.readouterr()
+    capfd.readouterr()
     caplog.clear()
     config = write_config(tmp_path / "b.yaml", {**run, "max_train_samples": 32})
-    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
     assert "it holds a run made with data.max_train_samples=64, not 32" in line
 
 
-def test_output_dir_that_is_a_file(capsys, caplog, tmp_path, values):
+def test_output_dir_that_is_a_file(capfd, caplog, tmp_path, values):
     path = tmp_path / "afile"
     path.write_text("keep me")
     config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(path), "strategy": "hard"})
-    line = one_line_error(capsys, caplog, "distill", "--config", config)
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
     assert line.endswith(f"output_dir {path} is a file, not a directory; give a directory (it is created if missing)")
     assert path.read_text() == "keep me"
+
+
+# --- faults: kill -9, with real processes ------------------------------------------------------------------------
+
+# Runs the real CLI in a child process that stops dead (sleeps) at a chosen point, so the test can SIGKILL it there:
+# a deterministic kill point, not a race against the clock.
+STALLING_CLI = """
+import os, sys, time
+import kdistill.trainer
+import kdistill.soft_labels
+from kdistill.cli import main
+from transformers import TrainerCallback
+
+marker, stop_step, stop_in_cache_write = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+
+def stall():
+    open(marker, "w").close()
+    time.sleep(600)
+
+class Stall(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == stop_step:
+            stall()
+
+init = kdistill.trainer.DistillationTrainer.__init__
+def patched_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(Stall)
+kdistill.trainer.DistillationTrainer.__init__ = patched_init
+
+if stop_in_cache_write:
+    save_file = kdistill.soft_labels.save_file
+    def half_written(tensors, path, metadata=None):
+        save_file(tensors, path, metadata=metadata)
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) // 2)  # the bytes a kill mid-write leaves in the temp file
+        stall()
+    kdistill.soft_labels.save_file = half_written
+
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def kill_at(tmp_path: Path, argv: list[str], stop_step: int = -1, in_cache_write: bool = False) -> None:
+    """Run `kdistill ARGV` in a child process, wait until it reaches the stop point, then SIGKILL it."""
+    script = tmp_path / "stalling_cli.py"
+    script.write_text(STALLING_CLI)
+    marker = tmp_path / "stalled"
+    log = open(tmp_path / "child.log", "w")
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(marker), str(stop_step), "1" if in_cache_write else "0", *argv],
+        stdout=log, stderr=subprocess.STDOUT, env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the child never reached its stop point"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        log.close()
+    assert child.returncode == -signal.SIGKILL
+
+
+def checkpoint_values(tmp_path: Path, tiny_bert: str, out: Path) -> dict:
+    """16 steps of 8 rows (64 rows, 2 epochs), a checkpoint every 5 steps, dropout on: RNG state matters."""
+    return tiny_run_values(
+        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=2,
+        per_device_train_batch_size=8, save_strategy="steps", save_steps=5, logging_steps=1, speed_batches=0,
+        strategy="mixed", soft_label_cache=str(tmp_path / "cache"),
+    )
+
+
+def distilled(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    results = json.loads((out / "student" / "distill_results.json").read_text())
+    return load_file(out / "student" / "model.safetensors"), results
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
+    """An uninterrupted run: the result a killed and resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    values = checkpoint_values(tmp, tiny_bert, tmp / "run")
+    assert main(["distill", "--config", write_config(tmp / "c.yaml", values)]) == 0
+    return tmp / "run", values
+
+
+def test_same_config_and_seed_give_the_same_run(tmp_path, monkeypatch, reference):
+    ref_out, values = reference
+    out = tmp_path / "again"
+    batches = []
+    collate = DistillationCollator.__call__
+    monkeypatch.setattr(DistillationCollator, "__call__", lambda self, rows: batches.append([r["idx"] for r in rows])
+                        or collate(self, rows))
+    assert main(["distill", "--config", write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})]) == 0
+    # Each epoch sees every row once, in another order (the length-grouped sampler is reseeded per epoch).
+    first, second = batches[:8], batches[8:16]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(64))
+    assert first != second
+    (weights, results), (ref_weights, ref_results) = distilled(out), distilled(ref_out)
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert results["loss_curve"] == ref_results["loss_curve"]
+    assert (results["eval_loss"], results["eval_accuracy"]) == (ref_results["eval_loss"], ref_results["eval_accuracy"])
+
+
+def test_killed_training_resumes_from_its_last_checkpoint_and_ends_where_an_unkilled_run_does(
+    tmp_path, caplog, reference, tiny_bert
+):
+    ref_out, values = reference
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})
+    kill_at(tmp_path, ["distill", "--config", config], stop_step=12)
+    student = out / "student"
+    assert (student / "checkpoint-10" / "trainer_state.json").is_file()
+    assert not (student / "model.safetensors").exists()  # the run did not finish
+    # What a kill while saving checkpoint 15 would have left: weights half written, no trainer_state.json.
+    partial = student / "checkpoint-15"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes((student / "checkpoint-10" / "model.safetensors").read_bytes()[:1000])
+
+    caplog.set_level("INFO", logger="kdistill")
+    assert main(["distill", "--config", config]) == 0
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(f"checkpoint {partial} is incomplete" in m for m in logged)
+    assert any(m.startswith(f"resuming from {student / 'checkpoint-10'}") for m in logged)
+    (weights, results), (ref_weights, ref_results) = distilled(out), distilled(ref_out)
+    # Exact equality: model, optimizer, scheduler and RNG states come back from the checkpoint, and the sampler
+    # replays the interrupted epoch's order from the same seed, skipping the batches already done.
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
+    assert results["loss_curve"] == ref_results["loss_curve"]  # steps 1-10 come from the checkpoint's state
+    assert (results["eval_loss"], results["eval_accuracy"]) == (ref_results["eval_loss"], ref_results["eval_accuracy"])
+
+
+def test_killed_soft_label_write_leaves_no_cache_and_the_next_run_recomputes_it(tmp_path, reference):
+    ref_out, values = reference
+    cache = tmp_path / "cache"
+    run = {**values, "output_dir": str(tmp_path / "run"), "soft_label_cache": str(cache)}
+    config = write_config(tmp_path / "c.yaml", run)
+    kill_at(tmp_path, ["distill", "--config", config], in_cache_write=True)
+    # The kill hit while the first split's file was half written: only a temp file, under a name never read.
+    (temp,) = cache.iterdir()
+    assert temp.name.startswith(".tmp-") and temp.suffix == ".safetensors"
+    with pytest.raises(Exception):
+        load_file(temp)  # truncated: it would not even parse
+
+    logits = pipeline.make_soft_labels(make_config(run))
+    reference_cache = Path(values["soft_label_cache"])
+    for split, values_now in logits.items():
+        (path,) = cache.glob(f"{split}-*.safetensors")
+        (ref_path,) = reference_cache.glob(f"{split}-*.safetensors")
+        assert path.name == ref_path.name  # same fingerprint: same teacher, data and settings
+        assert torch.equal(load_file(path)["logits"], load_file(ref_path)["logits"])
+        assert torch.equal(values_now, load_file(ref_path)["logits"])
+    assert temp.exists()  # left alone: another process may be writing it (see the report)

@@ -10,6 +10,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .config import DistillationConfig
 from .losses import distillation_loss
@@ -25,6 +26,29 @@ class _LogToLogging(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_local_process_zero:
             logger.debug("step %d: %s", state.global_step, logs)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler, shuffled from (seed, epoch) instead of the global torch RNG.
+
+    The Trainer builds its length-grouped sampler without a generator, so each epoch's order is drawn from whatever
+    state dropout left the global RNG in. A run resumed mid-epoch then redraws that epoch's order from another state
+    and trains on other batches than the run it continues. Seeding per epoch (the Trainer calls set_epoch, through
+    accelerate's wrappers, also after skipping the batches a resumed epoch already did) replays the same order, as
+    accelerate's seedable sampler does for `train_sampling_strategy: random`.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class DistillationTrainer(Trainer):
@@ -48,6 +72,13 @@ class DistillationTrainer(Trainer):
         # With tqdm disabled the Trainer prints every log line; library code speaks through logging only.
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(_LogToLogging)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler and sampler.generator is None:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         # Items are rows for sequence classification: unlabelled transfer rows count too, since they carry soft
