@@ -300,11 +300,11 @@ def kill_at(tmp_path: Path, argv: list[str], stop_step: int = -1, in_cache_write
 
 
 def checkpoint_values(tmp_path: Path, tiny_bert: str, out: Path) -> dict:
-    """16 steps of 8 rows (64 rows, 2 epochs), a checkpoint every 5 steps, dropout on: RNG state matters."""
+    """16 steps of 8 rows (64 rows, 2 epochs), a checkpoint every 5 steps (all kept), dropout on: RNG state matters."""
     return tiny_run_values(
         out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=2,
         per_device_train_batch_size=8, save_strategy="steps", save_steps=5, logging_steps=1, speed_batches=0,
-        strategy="mixed", soft_label_cache=str(tmp_path / "cache"),
+        strategy="mixed", soft_label_cache=str(tmp_path / "cache"), save_total_limit=None,
     )
 
 
@@ -390,3 +390,93 @@ def test_killed_soft_label_write_leaves_no_cache_and_the_next_run_recomputes_it(
         assert torch.equal(load_file(path)["logits"], load_file(ref_path)["logits"])
         assert torch.equal(values_now, load_file(ref_path)["logits"])
     assert temp.exists()  # left alone: another process may be writing it (see the report)
+
+
+# --- security: nothing in a run directory or a model directory is executed ---------------------------------------
+
+
+class Payload:
+    """Unpickling this creates `marker`: what a malicious pickle would do with anything it likes."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_the_payload_is_live(tmp_path):
+    """The control for the tests below: loading such a file the unsafe way does run it."""
+    torch.save(Payload(tmp_path / "ran"), tmp_path / "evil.pt")
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"])
+def test_poisoned_checkpoint_file_is_not_executed_on_resume(capfd, caplog, tmp_path, reference, name):
+    ref_out, values = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    student = out / "student"
+    # Resume from the middle of the run (step 10 of 16, mid-epoch), where every state file is read.
+    for checkpoint in student.glob("checkpoint-*"):
+        if checkpoint.name != "checkpoint-10":
+            shutil.rmtree(checkpoint)
+    (student / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save(Payload(marker), student / "checkpoint-10" / name)
+    config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})
+    if name == "training_args.bin":
+        # The Trainer writes this file but never reads it back on resume.
+        assert main(["distill", "--config", config]) == 0
+    else:
+        line = one_line_error(capfd, caplog, "distill", "--config", config)
+        assert line == (f"kdistill: error: checkpoint {student / 'checkpoint-10'}: {name} holds objects other than "
+                        "tensors, which kdistill does not unpickle (it was not loaded); delete that checkpoint, or pass "
+                        "--overwrite to start over")
+    assert not marker.exists()
+
+
+def test_poisoned_teacher_weights_are_not_executed(capfd, caplog, tmp_path, values, tiny_bert):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert, teacher)
+    (teacher / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save(Payload(marker), teacher / "pytorch_model.bin")  # the legacy format transformers still reads
+    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": str(teacher), "strategy": "soft"})
+    line = one_line_error(capfd, caplog, "distill", "--config", config)
+    assert line.startswith(f"kdistill: error: teacher {teacher} could not be loaded:")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("model_type, trust", [("evil-bert", False), ("bert", False), ("evil-bert", True)])
+def test_teacher_code_is_not_run_unless_trusted(capfd, caplog, tmp_path, values, tiny_bert, model_type, trust):
+    """A model directory whose config.json maps Auto classes to its own Python file."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert, teacher)
+    marker = tmp_path / "ran"
+    (teacher / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import BertConfig, BertForSequenceClassification\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n"
+        "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n"
+    )
+    config_json = json.loads((teacher / "config.json").read_text())
+    config_json["model_type"] = model_type
+    config_json["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    (teacher / "config.json").write_text(json.dumps(config_json))
+    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": str(teacher), "strategy": "soft",
+                                                "trust_remote_code": trust})
+    if trust:  # the user's choice: the code runs
+        assert main(["distill", "--config", config]) == 0
+        assert marker.exists()
+        return
+    if model_type == "bert":
+        # A type transformers knows is loaded with its own class; the directory's code is ignored.
+        assert main(["distill", "--config", config]) == 0
+    else:
+        line = one_line_error(capfd, caplog, "distill", "--config", config)
+        assert line == (f"kdistill: error: teacher {teacher} could not be loaded: it ships its own Python code, which "
+                        "kdistill does not run unless you set trust_remote_code: true (only for code you have read "
+                        "or trust)")
+    assert not marker.exists()

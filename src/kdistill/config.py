@@ -82,6 +82,13 @@ class TeacherConfig:
     teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the teacher."})
     teacher_batch_size: int = field(default=32, metadata={"help": "Per-device batch size for teacher fine-tuning."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Let teacher and student models that ship their own Python code (an auto_map in config.json) run "
+            "it. That code runs with your permissions: set it only for code you have read or trust."
+        },
+    )
 
     def __post_init__(self):
         if self.teacher_epochs <= 0 or self.teacher_learning_rate <= 0 or self.teacher_batch_size <= 0:

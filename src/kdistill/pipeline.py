@@ -13,13 +13,14 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification
+from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import metrics
@@ -54,6 +55,7 @@ RUN_CONFIG = "run_config.json"
 # that changes only these continues the run in output_dir. Any other change is another run (see check_output_dir).
 _UNTRACKED = {
     "data": ("test_file",),
+    "teacher": ("trust_remote_code",),
     "distill": (
         "output_dir", "overwrite", "resume_from_checkpoint", "soft_label_cache", "speed_batches",
         "per_device_eval_batch_size", "report_to", "run_name", "project", "disable_tqdm", "local_rank", "debug",
@@ -81,6 +83,10 @@ def label_map(config: RunConfig) -> dict[str, int]:
     if train is None:
         raise UserError("data: no training data configured")
     return build_label_map(train[config.data.label_column], config.data.train_file or "the training data")
+
+
+def _trust(config: RunConfig) -> dict[str, bool]:
+    return {"trust_remote_code": config.teacher.trust_remote_code}
 
 
 def _is_main(config: RunConfig) -> bool:
@@ -223,6 +229,28 @@ def _check_vocabulary(model, tokenizer, what: str) -> None:
         )
 
 
+def _check_checkpoint(path: str) -> None:
+    """Load a checkpoint's pickled state files the way the Trainer will (torch.load(weights_only=True), numpy's
+    RNG types allowed), before training starts: a file holding other objects (a malicious pickle) or a damaged one
+    ends in one line here instead of a traceback once the progress bar is up. training_args.bin is not read back on
+    resume, so it is not checked."""
+    for name in sorted(os.listdir(path)):
+        if not name.endswith((".pt", ".pth", ".bin")) or name == "training_args.bin":
+            continue
+        try:
+            with safe_globals():
+                torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(
+                f"checkpoint {path}: {name} holds objects other than tensors, which kdistill does not unpickle "
+                "(it was not loaded); delete that checkpoint, or pass --overwrite to start over"
+            ) from None
+        except Exception as err:  # noqa: BLE001 - a truncated or damaged file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"checkpoint {path}: {name} is unreadable ({first}); delete that checkpoint, or pass "
+                            "--overwrite to start over") from None
+
+
 def _resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
     """The checkpoint to resume from: the one asked for, else the last complete one in student_dir (if any).
 
@@ -235,6 +263,7 @@ def _resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
     elif asked:
         if not os.path.isdir(asked):
             raise UserError(f"resume_from_checkpoint {asked}: no such checkpoint directory")
+        _check_checkpoint(asked)
         return asked
     if not os.path.isdir(student_dir):
         return None
@@ -250,6 +279,7 @@ def _resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
         except (OSError, ValueError):
             logger.warning("checkpoint %s is incomplete (a run killed while saving it?); skipped", path)
             continue
+        _check_checkpoint(path)
         logger.info("resuming from %s (pass --overwrite to start over)", path)
         return path
     return None
@@ -265,7 +295,7 @@ def teach(config: RunConfig) -> dict[str, float]:
     label2id = label_map(config)
     stale = check_output_dir(config, "teach")
     if not config.teacher.teacher_train:
-        model = load_classifier(config.teacher.teacher_model, "teacher", label2id)
+        model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config))
         check_label_count(model, len(label2id), "teacher")
         take_output_dir(config, stale)
         if _is_main(config):
@@ -278,8 +308,8 @@ def teach(config: RunConfig) -> dict[str, float]:
         logger.info("teacher: reusing the one fine-tuned in %s (pass --overwrite to train it again)", paths["teacher"])
         with open(done, encoding="utf-8") as fh:
             return json.load(fh)
-    model = load_classifier(config.teacher.teacher_model, "teacher", label2id)
-    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer")
+    model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config))
+    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer", **_trust(config))
     _check_vocabulary(model, tokenizer, "teacher")
     train = _tokenized_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
     validation = _tokenized_split(config, "validation", tokenizer, label2id, who="teacher tokenizer")
@@ -352,8 +382,8 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
         if logits is None:
             if teacher is None:
                 label2id = label_map(config)
-                teacher = load_classifier(tdir, "teacher", label2id)
-                tokenizer = load_tokenizer(tdir, "teacher tokenizer")
+                teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
+                tokenizer = load_tokenizer(tdir, "teacher tokenizer", **_trust(config))
                 _check_vocabulary(teacher, tokenizer, "teacher")
             rows = _tokenized_split(config, split, tokenizer, label2id, who="teacher tokenizer")
             model_rows = _model_rows(rows, tokenizer)
@@ -381,8 +411,9 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     splits = SPLITS if args.strategy != "hard" else ()
     teacher_logits = make_soft_labels(config, splits, progress=progress) if splits else {}
     tdir = teacher_dir(config)
-    teacher = load_classifier(tdir, "teacher", label2id) if config.student.student_init == "from_teacher" else None
-    student, tokenizer = build_student(config.student, teacher, tdir, label2id)
+    teacher = (load_classifier(tdir, "teacher", label2id, **_trust(config))
+               if config.student.student_init == "from_teacher" else None)
+    student, tokenizer = build_student(config.student, teacher, tdir, label2id, **_trust(config))
     del teacher
     _check_vocabulary(student, tokenizer, "student")
     for split, logits in teacher_logits.items():
@@ -466,7 +497,7 @@ def _checkpoint_step(path: str) -> int:
 def _speed(config: RunConfig, student, rows, collate, teacher, label2id) -> dict:
     """Student and teacher CPU speed on the same test rows, measured one after the other (a ratio of one run)."""
     tdir = teacher_dir(config)
-    teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
+    teacher_tok = load_tokenizer(tdir, "teacher tokenizer", **_trust(config))
     teacher_rows = _model_rows(_tokenized_split(config, "test", teacher_tok, label2id, who="teacher tokenizer"), teacher_tok)
     n = config.distill.speed_batches
     out = {"student": measure_speed(student, rows, collate, batches=n),
@@ -481,10 +512,10 @@ def speed(config: RunConfig) -> dict:
     sdir, tdir = _paths(config)["student"], teacher_dir(config)
     if not os.path.isfile(os.path.join(sdir, "config.json")):
         raise UserError(f"no student in {sdir}: run `kdistill distill` first")
-    student = AutoModelForSequenceClassification.from_pretrained(sdir)
-    tokenizer = load_tokenizer(sdir, "student tokenizer")
+    student = load_classifier(sdir, "student", **_trust(config))
+    tokenizer = load_tokenizer(sdir, "student tokenizer", **_trust(config))
     label2id = {str(k): int(v) for k, v in student.config.label2id.items()}
-    teacher = load_classifier(tdir, "teacher", label2id)
+    teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
     rows = _model_rows(_tokenized_split(config, "test", tokenizer, label2id), tokenizer)
     out = _speed(config, student, rows, _pad(tokenizer), teacher, label2id)
     out["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
@@ -504,8 +535,8 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     sdir, tdir = paths["student"], teacher_dir(config)
     if not os.path.isfile(os.path.join(sdir, "config.json")):
         raise UserError(f"no student in {sdir}: run `kdistill distill` first")
-    student = AutoModelForSequenceClassification.from_pretrained(sdir)
-    tokenizer = load_tokenizer(sdir, "student tokenizer")
+    student = load_classifier(sdir, "student", **_trust(config))
+    tokenizer = load_tokenizer(sdir, "student tokenizer", **_trust(config))
     label2id = {str(k): int(v) for k, v in student.config.label2id.items()}
     test = _tokenized_split(config, "test", tokenizer, label2id)
     if test is None:
@@ -524,7 +555,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     result["student"] = metrics.classification_metrics(student_logits, labels, teacher_logits, len(label2id))
     result["teacher"] = metrics.classification_metrics(teacher_logits, labels, None, len(label2id))
 
-    teacher = load_classifier(tdir, "teacher", label2id)
+    teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
     result["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
     if config.distill.speed_batches > 0:

@@ -55,13 +55,23 @@ def _from_pretrained(cls, name: str, what: str, **kwargs):
         return cls.from_pretrained(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError, UnpicklingError, ...: a bad file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "trust_remote_code" in str(err) and not kwargs.get("trust_remote_code"):
+            first = ("it ships its own Python code, which kdistill does not run unless you set trust_remote_code: true "
+                     "(only for code you have read or trust)")
         raise UserError(f"{what} {name} could not be loaded: {first}") from None
 
 
-def load_classifier(name: str, what: str, label2id: dict[str, int] | None = None) -> PreTrainedModel:
+def load_classifier(
+    name: str, what: str, label2id: dict[str, int] | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
     """A sequence-classification model. A bare backbone gets a new head sized for `label2id`; a checkpoint that
-    already is a classifier keeps its head, and its label count must match."""
-    config = _from_pretrained(AutoConfig, name, what)
+    already is a classifier keeps its head, and its label count must match.
+
+    Args:
+        trust_remote_code: run Python code shipped with the model (its `auto_map`); off unless the user sets it.
+    """
+    trust = {"trust_remote_code": trust_remote_code}
+    config = _from_pretrained(AutoConfig, name, what, **trust)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     kwargs = {}
     if label2id is not None:
@@ -71,11 +81,11 @@ def load_classifier(name: str, what: str, label2id: dict[str, int] | None = None
                 f"({', '.join(label2id)}); use a model with the same labels"
             )
         kwargs = {"num_labels": len(label2id), "label2id": label2id, "id2label": {i: k for k, i in label2id.items()}}
-    return _from_pretrained(AutoModelForSequenceClassification, name, what, **kwargs)
+    return _from_pretrained(AutoModelForSequenceClassification, name, what, **kwargs, **trust)
 
 
-def load_tokenizer(name: str, what: str) -> PreTrainedTokenizerBase:
-    return _from_pretrained(AutoTokenizer, name, what)
+def load_tokenizer(name: str, what: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return _from_pretrained(AutoTokenizer, name, what, trust_remote_code=trust_remote_code)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -122,9 +132,14 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
 
 
 def build_student(
-    spec: StudentConfig, teacher: PreTrainedModel | None, teacher_name: str, label2id: dict[str, int]
+    spec: StudentConfig,
+    teacher: PreTrainedModel | None,
+    teacher_name: str,
+    label2id: dict[str, int],
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The student model and its tokenizer, as `spec` says. `teacher` is needed only for from_teacher."""
+    trust = {"trust_remote_code": trust_remote_code}
     if spec.student_init == "from_teacher":
         if teacher is None:
             raise UserError("student: student_init=from_teacher needs the teacher model")
@@ -134,20 +149,20 @@ def build_student(
         logger.info("student: teacher layers %s", layers)
     elif spec.student_init == "from_config":
         base = spec.student_model or teacher_name
-        config = _from_pretrained(AutoConfig, base, "student base config")
+        config = _from_pretrained(AutoConfig, base, "student base config", **trust)
         for key, value in spec.overrides().items():
             if not hasattr(config, key):
                 raise UserError(f"student: config {type(config).__name__} has no field {key!r}")
             setattr(config, key, value)
         config.num_labels = len(label2id)
         config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(config, **trust)
         tokenizer_name = spec.student_tokenizer or base
     else:
-        model = load_classifier(spec.student_model, "student", label2id)
+        model = load_classifier(spec.student_model, "student", label2id, **trust)
         tokenizer_name = spec.student_tokenizer or spec.student_model
     check_label_count(model, len(label2id), "student")
-    tokenizer = load_tokenizer(tokenizer_name, "student tokenizer")
+    tokenizer = load_tokenizer(tokenizer_name, "student tokenizer", **trust)
     return model, tokenizer
 
 
