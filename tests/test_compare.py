@@ -169,9 +169,13 @@ def test_sweep_runs_resumes_and_reports(sweep_file, monkeypatch, capsys):
         return real_run_cell(config, cell)
 
     monkeypatch.setattr(compare, "run_cell", counting)
-    assert main(["compare", "--config", str(path)]) == 0
+    assert main(["compare", "--config", str(path), "--no_keep_models"]) == 0
     assert len(resumed) == 8 - 3 and not set(resumed) & set(calls)  # nothing finished is run again
     assert {p: os.path.getmtime(p) for p in finished} == stamps
+    # --no_keep_models: the runs of this invocation lost their weights, except each student's first run.
+    weights = {str(p.relative_to(out)).split("/student")[0] for p in out.glob("runs/*/*/seed*/student/model.safetensors")}
+    assert {"runs/one/hard/seed0", "runs/two/hard/seed0"} <= weights
+    assert weights.isdisjoint(c.path for c in resumed if c.path != "runs/two/hard/seed0")
     printed = capsys.readouterr().out
     assert "For the one student" in printed or "for the one student" in printed
 

@@ -362,8 +362,19 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
-def run_sweep(sweep: Sweep, argv: list[str] | None = None) -> dict:
-    """Teacher once, soft labels once, then every unfinished cell; returns (and writes) the results dict."""
+def _drop_weights(run_dir: str) -> None:
+    """Delete a finished run's model weights (its metrics, logs and config stay)."""
+    student = os.path.join(run_dir, "student")
+    for name in os.listdir(student) if os.path.isdir(student) else ():
+        if name.endswith((".safetensors", ".bin")):
+            os.remove(os.path.join(student, name))
+
+
+def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = True) -> dict:
+    """Teacher once, soft labels once, then every unfinished cell; returns (and writes) the results dict.
+
+    With `keep_models=False` only the first run of each student keeps its weights (the speed is timed on it).
+    """
     from . import __version__, pipeline
 
     argv = list(argv or [])
@@ -406,6 +417,8 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None) -> dict:
         logger.info("[%d/%d] %s: %s, seed %d%s", i, len(cells), cell.student, cell.setting, cell.seed, eta)
         done[cell] = run_cell(cell_config(student_configs[cell.student], cell, sweep, teacher, report_to), cell)
         ran += 1
+        if not keep_models and cell != next(c for c in cells if c.student == cell.student):
+            _drop_weights(done[cell]["run_dir"])
     speeds = measure_speeds(sweep, student_configs, cells, teacher)
 
     runs = [done[c] for c in cells]
@@ -439,6 +452,8 @@ def compare_main(argv: list[str]) -> int:
     )
     parser.add_argument("--config", required=True, help="sweep YAML: run-config sections plus 'students' and 'grid'")
     parser.add_argument("--output_dir", help="the sweep directory (default: the config's output_dir)")
+    parser.add_argument("--no_keep_models", action="store_true",
+                        help="delete each run's weights once it is evaluated, except the first run of each student")
 
     def _error(message: str):
         raise UserError(f"compare: {message}")
@@ -450,7 +465,7 @@ def compare_main(argv: list[str]) -> int:
         sweep.output_dir = args.output_dir
     from .compare_report import format_summary
 
-    results = run_sweep(sweep, rest)
+    results = run_sweep(sweep, rest, keep_models=not args.no_keep_models)
     print(format_summary(results))
     print(f"report: {os.path.join(sweep.output_dir, 'report.md')} (and report.html)")
     return 0

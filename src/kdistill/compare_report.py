@@ -120,6 +120,14 @@ def _one_hot_sentence(diagnostics: dict, temperature: float | None) -> str | Non
             "temperature.")
 
 
+def _not_one_hot_sentence(diagnostics: dict) -> str | None:
+    train = diagnostics.get("train", {}).get("1")
+    if not train or train["mean_top_prob"] >= ONE_HOT_TOP_PROB:
+        return None
+    return (f"The teacher's soft labels on its training data are not nearly one-hot (mean top probability "
+            f"{train['mean_top_prob']:.3f} at T=1), so that is not the reason here.")
+
+
 def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[str]:
     """One plain paragraph per student: does the best soft-label setting beat hard labels, and why (not)."""
     out = []
@@ -157,15 +165,18 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
                                     dict(zip(best["seeds"], best["accuracy"]["values"])))
             if rel is not None:
                 word = {0: "is not distinguishable from", 1: "beats", -1: "is worse than"}[_differs(rel)]
-                text += f" The best {other['strategy']} setting, {other['setting']}, {word} {best['setting']} ({_diff_text(rel)})."
+                text += f" The best {other['strategy']} setting, {other['setting']}, {word} {best['setting']}: {_diff_text(rel)}."
         scratch = diff_of.get("scratch")
         if scratch is not None:
             text += (f" A student of the same shape trained from random initialisation on hard labels ('scratch') "
                      f"differs from hard by {_diff_text(scratch)}: that is what starting from the teacher's weights is worth.")
         if sign <= 0:
-            one_hot = _one_hot_sentence(diagnostics, best.get("temperature"))
-            if one_hot:
-                text += " " + one_hot
+            reason = _one_hot_sentence(diagnostics, best.get("temperature")) or _not_one_hot_sentence(diagnostics)
+            if reason:
+                text += " " + reason
+        if sign == 0 and diff.get("low") is not None:
+            text += (f" With {diff['n']} seeds the interval spans {100 * (diff['high'] - diff['low']):.1f} points; more "
+                     "seeds narrow it (about as one over the square root of their number).")
         out.append(text)
     return out
 
