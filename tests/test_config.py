@@ -39,8 +39,15 @@ def test_shipped_config_validates_and_names_its_command(path):
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# kdistill "), first_line
     assert f"--config configs/{path.name}" in first_line
-    config = make_config(load_yaml(path))
-    assert config.data.train_file
+    if first_line.startswith("# kdistill compare "):  # a sweep: a run config plus students and grid
+        from kdistill.compare import _student_config, load_sweep
+
+        sweep = load_sweep(str(path))
+        assert sweep.cells()
+        configs = [_student_config(sweep, name, []) for name in sweep.students]
+    else:
+        configs = [make_config(load_yaml(path))]
+    assert all(config.data.train_file for config in configs)
 
 
 def test_unknown_key_in_section_names_it_and_suggests_a_close_match(tmp_path):
