@@ -49,6 +49,14 @@ def threads() -> dict:
             "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS")}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
