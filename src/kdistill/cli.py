@@ -9,6 +9,7 @@
     kdistill report  SWEEP_DIR              # rebuild a sweep's report from its results.json
     kdistill export  RUN_DIR --format onnx [--int8] [--out DIR]
     kdistill predict MODEL_DIR "some text" [...]
+    kdistill augment --input train.tsv --output transfer.tsv --text_column sentence   # Tang et al. 2019
 
 Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
 """
@@ -22,9 +23,9 @@ from .errors import UserError
 
 logger = logging.getLogger("kdistill")
 
-VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict")
+VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict", "augment")
 # Verbs that parse their own arguments (the others take the run config's flags).
-OWN_PARSER = ("demo", "compare", "report", "export", "predict")
+OWN_PARSER = ("demo", "compare", "report", "export", "predict", "augment")
 
 
 def _format_table(result: dict) -> str:
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import compare
 
             return (compare.compare_main if args.verb == "compare" else compare.report_main)(rest)
+        if args.verb == "augment":
+            from .augment import augment_main
+
+            return augment_main(rest)
         if args.verb in ("export", "predict"):
             from . import export
 
