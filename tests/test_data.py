@@ -65,3 +65,14 @@ def test_collator_pads_to_longest_and_looks_up_soft_labels_by_index(word_tokeniz
     assert batch["labels"].tolist() == [1, 0, 1]
     assert "length" not in batch
     assert int(batch["attention_mask"].sum()) == sum(r["length"] for r in rows)
+
+
+def test_blank_texts_and_missing_labels_are_counted(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine", "label": 1}\n{"text": "  \\t ", "label": 0}\n{"text": null, "label": 1}\n'
+                    '{"text": "dull", "label": null}\n')
+    with pytest.raises(UserError, match=r"rows.jsonl: 2 row\(s\) have an empty 'text'"):
+        load_table(str(path), DataConfig(train_file=str(path)))
+    path.write_text('{"text": "fine", "label": 1}\n{"text": "dull", "label": null}\n')
+    with pytest.raises(UserError, match=r"rows.jsonl: 1 row\(s\) have no 'label'"):
+        load_table(str(path), DataConfig(train_file=str(path)))

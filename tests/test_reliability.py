@@ -553,3 +553,13 @@ def test_only_the_first_process_writes_kdistills_files(tmp_path, monkeypatch, va
     assert not written & {"run_config.json", "labels.json", "eval.json", "student/labels.json",
                           "student/distill_results.json"}
     assert not list(out.glob("soft_labels/*"))
+
+
+def test_soft_labels_computed_in_chunks_equal_one_pass(tmp_path, monkeypatch, values):
+    """The streaming teacher pass (SOFT_LABEL_CHUNK_ROWS rows at a time) gives the logits of a single pass, in row
+    order. Rows are batched by length within a chunk, so padding, and with it float rounding, may differ."""
+    whole = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "a")}), ("train",))
+    monkeypatch.setattr(pipeline, "SOFT_LABEL_CHUNK_ROWS", 7)  # 64 rows: 9 chunks, the last of 1 row
+    chunked = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "b")}), ("train",))
+    assert chunked["train"].shape == whole["train"].shape == (64, 2)
+    torch.testing.assert_close(chunked["train"], whole["train"], atol=1e-5, rtol=1e-5)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -120,16 +122,24 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
                 "set text_column / label_column, or column_names for a file without a header"
             )
     table = table.select_columns(needed)
-    # `table[column]` is a lazy Column that decodes row by row when iterated; `[:]` converts it in one go.
-    texts = table[data.text_column][:]
-    empty = sum(1 for t in texts if t is None or not str(t).strip())
+    # Counted by Arrow on the memory-mapped table: no Python object per row, so a file larger than memory is checked.
+    empty = _count_blank(table, data.text_column)
     if empty:
         raise UserError(f"{path}: {empty} row(s) have an empty {data.text_column!r}; remove them or fix the file")
     if labelled:
-        missing = sum(1 for v in table[data.label_column][:] if v is None)
+        missing = table.data.column(data.label_column).null_count
         if missing:
             raise UserError(f"{path}: {missing} row(s) have no {data.label_column!r}; remove them or fix the file")
     return table
+
+
+def _count_blank(table: datasets.Dataset, column: str) -> int:
+    """Rows whose `column` is missing or only whitespace."""
+    values = table.data.column(column)
+    blank = values.null_count
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        blank += int(pc.sum(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py() or 0)
+    return blank
 
 
 def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
@@ -224,19 +234,53 @@ def tokenize(
     """
     texts = [str(t) for t in table[data.text_column][:]]
     pairs = [str(t) for t in table[data.text_pair_column][:]] if data.text_pair_column else None
-    max_length = min(data.max_length, getattr(tokenizer, "model_max_length", data.max_length) or data.max_length)
+    max_length = _max_length(tokenizer, data)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    truncated = sum(1 for ids in enc["input_ids"] if len(ids) >= max_length)
-    key = (source, truncated, len(texts), max_length)
-    if truncated and key not in _TRUNCATION_REPORTED:
-        _TRUNCATION_REPORTED.add(key)
-        logger.info("%s: %d of %d texts reached max_length=%d tokens (%s) and were truncated",
-                    source, truncated, len(texts), max_length, who)
+    _report_truncation(source, sum(1 for ids in enc["input_ids"] if len(ids) >= max_length), len(texts), max_length, who)
     columns = {k: list(v) for k, v in enc.items()}
     columns["idx"] = list(range(index_offset, index_offset + len(texts)))
     columns["length"] = [len(ids) for ids in enc["input_ids"]]
     columns["labels"] = labels if labels is not None else [-100] * len(texts)
     return datasets.Dataset.from_dict(columns)
+
+
+def _max_length(tokenizer: PreTrainedTokenizerBase, data: DataConfig) -> int:
+    return min(data.max_length, getattr(tokenizer, "model_max_length", data.max_length) or data.max_length)
+
+
+def _report_truncation(source: str, truncated: int, total: int, max_length: int, who: str) -> None:
+    # Texts exactly max_length tokens long count too: telling them apart would cost a second, untruncated pass.
+    key = (source, truncated, total, max_length)
+    if truncated and key not in _TRUNCATION_REPORTED:
+        _TRUNCATION_REPORTED.add(key)
+        logger.info("%s: %d of %d texts reached max_length=%d tokens (%s) and were truncated",
+                    source, truncated, total, max_length, who)
+
+
+def encode_chunks(
+    table: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DataConfig,
+    chunk_rows: int = 10_000,
+    source: str = "data",
+    who: str = "tokenizer",
+) -> Iterator[list[dict[str, list[int]]]]:
+    """The model inputs of `table`'s rows, in order, tokenised `chunk_rows` at a time: what the teacher pass needs,
+    in memory one chunk at a time (the table itself is memory-mapped), so a transfer set need not fit in memory.
+
+    Yields lists of unpadded rows ({input_ids, attention_mask, ...}); the truncation count is logged once, at the end.
+    """
+    max_length = _max_length(tokenizer, data)
+    truncated = 0
+    for start in range(0, len(table), chunk_rows):
+        part = table[start : start + chunk_rows]  # a dict of column lists for these rows only
+        texts = [str(t) for t in part[data.text_column]]
+        pairs = [str(t) for t in part[data.text_pair_column]] if data.text_pair_column else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        truncated += sum(1 for ids in enc["input_ids"] if len(ids) >= max_length)
+        names = [k for k in tokenizer.model_input_names if k in enc]
+        yield [dict(zip(names, values)) for values in zip(*(enc[k] for k in names))]
+    _report_truncation(source, truncated, len(table), max_length, who)
 
 
 @dataclass

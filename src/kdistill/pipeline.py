@@ -28,6 +28,7 @@ from .config import RunConfig, UserError, config_to_dict
 from .data import (
     DistillationCollator,
     build_label_map,
+    encode_chunks,
     encode_labels,
     load_split,
     save_label_map,
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "transfer", "validation", "test")
 RUN_CONFIG = "run_config.json"
+# Rows tokenised and labelled by the teacher at a time in the soft-label pass (memory: one chunk's tokens).
+SOFT_LABEL_CHUNK_ROWS = 10_000
 
 # Fields that change where a run logs, how it checkpoints or how fast it evaluates, not what it trains: a rerun
 # that changes only these continues the run in output_dir. Any other change is another run (see check_output_dir).
@@ -385,20 +388,37 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
                 teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
                 tokenizer = load_tokenizer(tdir, "teacher tokenizer", **_trust(config))
                 _check_vocabulary(teacher, tokenizer, "teacher")
-            rows = _tokenized_split(config, split, tokenizer, label2id, who="teacher tokenizer")
-            model_rows = _model_rows(rows, tokenizer)
-            bar = tqdm(total=len(model_rows), desc=f"soft labels ({split})", unit="rows", disable=not progress)
-            logits = predict_logits(
-                teacher, model_rows, _pad(tokenizer),
-                batch_size=config.distill.per_device_eval_batch_size, progress=bar.update,
-            )
-            bar.close()
+            logits = _teacher_pass(config, split, teacher, tokenizer, progress)
             if _is_main(config):
                 write_cache(file, logits, fp)
             logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
         else:
             logger.info("soft labels for %s: %d rows reused from %s", split, len(logits), file)
         out[split] = logits
+    return out
+
+
+def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool) -> torch.Tensor:
+    """The teacher's logits for one split, tokenised and run SOFT_LABEL_CHUNK_ROWS rows at a time.
+
+    Memory holds one chunk's tokens and the [rows, classes] result, not the whole split's tokens (which, as Python
+    lists, cost far more than the text; see benchmarks/softlabel_memory.py). Within a chunk rows run in
+    length-sorted batches; the result is in row order.
+    """
+    table = load_split(config.data, split)
+    source = {"test": config.data.test_file or config.data.validation_file}.get(split) or \
+        getattr(config.data, f"{split}_file", None) or split
+    out: torch.Tensor | None = None
+    done = 0
+    with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
+        for rows in encode_chunks(table, tokenizer, config.data, SOFT_LABEL_CHUNK_ROWS, source, "teacher tokenizer"):
+            logits = predict_logits(teacher, rows, _pad(tokenizer), batch_size=config.distill.per_device_eval_batch_size,
+                                    progress=bar.update)
+            if out is None:
+                out = torch.empty((len(table), *logits.shape[1:]), dtype=torch.float32)
+            out[done : done + len(rows)] = logits
+            done += len(rows)
+    assert out is not None and done == len(out), "the teacher pass lost rows"
     return out
 
 
