@@ -249,6 +249,7 @@ def test_distill_with_tampered_cache_stops_and_changes_nothing(capsys, tmp_path,
     out, values = run_copy
     (train_cache,) = (out / "soft_labels").glob("train-*.safetensors")
     tamper(train_cache)
+    shutil.rmtree(out / "student")  # not yet distilled: a finished student of this config is reused, the cache unread
     before = snapshot(out)
     code, err = run_cli(capsys, "distill", "--config", write_config(tmp_path / "c.yaml", values))
     assert_user_error(code, err, f"soft-label cache {train_cache} does not match its fingerprint")

@@ -179,6 +179,7 @@ def _rewrite_cache(path: Path, logits: torch.Tensor) -> None:
 
 def test_cache_with_other_class_count_is_refused(capfd, caplog, tmp_path, run_copy):
     out, values = run_copy
+    shutil.rmtree(out / "student")  # not yet distilled (a finished student would be reused, the cache unread)
     (train_cache,) = (out / "soft_labels").glob("train-*.safetensors")
     _rewrite_cache(train_cache, torch.zeros(64, 3))
     before = snapshot(out)
@@ -218,11 +219,23 @@ def test_output_dir_with_other_data_for_its_teacher_is_refused(capfd, caplog, tm
     """A fine-tuned teacher in output_dir/teacher was taught on other rows: distilling from it would mix runs."""
     run = {**values, "teacher_train": True, "teacher_epochs": 1, "strategy": "soft"}
     assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0
+    taught = snapshot(tmp_path / "run")
+    assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0  # the same config: reused
+    assert snapshot(tmp_path / "run") == taught
     capfd.readouterr()
     caplog.clear()
     config = write_config(tmp_path / "b.yaml", {**run, "max_train_samples": 32})
     line = one_line_error(capfd, caplog, "distill", "--config", config)
     assert "it holds a run made with data.max_train_samples=64, not 32" in line
+
+
+def test_rerunning_a_finished_run_reuses_it(caplog, tmp_path, run_copy):
+    out, values = run_copy
+    before = snapshot(out)
+    caplog.set_level("INFO", logger="kdistill")
+    assert main(["distill", "--config", write_config(tmp_path / "c.yaml", values)]) == 0
+    assert snapshot(out) == before
+    assert any(r.getMessage().startswith(f"student: reusing the one trained in {out / 'student'}") for r in caplog.records)
 
 
 def test_output_dir_that_is_a_file(capfd, caplog, tmp_path, values):
@@ -423,7 +436,8 @@ def test_poisoned_checkpoint_file_is_not_executed_on_resume(capfd, caplog, tmp_p
     for checkpoint in student.glob("checkpoint-*"):
         if checkpoint.name != "checkpoint-10":
             shutil.rmtree(checkpoint)
-    (student / "model.safetensors").unlink()
+    (student / "model.safetensors").unlink()  # as a run killed after step 10 leaves it
+    (student / "distill_results.json").unlink()
     marker = tmp_path / "ran"
     torch.save(Payload(marker), student / "checkpoint-10" / name)
     config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})

@@ -428,6 +428,13 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     args = config.distill
     label2id = label_map(config)
     stale = check_output_dir(config, "distill")
+    done = os.path.join(paths["student"], "distill_results.json")  # written last: the student is complete
+    if os.path.isfile(done) and not args.overwrite and not args.resume_from_checkpoint:
+        # check_output_dir found this config's finished student here: a rerun (say of `kdistill run` after a
+        # failed evaluation) reuses it instead of resuming from its last checkpoint to train no steps.
+        logger.info("student: reusing the one trained in %s (pass --overwrite to train it again)", paths["student"])
+        with open(done, encoding="utf-8") as fh:
+            return json.load(fh)
     splits = SPLITS if args.strategy != "hard" else ()
     teacher_logits = make_soft_labels(config, splits, progress=progress) if splits else {}
     tdir = teacher_dir(config)
