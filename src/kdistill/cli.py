@@ -10,6 +10,7 @@
     kdistill export  RUN_DIR --format onnx [--int8] [--out DIR]
     kdistill predict MODEL_DIR "some text" [...]
     kdistill augment --input train.tsv --output transfer.tsv --text_column sentence   # Tang et al. 2019
+    kdistill bilstm  --train_file train.tsv --out students/bilstm    # a BiLSTM student, for from_pretrained
 
 Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
 """
@@ -23,9 +24,9 @@ from .errors import UserError
 
 logger = logging.getLogger("kdistill")
 
-VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict", "augment")
+VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict", "augment", "bilstm")
 # Verbs that parse their own arguments (the others take the run config's flags).
-OWN_PARSER = ("demo", "compare", "report", "export", "predict", "augment")
+OWN_PARSER = ("demo", "compare", "report", "export", "predict", "augment", "bilstm")
 
 
 def _format_table(result: dict) -> str:
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             from .augment import augment_main
 
             return augment_main(rest)
+        if args.verb == "bilstm":
+            from .bilstm import bilstm_main
+
+            return bilstm_main(rest)
         if args.verb in ("export", "predict"):
             from . import export
 

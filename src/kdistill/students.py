@@ -21,8 +21,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from . import bilstm
 from .config import StudentConfig, UserError
 
+bilstm.register()  # saved BiLSTM students load through the Auto classes like any other
 logger = logging.getLogger(__name__)
 
 # Matches the layer index in parameter names of BERT-like encoders: encoder.layer.3., transformer.layer.3., layers.3.

@@ -1,0 +1,172 @@
+"""A tiny non-transformer student: a BiLSTM over word embeddings with its own word-level tokenizer.
+
+Tang et al. (2019), "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks", distil BERT into a
+single-layer BiLSTM. This one is a `transformers` model (config + model registered with the Auto classes under
+`model_type = "kdistill_bilstm"`), so it goes through the same Trainer, soft-label cache (looked up by row index,
+so its tokenizer need not be the teacher's), evaluation and speed measurement as any other student:
+
+    kdistill bilstm --train_file ../shared/data/sst2/train.tsv --text_column sentence --out students/bilstm
+    kdistill run --config run.yaml --student_init from_pretrained --student_model students/bilstm
+
+Architecture: embeddings -> one bidirectional LSTM layer -> max over time of the (masked) outputs -> a ReLU layer ->
+the class logits. Its embeddings start random (no pretrained word vectors ship offline).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]  # [MASK]: augmented transfer sentences hold it (see augment.py)
+
+
+class BiLSTMConfig(PretrainedConfig):
+    model_type = "kdistill_bilstm"
+
+    def __init__(self, vocab_size: int = 10000, embedding_dim: int = 128, hidden_size: int = 150,
+                 classifier_size: int = 200, dropout: float = 0.1, pad_token_id: int = 0, **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.classifier_size = classifier_size
+        self.dropout = dropout
+
+
+class BiLSTMForSequenceClassification(PreTrainedModel):
+    config_class = BiLSTMConfig
+    base_model_prefix = "bilstm"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: BiLSTMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=config.pad_token_id)
+        self.lstm = nn.LSTM(config.embedding_dim, config.hidden_size, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.hidden = nn.Linear(2 * config.hidden_size, config.classifier_size)
+        self.classifier = nn.Linear(config.classifier_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.1)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        x = self.dropout(self.embeddings(input_ids))
+        # Packed, so the backward direction starts at each row's last word, not at its padding: a row's logits do not
+        # depend on how long the other rows of its batch are.
+        lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
+        out = out.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(out.dtype).min)
+        pooled = out.max(dim=1).values
+        logits = self.classifier(self.dropout(torch.relu(self.hidden(pooled))))
+        return SequenceClassifierOutput(logits=logits)
+
+
+def register() -> None:
+    """Make `AutoConfig` / `AutoModelForSequenceClassification` load saved BiLSTM students (idempotent)."""
+    AutoConfig.register(BiLSTMConfig.model_type, BiLSTMConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(BiLSTMConfig, BiLSTMForSequenceClassification, exist_ok=True)
+
+
+register()
+
+
+def word_tokenizer(texts: list[str], vocab_size: int = 10000, max_length: int = 128) -> PreTrainedTokenizerFast:
+    """A lower-cased, whitespace-and-punctuation word tokenizer over the `vocab_size` most frequent words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    counts = collections.Counter(w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(t.lower()))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: vocab_size - len(SPECIAL_TOKENS)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIAL_TOKENS + words)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]",
+                                   model_max_length=max_length, model_input_names=["input_ids", "attention_mask"])
+
+
+def make_student(texts: list[str], label2id: dict[str, int], out_dir: str, vocab_size: int = 10000,
+                 seed: int = 0, **config) -> BiLSTMForSequenceClassification:
+    """Build the tokenizer from `texts` and a randomly initialised BiLSTM; save both in `out_dir`."""
+    tokenizer = word_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    model = BiLSTMForSequenceClassification(BiLSTMConfig(
+        vocab_size=len(tokenizer), num_labels=len(label2id), label2id=dict(label2id),
+        id2label={i: k for k, i in label2id.items()}, pad_token_id=tokenizer.pad_token_id, **config))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model
+
+
+def bilstm_main(argv: list[str]) -> int:
+    """`kdistill bilstm`: make a BiLSTM student directory (tokenizer from the training texts, random weights)."""
+    import argparse
+
+    from .config import DataConfig
+    from .data import build_label_map, load_table
+    from .errors import UserError
+
+    parser = argparse.ArgumentParser(
+        prog="kdistill bilstm",
+        description="Make a BiLSTM student (Tang et al. 2019) for --student_init from_pretrained --student_model OUT.",
+    )
+    parser.add_argument("--train_file", required=True, help="the training file: its texts give the vocabulary")
+    parser.add_argument("--out", required=True, help="the student directory to write")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--column_names", nargs="+", help="column names of a csv/tsv file without a header")
+    parser.add_argument("--vocab_size", type=int, default=10000, help="most frequent words kept (default 10000)")
+    parser.add_argument("--embedding_dim", type=int, default=128)
+    parser.add_argument("--hidden_size", type=int, default=150, help="LSTM units per direction")
+    parser.add_argument("--seed", type=int, default=0)
+
+    def _error(message: str):
+        raise UserError(f"bilstm: {message}")
+
+    parser.error = _error
+    args = parser.parse_args(argv)
+    if args.vocab_size < len(SPECIAL_TOKENS) + 1 or args.embedding_dim < 1 or args.hidden_size < 1:
+        raise UserError("bilstm: vocab_size, embedding_dim and hidden_size must be positive (vocab_size > 3)")
+    data = DataConfig(train_file=args.train_file, text_column=args.text_column, label_column=args.label_column,
+                      column_names=args.column_names)
+    table = load_table(args.train_file, data)
+    label2id = build_label_map(table[args.label_column][:])
+    model = make_student([str(t) for t in table[args.text_column][:]], label2id, args.out, args.vocab_size,
+                         args.seed, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"BiLSTM student: {n:,} parameters, {model.config.vocab_size:,} words, labels {label2id} -> {args.out}")
+    return 0
