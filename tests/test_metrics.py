@@ -116,3 +116,13 @@ def test_classification_metrics_excludes_minus_100():
     assert m["epsilon"] == pytest.approx(max_sq_distance(student, teacher))
     assert m["kl_to_teacher"] == pytest.approx(mean_kl(student, teacher))
     assert set(classification_metrics(student, labels)) == {"accuracy", "macro_f1", "ece"}
+
+
+def test_one_hot_warning_fires_only_for_nearly_one_hot_soft_labels():
+    from kdistill.metrics import one_hot_warning, soft_label_stats
+
+    sure = torch.tensor([[12.0, 0.0], [0.0, 12.0]])
+    warning = one_hot_warning(soft_label_stats(sure, 1.0), 1.0)
+    assert warning is not None and "nearly one-hot" in warning and "transfer_file" in warning
+    # The same logits at T=8 are soft enough (top probability about 0.82).
+    assert one_hot_warning(soft_label_stats(sure, 8.0), 8.0) is None

@@ -92,6 +92,11 @@ def test_each_strategy_trains_a_student_and_evaluates(taught, tmp_path, strategy
     assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
     logged = {k for e in json.loads((tmp_path / "student" / "distill_results.json").read_text())["loss_curve"] for k in e}
     assert logged  # curve recorded
+    # Before training, the soft labels' diagnostics at the run's temperature (binary: top probability >= 0.5).
+    stats = result.get("soft_label_stats", {})
+    assert ("train" in stats) == (strategy != "hard")
+    if stats:
+        assert 0.5 <= stats["train"]["mean_top_prob"] <= 1.0 and 0.0 <= stats["train"]["teacher_error_rate"] <= 1.0
     evaluation = kdistill.evaluate(run)
     assert EVAL_KEYS <= set(evaluation["student"])
     assert {"accuracy", "ece", "parameters", "latency_ms_b1"} <= set(evaluation["teacher"])

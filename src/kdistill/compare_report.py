@@ -17,7 +17,7 @@ import os
 import re
 
 from .files import atomic_write
-from .report import ONE_HOT_TOP_PROB
+from .metrics import ONE_HOT_TOP_PROB
 from .stats import CONFIDENCE, paired_difference, t_interval
 
 METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")

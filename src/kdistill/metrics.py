@@ -153,6 +153,21 @@ def soft_label_stats(
     return stats
 
 
+# Soft labels whose top class holds this much mass on average are "nearly one-hot": the wrong classes share under 5%
+# between them, so the labels tell a student little beyond the gold label.
+ONE_HOT_TOP_PROB = 0.95
+
+
+def one_hot_warning(stats: dict[str, float], temperature: float, split: str = "train") -> str | None:
+    """A warning when `soft_label_stats` at `temperature` say the soft labels are nearly one-hot, else None."""
+    if stats["mean_top_prob"] < ONE_HOT_TOP_PROB:
+        return None
+    return (f"the teacher's soft labels on {split} at T={temperature:g} are nearly one-hot (mean top probability "
+            f"{stats['mean_top_prob']:.3f} >= {ONE_HOT_TOP_PROB}): they add little to the gold labels. Remedies: a "
+            "transfer_file of data the teacher did not train on (kdistill augment makes one), a higher temperature, "
+            "or soft labels from teachers that did not see these rows")
+
+
 def classification_metrics(
     student_logits: Any,
     labels: Any,

@@ -422,6 +422,24 @@ def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: b
     return out
 
 
+def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict, temperature: float) -> dict:
+    """How informative the soft labels the student trains on are, at its temperature; logged, with a warning when
+    they are nearly one-hot."""
+    out = {}
+    for split in ("train", "transfer"):
+        if split in teacher_logits and split in parts:
+            labels = torch.tensor(parts[split]["labels"][:]) if "labels" in parts[split].column_names else None
+            out[split] = metrics.soft_label_stats(teacher_logits[split], temperature, labels)
+            stats = out[split]
+            logger.info("soft labels (%s, T=%g): mean top probability %.3f, normalised entropy %.2f%s", split,
+                        temperature, stats["mean_top_prob"], stats["normalized_entropy"],
+                        f", teacher wrong on {stats['teacher_error_rate']:.1%}" if "teacher_error_rate" in stats else "")
+            warning = metrics.one_hot_warning(stats, temperature, split)
+            if warning:
+                logger.warning(warning)
+    return out
+
+
 def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     """Train the student with the configured strategy; save it in <output_dir>/student. Returns train metrics."""
     paths = _paths(config)
@@ -470,6 +488,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         if len(combined) != offset:
             raise UserError("the soft-label cache does not cover the data (row counts differ); delete it to recompute")
 
+    diagnostics = _soft_label_diagnostics(teacher_logits, parts, args.temperature)
+
     trainer = DistillationTrainer(
         model=student,
         args=dataclasses.replace(args, output_dir=paths["student"]),
@@ -507,6 +527,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         "loss_curve": _loss_curve(trainer),
         "log_history": trainer.state.log_history,
     }
+    if diagnostics:
+        out["soft_label_stats"] = diagnostics
     if "validation" in parts:
         out.update(trainer.evaluate())
     trainer.save_model(paths["student"])

@@ -10,10 +10,8 @@ import json
 import os
 
 from .files import atomic_write
+from .metrics import ONE_HOT_TOP_PROB
 
-# Soft labels whose top class holds this much mass on average are "nearly one-hot": they tell the student little
-# beyond the gold label (the wrong classes share under 5% between them).
-ONE_HOT_TOP_PROB = 0.95
 FILES = ("report.md", "results.json", "errors_by_strategy.png", "errors_by_temperature.png",
          "dark_knowledge.png", "few_labels.png")
 
