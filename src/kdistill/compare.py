@@ -389,6 +389,9 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))
+    if first.teacher.teacher_folds:
+        raise UserError("compare: out-of-fold soft labels (teacher_folds) are not supported in sweeps yet; "
+                        "run them with kdistill run")
     _check_same_sweep(out, {f"{name}/{section}": values for name, config in student_configs.items()
                             for section, values in _fingerprint(config).items()})
 

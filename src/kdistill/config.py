@@ -82,6 +82,14 @@ class TeacherConfig:
     teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the teacher."})
     teacher_batch_size: int = field(default=32, metadata={"help": "Per-device batch size for teacher fine-tuning."})
+    teacher_folds: int = field(
+        default=0,
+        metadata={
+            "help": "0: the training rows' soft labels come from the teacher, which learnt those rows. k >= 2: "
+            "out-of-fold soft labels: k more teachers, each fine-tuned from teacher_model on k-1 folds of the "
+            "training rows, label the fold they did not see (k extra fine-tunings; other splits keep the teacher)."
+        },
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={
@@ -93,6 +101,11 @@ class TeacherConfig:
     def __post_init__(self):
         if self.teacher_epochs <= 0 or self.teacher_learning_rate <= 0 or self.teacher_batch_size <= 0:
             raise ConfigError("teacher: teacher_epochs, teacher_learning_rate and teacher_batch_size must be > 0")
+        if self.teacher_folds == 1 or self.teacher_folds < 0:
+            raise ConfigError(f"teacher: teacher_folds must be 0 (off) or at least 2, got {self.teacher_folds}")
+        if self.teacher_folds and not self.teacher_train:
+            raise ConfigError("teacher: out-of-fold soft labels (teacher_folds) fine-tune teachers from "
+                              "teacher_model, so they need teacher_train: true and a backbone as teacher_model")
 
 
 @dataclass

@@ -292,6 +292,80 @@ def _loss_curve(trainer) -> list[list[float]]:
     return [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
 
 
+def _teacher_trainer(config: RunConfig, model, tokenizer, train, validation, output_dir: str) -> DistillationTrainer:
+    """A Trainer that fine-tunes a teacher on gold labels with the teacher section's settings."""
+    t = config.teacher
+    args = dataclasses.replace(
+        config.distill,
+        output_dir=output_dir,
+        strategy="hard",
+        num_train_epochs=t.teacher_epochs,
+        learning_rate=t.teacher_learning_rate,
+        per_device_train_batch_size=t.teacher_batch_size,
+        save_strategy="no",
+        resume_from_checkpoint=None,
+    )
+    return DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=DistillationCollator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy,
+    )
+
+
+def fold_assignment(rows: int, folds: int, seed: int) -> list[int]:
+    """Each row's fold: a seeded shuffle dealt round-robin, so fold sizes differ by at most one."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of = [0] * rows
+    for position, row in enumerate(order):
+        fold_of[row] = position % folds
+    return fold_of
+
+
+def _train_fold_teacher(config: RunConfig, label2id, tokenizer, train, fold: int) -> torch.nn.Module:
+    """Fine-tune one out-of-fold teacher from the backbone on `train` (the other folds' rows); returns it."""
+    model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config))
+    out = os.path.join(_paths(config)["cache"], f"fold-{fold}")
+    trainer = _teacher_trainer(config, model, tokenizer, train, None, out)
+    trainer.train()
+    shutil.rmtree(out, ignore_errors=True)  # nothing is saved there but the Trainer's own bookkeeping
+    return trainer.model
+
+
+def out_of_fold_logits(config: RunConfig, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Soft labels for the training rows from `teacher_folds` teachers, each blind to the fold it labels.
+
+    Returns the logits in row order and the bookkeeping: each row's fold, and per fold the number of rows its
+    teacher trained on and labelled, and the seconds it took.
+    """
+    k, seed = config.teacher.teacher_folds, config.distill.seed
+    label2id = label_map(config)
+    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer", **_trust(config))
+    train = _tokenized_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
+    fold_of = fold_assignment(len(train), k, seed)
+    logits: torch.Tensor | None = None
+    record = {"folds": k, "seed": seed, "fold_of_row": fold_of, "per_fold": []}
+    for fold in range(k):
+        start = time.perf_counter()
+        held_out = [i for i, f in enumerate(fold_of) if f == fold]
+        teacher = _train_fold_teacher(config, label2id, tokenizer, train.select([i for i, f in enumerate(fold_of) if f != fold]), fold)
+        rows = _model_rows(train.select(held_out), tokenizer)
+        fold_logits = predict_logits(teacher, rows, _pad(tokenizer), batch_size=config.distill.per_device_eval_batch_size)
+        if logits is None:
+            logits = torch.empty((len(train), *fold_logits.shape[1:]), dtype=torch.float32)
+        logits[held_out] = fold_logits
+        seconds = time.perf_counter() - start
+        record["per_fold"].append({"fold": fold, "trained_on": len(train) - len(held_out), "labelled": len(held_out),
+                                   "seconds": seconds})
+        logger.info("out-of-fold soft labels: fold %d of %d (%d rows) labelled in %.0f s", fold + 1, k, len(held_out),
+                    seconds)
+    assert logits is not None
+    return logits, record
+
+
 def teach(config: RunConfig) -> dict[str, float]:
     """Fine-tune the teacher on the gold labels (or check the given fine-tuned one). Returns its eval metrics."""
     paths = _paths(config)
@@ -316,26 +390,8 @@ def teach(config: RunConfig) -> dict[str, float]:
     _check_vocabulary(model, tokenizer, "teacher")
     train = _tokenized_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
     validation = _tokenized_split(config, "validation", tokenizer, label2id, who="teacher tokenizer")
-    t = config.teacher
-    args = dataclasses.replace(
-        config.distill,
-        output_dir=paths["teacher"],
-        strategy="hard",
-        num_train_epochs=t.teacher_epochs,
-        learning_rate=t.teacher_learning_rate,
-        per_device_train_batch_size=t.teacher_batch_size,
-        save_strategy="no",
-        resume_from_checkpoint=None,
-    )
-    trainer = DistillationTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=DistillationCollator(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=_accuracy,
-    )
+    trainer = _teacher_trainer(config, model, tokenizer, train, validation, paths["teacher"])
+    args = trainer.args
     with args.main_process_first(local=False, desc="output_dir"):
         take_output_dir(config, stale)
         if _is_main(config):
@@ -379,10 +435,24 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
             "text_column": data.text_column, "text_pair_column": data.text_pair_column, "max_length": data.max_length,
             "limit": data.max_train_samples if split in ("train", "transfer") else data.max_eval_samples,
         }
-        fp = fingerprint(tdir, path, settings)
-        file = cache_path(cache, split, fp)
+        oof = split == "train" and config.teacher.teacher_folds >= 2
+        if oof:
+            # Labels from teachers fine-tuned from the backbone: what makes them is the backbone, the teacher's
+            # training settings, the folds and the seed, not the run's own teacher.
+            t = config.teacher
+            settings.update(folds=t.teacher_folds, seed=config.distill.seed, epochs=t.teacher_epochs,
+                            learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
+        fp = fingerprint(resolve_model_path(config.teacher.teacher_model) if oof else tdir, path, settings)
+        file = cache_path(cache, "train-oof" if oof else split, fp)
         logits = read_cache(file, fp)
-        if logits is None:
+        if logits is None and oof:
+            logits, record = out_of_fold_logits(config, progress)
+            if _is_main(config):
+                write_json(file.replace(".safetensors", ".json"), record)
+                write_cache(file, logits, fp)
+            logger.info("out-of-fold soft labels for train: %d rows from %d teachers, cached in %s", len(logits),
+                        config.teacher.teacher_folds, file)
+        elif logits is None:
             if teacher is None:
                 label2id = label_map(config)
                 teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
