@@ -61,19 +61,60 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _cpu_ticks() -> dict[int, int]:
+    """user + system clock ticks of every process now (Linux /proc; empty elsewhere)."""
+    out = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[int(name)] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def busy_processes(window_s: float = 5.0, threshold: float = 0.3) -> list[str]:
+    """Other processes that used more than `threshold` of a core over the last `window_s` seconds."""
+    first = _cpu_ticks()
+    time.sleep(window_s)
+    second = _cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, ticks in second.items():
+        if pid == os.getpid() or pid not in first:
+            continue
+        share = (ticks - first[pid]) / hz / window_s
+        if share > threshold:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+            except OSError:
+                cmd = "?"
+            busy.append(f"{pid} ({share:.1f} cores): {cmd}")
+    return busy
+
+
 def wait_for_quiet(max_load: float, patience_s: float, poll_s: float = 60) -> bool:
-    """Wait until the 1-minute load average is below `max_load`; False if it stays above for `patience_s`.
+    """Wait until the 1-minute load average is below `max_load` and no other process is busy; False if that does
+    not happen within `patience_s`.
 
     Other jobs' threads on a 2-core machine change timings several-fold, so a timed run starts only on a quiet
-    machine, and its load is recorded beside its numbers.
+    machine, and its load is recorded beside its numbers. The load average lags by a minute: another benchmark
+    that waits for the same quiet moment shows up only as a busy process, hence both checks.
     """
     deadline = time.monotonic() + patience_s
-    while os.getloadavg()[0] >= max_load:
+    while True:
+        load, busy = os.getloadavg()[0], busy_processes()
+        if load < max_load and not busy:
+            return True
         if time.monotonic() > deadline:
             return False
-        print(f"[{now_utc()}] load {os.getloadavg()[0]:.2f} >= {max_load}: waiting {poll_s:.0f} s", file=sys.stderr)
+        why = f"load {load:.2f} >= {max_load}" if load >= max_load else f"busy: {'; '.join(busy)}"
+        print(f"[{now_utc()}] {why}: waiting {poll_s:.0f} s", file=sys.stderr)
         time.sleep(poll_s)
-    return True
 
 
 def command_line() -> str:
