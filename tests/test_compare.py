@@ -211,3 +211,23 @@ def test_report_rebuilds_from_results_json_alone(sweep_file, tmp_path, capsys):
     rebuilt = json.loads((tmp_path / "results.json").read_text())
     assert rebuilt["verdict"] == original["verdict"] and rebuilt["cells"] == original["cells"]
     assert (tmp_path / "report.html").stat().st_size > 0
+
+
+def test_a_sweep_with_out_of_fold_soft_labels_makes_them_once(sweep_file, tmp_path, monkeypatch):
+    from kdistill import pipeline
+
+    path, _ = sweep_file
+    doc = yaml.safe_load(path.read_text())
+    doc["teacher"]["teacher_folds"] = 2
+    doc["distill"]["output_dir"] = str(tmp_path / "oof")
+    doc["students"] = doc["students"][:1]
+    doc["grid"] = {"strategies": ["soft"], "temperatures": [2], "seeds": [0, 1]}
+    oof_yaml = tmp_path / "oof.yaml"
+    oof_yaml.write_text(yaml.safe_dump(doc))
+    folds, real = [], pipeline._train_fold_teacher
+    monkeypatch.setattr(pipeline, "_train_fold_teacher", lambda *a: folds.append(a[-1]) or real(*a))
+    assert main(["compare", "--config", str(oof_yaml)]) == 0
+    assert folds == [0, 1]  # two fold teachers, once for the whole sweep
+    assert len(list((tmp_path / "oof" / "soft_labels").glob("train-oof-*.safetensors"))) == 1
+    results = json.loads((tmp_path / "oof" / "results.json").read_text())
+    assert len(results["runs"]) == 2

@@ -20,8 +20,9 @@ def test_fold_assignment_is_balanced_seeded_and_covers_every_row():
 def test_teacher_folds_settings_are_checked():
     with pytest.raises(ConfigError, match="0 \\(off\\) or at least 2"):
         kdistill.make_config(train_file="x.tsv", teacher_folds=1)
-    with pytest.raises(ConfigError, match="need teacher_train: true"):
+    with pytest.raises(ConfigError, match="set teacher_backbone"):
         kdistill.make_config(train_file="x.tsv", teacher_folds=3, teacher_train=False)
+    kdistill.make_config(train_file="x.tsv", teacher_folds=3, teacher_train=False, teacher_backbone="pkg:x")
 
 
 def test_every_row_is_labelled_by_one_teacher_that_never_saw_it(tmp_path, tiny_bert, monkeypatch):

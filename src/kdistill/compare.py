@@ -245,7 +245,13 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
         speed_batches=0,  # timed once per student spec, after the grid (see `measure_speeds`)
         report_to=report_to,
     )
-    teacher_cfg = dataclasses.replace(student_config.teacher, teacher_train=False, teacher_model=teacher)
+    t = student_config.teacher
+    # Every cell reads the sweep's teacher; out-of-fold teachers still start from the backbone.
+    backbone = t.teacher_backbone or (t.teacher_model if t.teacher_train else None)
+    # The teacher side keeps the sweep's seed while each cell sets its own (so out-of-fold labels are made once).
+    teacher_seed = t.teacher_seed if t.teacher_seed is not None else d.seed
+    teacher_cfg = dataclasses.replace(t, teacher_train=False, teacher_model=teacher, teacher_backbone=backbone,
+                                      teacher_seed=teacher_seed)
     return RunConfig(data=student_config.data, teacher=teacher_cfg, student=spec, distill=distill)
 
 
@@ -389,9 +395,6 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))
-    if first.teacher.teacher_folds:
-        raise UserError("compare: out-of-fold soft labels (teacher_folds) are not supported in sweeps yet; "
-                        "run them with kdistill run")
     _check_same_sweep(out, {f"{name}/{section}": values for name, config in student_configs.items()
                             for section, values in _fingerprint(config).items()})
 

@@ -90,6 +90,15 @@ class TeacherConfig:
             "training rows, label the fold they did not see (k extra fine-tunings; other splits keep the teacher)."
         },
     )
+    teacher_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of teacher fine-tuning and of the out-of-fold split (default: the run's seed)."},
+    )
+    teacher_backbone: str | None = field(
+        default=None,
+        metadata={"help": "Out-of-fold teachers are fine-tuned from this backbone (default: teacher_model); needed "
+                  "when teacher_model is an already fine-tuned teacher (teacher_train: false)."},
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={
@@ -103,9 +112,9 @@ class TeacherConfig:
             raise ConfigError("teacher: teacher_epochs, teacher_learning_rate and teacher_batch_size must be > 0")
         if self.teacher_folds == 1 or self.teacher_folds < 0:
             raise ConfigError(f"teacher: teacher_folds must be 0 (off) or at least 2, got {self.teacher_folds}")
-        if self.teacher_folds and not self.teacher_train:
-            raise ConfigError("teacher: out-of-fold soft labels (teacher_folds) fine-tune teachers from "
-                              "teacher_model, so they need teacher_train: true and a backbone as teacher_model")
+        if self.teacher_folds and not (self.teacher_train or self.teacher_backbone):
+            raise ConfigError("teacher: out-of-fold soft labels (teacher_folds) fine-tune teachers from a backbone: "
+                              "set teacher_backbone, or teacher_train: true with the backbone as teacher_model")
 
 
 @dataclass

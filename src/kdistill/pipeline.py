@@ -304,6 +304,7 @@ def _teacher_trainer(config: RunConfig, model, tokenizer, train, validation, out
         per_device_train_batch_size=t.teacher_batch_size,
         save_strategy="no",
         resume_from_checkpoint=None,
+        seed=_teacher_seed(config),
     )
     return DistillationTrainer(
         model=model,
@@ -325,9 +326,19 @@ def fold_assignment(rows: int, folds: int, seed: int) -> list[int]:
     return fold_of
 
 
+def _teacher_seed(config: RunConfig) -> int:
+    seed = config.teacher.teacher_seed
+    return seed if seed is not None else config.distill.seed
+
+
+def _backbone(config: RunConfig) -> str:
+    """What out-of-fold teachers are fine-tuned from."""
+    return config.teacher.teacher_backbone or config.teacher.teacher_model
+
+
 def _train_fold_teacher(config: RunConfig, label2id, tokenizer, train, fold: int) -> torch.nn.Module:
     """Fine-tune one out-of-fold teacher from the backbone on `train` (the other folds' rows); returns it."""
-    model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config))
+    model = load_classifier(_backbone(config), "teacher", label2id, **_trust(config))
     out = os.path.join(_paths(config)["cache"], f"fold-{fold}")
     trainer = _teacher_trainer(config, model, tokenizer, train, None, out)
     trainer.train()
@@ -341,9 +352,9 @@ def out_of_fold_logits(config: RunConfig, progress: bool = False) -> tuple[torch
     Returns the logits in row order and the bookkeeping: each row's fold, and per fold the number of rows its
     teacher trained on and labelled, and the seconds it took.
     """
-    k, seed = config.teacher.teacher_folds, config.distill.seed
+    k, seed = config.teacher.teacher_folds, _teacher_seed(config)
     label2id = label_map(config)
-    tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer", **_trust(config))
+    tokenizer = load_tokenizer(_backbone(config), "teacher tokenizer", **_trust(config))
     train = _tokenized_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
     fold_of = fold_assignment(len(train), k, seed)
     logits: torch.Tensor | None = None
@@ -440,9 +451,9 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
             # Labels from teachers fine-tuned from the backbone: what makes them is the backbone, the teacher's
             # training settings, the folds and the seed, not the run's own teacher.
             t = config.teacher
-            settings.update(folds=t.teacher_folds, seed=config.distill.seed, epochs=t.teacher_epochs,
+            settings.update(folds=t.teacher_folds, seed=_teacher_seed(config), epochs=t.teacher_epochs,
                             learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
-        fp = fingerprint(resolve_model_path(config.teacher.teacher_model) if oof else tdir, path, settings)
+        fp = fingerprint(resolve_model_path(_backbone(config)) if oof else tdir, path, settings)
         file = cache_path(cache, "train-oof" if oof else split, fp)
         logits = read_cache(file, fp)
         if logits is None and oof:
