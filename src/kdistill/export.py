@@ -333,6 +333,7 @@ def time_models(candidates: dict[str, tuple], batches: int, rounds: int = 3) -> 
         candidates: name -> (model, rows, collate); every model gets the same texts, tokenised its own way.
     """
     runs: dict[str, list[dict]] = {name: [] for name in candidates}
+    logger.info("timing %d models: %d round(s) of %d batches each", len(candidates), rounds, batches)
     for r in range(rounds):
         for name, (model, rows, collate) in candidates.items():
             runs[name].append(measure_speed(model, rows, collate, batches=batches))
