@@ -1,13 +1,14 @@
 """Deployment on SST-2: `kdistill export` of a run's student to ONNX fp32 and int8, timed beside the teacher.
 
     python benchmarks/export_speed.py                        # runs/sst2-hard; waits for a quiet machine first
-    python benchmarks/export_speed.py --run_dir runs/sst2-soft --max_load 1.5
-    python benchmarks/export_speed.py --collect              # no export: rebuild the JSON/Markdown from the last one
+    python benchmarks/export_speed.py --run_dir runs/sst2-soft --threads default
+    python benchmarks/export_speed.py --collect              # no export: rebuild the JSON/Markdown from the last ones
 
-Runs the exact `kdistill export` command shown in the results (in a subprocess, leaving OMP_NUM_THREADS as the
-environment has it, so PyTorch and ONNX Runtime both use torch's default thread count), then writes
-benchmarks/results/export_speed.json (the export report, a top-level `summary` and the targets) and
-benchmarks/results/export_speed.md, and prints the table. Speed ratios come from one run.
+Runs the exact `kdistill export` command shown in the results, in a subprocess, once per thread setting: `default`
+leaves OMP_NUM_THREADS unset (torch's default: one thread per core), `1` sets OMP_NUM_THREADS=1 (a one-vCPU
+deployment); ONNX Runtime always gets torch's thread count. Writes benchmarks/results/export_speed.json (a top-level
+`summary` and the targets from the first setting, every setting's export report) and benchmarks/results/export_speed.md,
+and prints the tables. Speed ratios come from one run.
 A busy machine skews them (PyTorch with 2 threads on 2 shared cores slows several-fold, ONNX Runtime less), so the
 script waits for a quiet machine, measures how much CPU *other* processes used while the export was timing (from
 /proc: all busy CPU time minus the export's own), and repeats the export (up to --attempts) when that exceeds
@@ -61,13 +62,13 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_export(cmd: list[str]) -> tuple[int, dict]:
+def run_export(cmd: list[str], env: dict) -> tuple[int, dict]:
     """Run the export; returns its exit code and how busy other processes kept the CPUs while it was timing.
 
     The timing phase starts at the export's 'timing N models' log line and ends at its last log line.
     """
     exe = os.path.join(os.path.dirname(sys.executable), "kdistill")
-    proc = subprocess.Popen([exe if os.path.exists(exe) else "kdistill", *cmd[1:]], cwd=ROOT,
+    proc = subprocess.Popen([exe if os.path.exists(exe) else "kdistill", *cmd[1:]], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, text=True, bufsize=1)
     start = last = None
     for line in proc.stderr:
@@ -88,8 +89,9 @@ def run_export(cmd: list[str]) -> tuple[int, dict]:
                   "foreign_share": foreign / max(wall * (os.cpu_count() or 1), 1e-9), "load_at_start": start[3]}
 
 
-def command(run_dir: str, out: str) -> list[str]:
-    return ["kdistill", "export", run_dir, "--format", "onnx", "--int8", "--teacher", "--out", out]
+def command(run_dir: str, out: str, speed_batches: int) -> list[str]:
+    return ["kdistill", "export", run_dir, "--format", "onnx", "--int8", "--teacher", "--out", out,
+            "--speed_batches", str(speed_batches)]
 
 
 def targets(summary: dict) -> dict:
@@ -116,82 +118,90 @@ def _contention(result: dict) -> str:
             "began, the export's own threads included.")
 
 
-def markdown(result: dict) -> str:
-    from kdistill.model_card import ANCHORS, speed_table
+def section(result: dict) -> str:
+    """One thread setting: how it ran, the table, fidelity, ratios and the target."""
+    from kdistill.model_card import speed_table
 
     report, s, t = result["report"], result["summary"], result["targets"]
-    i8 = report["int8"]
+    i8, speed = report["int8"], report["speed"]
     yes = {True: "met", False: "**not met**"}
     return "\n".join([
-        f"# Deployment: {report['run_dir']} exported to ONNX fp32 and int8",
+        f"## {speed['threads']} thread(s) (OMP_NUM_THREADS {speed.get('omp_num_threads') or 'unset'})",
         "",
-        f"- **Date**: {result['date']}. **Machine**: {result['machine']}.",
-        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
-        f"- **Command**: `{result['command']}` (run by `python benchmarks/export_speed.py`), "
-        f"OMP_NUM_THREADS {report['speed'].get('omp_num_threads') or 'unset'}, {report['speed']['threads']} thread(s) for PyTorch "
-        f"and ONNX Runtime alike. {_contention(result)}",
-        f"- **Data**: `{report['eval']['source']}`, {report['eval']['rows']} rows"
-        + (" (SST-2 dev, GLUE)" if report["eval"]["source"].endswith("sst2/test.tsv") else "") + ", for parity, "
-        f"int8 fidelity and accuracy; the same rows, cycled, for speed ({report['speed']['rounds']} round-robin "
-        f"rounds of {report['speed']['batches']} batch-1 calls and {max(1, report['speed']['batches'] // 4)} "
-        "batches of 64; medians over rounds).",
+        f"`{report['command']}`, {speed['threads']} thread(s) for PyTorch and ONNX Runtime alike; "
+        f"{speed['rounds']} round-robin rounds of {speed['batches']} batch-1 calls and {max(1, speed['batches'] // 4)} "
+        f"batches of 64 per model, medians over rounds. {_contention(result)}",
         "",
         speed_table(report),
         "",
+        f"- int8 over fp32 student: **{s['int8_over_fp32_latency_speedup']:.2f}x** at batch 1, "
+        f"**{s['int8_over_fp32_throughput_speedup']:.2f}x** at batch 64; file {s['int8_over_fp32_file_ratio']:.2f}x "
+        f"smaller. ONNX fp32 over PyTorch student: {s['fp32_onnx_over_pytorch_latency_speedup']:.2f}x / "
+        f"{s['fp32_onnx_over_pytorch_throughput_speedup']:.2f}x. Student over teacher, both PyTorch: "
+        f"{s['student_over_teacher_latency_speedup']:.2f}x / {s['student_over_teacher_throughput_speedup']:.2f}x; "
+        f"both int8 ONNX: {s['student_int8_over_teacher_int8_latency_speedup']:.2f}x / "
+        f"{s['student_int8_over_teacher_int8_throughput_speedup']:.2f}x.",
         f"- fp32 ONNX vs PyTorch: max |logit difference| {report['parity']['max_abs_diff']:.2e} "
         f"(bound 1e-4: {'passed' if report['parity']['passed'] else 'FAILED'}); teacher "
-        f"{report['teacher_parity']['max_abs_diff']:.2e}.",
-        f"- int8 vs fp32 student: top-1 agreement {100 * i8['agreement_with_fp32']:.2f}% (target 99.5%: "
-        f"{yes[t['int8_agreement_target_met']]}); accuracy {100 * i8['accuracy_fp32']:.2f} → {100 * i8['accuracy_int8']:.2f} "
-        f"({i8['accuracy_change_points']:+.2f} points); file {s['int8_over_fp32_file_ratio']:.2f}x smaller.",
-        f"- int8 over fp32 student: {s['int8_over_fp32_latency_speedup']:.2f}x at batch 1, "
-        f"{s['int8_over_fp32_throughput_speedup']:.2f}x at batch 64. ONNX fp32 over PyTorch student: "
-        f"{s['fp32_onnx_over_pytorch_latency_speedup']:.2f}x / {s['fp32_onnx_over_pytorch_throughput_speedup']:.2f}x. "
-        f"Student over teacher, both int8 ONNX: {s['student_int8_over_teacher_int8_latency_speedup']:.2f}x / "
-        f"{s['student_int8_over_teacher_int8_throughput_speedup']:.2f}x.",
-        "",
-        f"**Target** (int8 ≥ {TARGET_SPEEDUP}x faster than fp32 at ≤ {TARGET_LOSS_POINTS} point accuracy loss): "
+        f"{report['teacher_parity']['max_abs_diff']:.2e}. int8 vs fp32 student: top-1 agreement "
+        f"{100 * i8['agreement_with_fp32']:.2f}% (target 99.5%: {yes[t['int8_agreement_target_met']]}); accuracy "
+        f"{100 * i8['accuracy_fp32']:.2f} → {100 * i8['accuracy_int8']:.2f} ({i8['accuracy_change_points']:+.2f} points).",
+        f"- **Target** (int8 ≥ {TARGET_SPEEDUP}x faster than fp32 at ≤ {TARGET_LOSS_POINTS} point accuracy loss): "
         f"latency at batch 1 {yes[t['latency_met']]}, throughput at batch 64 {yes[t['throughput_met']]}, "
         f"accuracy {yes[t['accuracy_met']]}.",
-        "",
-        f"Published anchors for dynamic int8 against fp32 on CPU: {ANCHORS['latency_speedup']}, {ANCHORS['file_ratio']}, "
-        f"accuracy {ANCHORS['accuracy']} ({'; '.join(ANCHORS['sources'])}).",
         "",
     ])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run_dir", default="runs/sst2-hard", help="the run to export (relative to the repo root)")
-    parser.add_argument("--out", default=None, help="export directory (default RUN_DIR/export)")
-    parser.add_argument("--max_load", type=float, default=1.5, help="wait until the 1-minute load average is below this")
-    parser.add_argument("--patience", type=float, default=3600, help="seconds to wait for a quiet machine")
-    parser.add_argument("--attempts", type=int, default=4, help="exports to try until one times on a quiet machine")
-    parser.add_argument("--max_foreign", type=float, default=0.10,
-                        help="largest share of the machine's CPU other processes may use while the export times")
-    parser.add_argument("--collect", action="store_true", help="do not export; read the last export's report")
-    args = parser.parse_args()
-    out = args.out or os.path.join(args.run_dir, "export")
-    cmd = command(args.run_dir, out)
+def markdown(results: list[dict]) -> str:
+    from kdistill.model_card import ANCHORS
+
+    first = results[0]
+    report = first["report"]
+    return "\n".join([
+        f"# Deployment: {report['run_dir']} exported to ONNX fp32 and int8",
+        "",
+        f"- **Date**: {first['date']}. **Machine**: {first['machine']}.",
+        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()) + ".",
+        "- **Command**: `python benchmarks/export_speed.py`, which runs the `kdistill export` commands below.",
+        f"- **Data**: `{report['eval']['source']}`, {report['eval']['rows']} rows"
+        + (" (SST-2 dev, GLUE)" if report["eval"]["source"].endswith("sst2/test.tsv") else "")
+        + ", for parity, int8 fidelity and accuracy; the same rows, in file order and cycled, for speed.",
+        f"- **Published anchors** for dynamic int8 against fp32 on CPU: {ANCHORS['latency_speedup']}, "
+        f"{ANCHORS['file_ratio']}, accuracy {ANCHORS['accuracy']} ({'; '.join(ANCHORS['sources'])}).",
+        "",
+        *[section(r) for r in results],
+    ])
+
+
+def measure(args, threads: str) -> dict | None:
+    """Export (unless --collect) with one thread setting until a quiet attempt; the result, or None."""
+    out = os.path.join(args.run_dir, "export" if threads == "default" else f"export-threads{threads}")
+    cmd = command(args.run_dir, out, args.speed_batches)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads != "default":
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     attempts: list[dict] = []  # stays empty when collecting an earlier export
     for attempt in range(0 if args.collect else args.attempts):
         if not wait_for_quiet(args.max_load, args.patience):
             print(f"the machine stayed busy (load >= {args.max_load}); no quiet measurement taken", file=sys.stderr)
-            if not attempts:
-                return 1
             break
-        code, contention = run_export(cmd)
+        code, contention = run_export(cmd, env)
         if code not in (0, 1):  # 1: a parity check failed, and the report says so; anything else wrote no report
-            return code
+            raise SystemExit(code)
         attempts.append(contention)
-        print(f"attempt {attempt + 1}: other processes used {100 * contention.get('foreign_share', 1):.1f}% "
-              "of the CPUs while the export timed", file=sys.stderr)
+        print(f"threads {threads}, attempt {attempt + 1}: other processes used "
+              f"{100 * contention.get('foreign_share', 1):.1f}% of the CPUs while the export timed", file=sys.stderr)
         if contention.get("foreign_share", 1.0) <= args.max_foreign:
             break
-    report = json.load(open(os.path.join(ROOT, out, "export_report.json"), encoding="utf-8"))
+    path = os.path.join(ROOT, out, "export_report.json")
+    if not os.path.exists(path) or (not args.collect and not attempts):
+        return None
+    report = json.load(open(path, encoding="utf-8"))
     summary = dict(report["summary"])
     summary["student_over_teacher_throughput"] = summary.get("student_over_teacher_throughput_speedup")
-    result = {
+    return {
+        "threads": threads,
         "date": report["date"] if args.collect else datetime.date.today().isoformat(),
         "machine": report["machine"],
         "command": report["command"],
@@ -204,10 +214,32 @@ def main() -> int:
         "targets": targets(summary),
         "report": report,
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", default="runs/sst2-hard", help="the run to export (relative to the repo root)")
+    parser.add_argument("--threads", nargs="+", default=["default", "1"],
+                        help="thread settings: 'default' (OMP_NUM_THREADS unset) and/or a number")
+    parser.add_argument("--speed_batches", type=int, default=100, help="timed batch-1 calls per model and round")
+    parser.add_argument("--max_load", type=float, default=1.5, help="wait until the 1-minute load average is below this")
+    parser.add_argument("--patience", type=float, default=3600, help="seconds to wait for a quiet machine")
+    parser.add_argument("--attempts", type=int, default=4, help="exports to try until one times on a quiet machine")
+    parser.add_argument("--max_foreign", type=float, default=0.10,
+                        help="largest share of the machine's CPU other processes may use while the export times")
+    parser.add_argument("--collect", action="store_true", help="do not export; read the last exports' reports")
+    args = parser.parse_args()
+    results = [r for r in (measure(args, threads) for threads in args.threads) if r is not None]
+    if not results:
+        print("no export report to collect", file=sys.stderr)
+        return 1
+    first = results[0]
+    out = {k: first[k] for k in ("date", "machine", "command", "versions", "summary", "targets", "quiet")}
+    out["settings"] = results
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "export_speed.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-    page = markdown(result)
+        json.dump(out, fh, indent=2)
+    page = markdown(results)
     with open(os.path.join(RESULTS, "export_speed.md"), "w", encoding="utf-8") as fh:
         fh.write(page)
     print(page)
