@@ -181,6 +181,7 @@ def read_tsv(path: str, limit: int | None = None) -> tuple[list[str], list[int]]
 
 def speed_leg(teacher_dir: str, student_dir: str, values: dict, rounds: int, batches: int) -> dict:
     """Teacher, 2-layer and 3-layer students timed in interleaved rounds on the same rows; medians over rounds."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from kdistill.evaluation import measure_speed
@@ -195,19 +196,33 @@ def speed_leg(teacher_dir: str, student_dir: str, values: dict, rounds: int, bat
     texts, _ = read_tsv(values["test_file"])
     rows = teacher_rows(tokenizer, texts, values["max_length"])
     collate = lambda r: dict(tokenizer.pad(r, return_tensors="pt"))  # noqa: E731
-    runs = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            runs[name].append(measure_speed(model, rows, collate, batches=batches))
-    out = {}
-    for name, timings in runs.items():
-        out[name] = {"latency_ms_b1": statistics.median(t["latency_ms_b1"] for t in timings),
-                     "throughput_b64": statistics.median(t["throughput_b64"] for t in timings),
-                     "parameters": count_parameters(models[name]), "rounds": timings}
-    for name in ("student2", "student3"):
-        out[f"{name}_over_teacher_latency_speedup"] = out["teacher"]["latency_ms_b1"] / out[name]["latency_ms_b1"]
-        out[f"{name}_over_teacher_throughput_ratio"] = out[name]["throughput_b64"] / out["teacher"]["throughput_b64"]
-    out["rows"], out["batches"] = len(rows), batches
+
+    def timed() -> dict:
+        runs = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                runs[name].append(measure_speed(model, rows, collate, batches=batches))
+        out = {}
+        for name, timings in runs.items():
+            out[name] = {"latency_ms_b1": statistics.median(t["latency_ms_b1"] for t in timings),
+                         "throughput_b64": statistics.median(t["throughput_b64"] for t in timings),
+                         "parameters": count_parameters(models[name]), "rounds": timings}
+        for name in ("student2", "student3"):
+            out[f"{name}_over_teacher_latency_speedup"] = out["teacher"]["latency_ms_b1"] / out[name]["latency_ms_b1"]
+            out[f"{name}_over_teacher_throughput_ratio"] = out[name]["throughput_b64"] / out["teacher"]["throughput_b64"]
+        out["rows"], out["batches"], out["torch_threads"] = len(rows), batches, torch.get_num_threads()
+        return out
+
+    out = timed()
+    # The same measurement on one thread: the per-call work that does not parallelise (Python, embeddings, the
+    # head) weighs less there, which shows how much of the gap to the layer ratio it explains.
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            out["one_thread"] = timed()
+        finally:
+            torch.set_num_threads(threads)
     return out
 
 
@@ -301,15 +316,18 @@ def table(result: dict) -> str:
         f"{s['student2_over_teacher_throughput_ratio']:>12.3f}  >= 2.8 "
         f"({met[t['student2_over_teacher_throughput_ratio']['met']]})",
         "",
-        f"{'model':<12}{'parameters':>14}{'latency b1 ms':>16}{'speed-up b1':>13}{'rows/s b64':>13}{'ratio b64':>11}",
     ]
-    speed = legs["speed"]
-    for name in ("teacher", "student2", "student3"):
-        m = speed[name]
-        up = 1.0 if name == "teacher" else s[f"{name}_over_teacher_latency_speedup"]
-        ratio = 1.0 if name == "teacher" else s[f"{name}_over_teacher_throughput_ratio"]
-        lines.append(f"{name:<12}{m['parameters']:>14,}{m['latency_ms_b1']:>16.2f}{up:>12.2f}x"
-                     f"{m['throughput_b64']:>13.1f}{ratio:>10.2f}x")
+    for speed in (legs["speed"], legs["speed"].get("one_thread")):
+        if not speed:
+            continue
+        lines.append(f"{'model':<12}{'parameters':>14}{'latency b1 ms':>16}{'speed-up b1':>13}{'rows/s b64':>13}"
+                     f"{'ratio b64':>11}   ({speed['torch_threads']} torch thread(s))")
+        for name in ("teacher", "student2", "student3"):
+            m = speed[name]
+            up = 1.0 if name == "teacher" else speed[f"{name}_over_teacher_latency_speedup"]
+            ratio = 1.0 if name == "teacher" else speed[f"{name}_over_teacher_throughput_ratio"]
+            lines.append(f"{name:<12}{m['parameters']:>14,}{m['latency_ms_b1']:>16.2f}{up:>12.2f}x"
+                         f"{m['throughput_b64']:>13.1f}{ratio:>10.2f}x")
     return "\n".join(lines)
 
 
