@@ -542,15 +542,19 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     assert json.loads((ddp / "eval.json").read_text())["student"]["accuracy"] == \
         json.loads((single / "eval.json").read_text())["student"]["accuracy"]
 
-    # The soft-label cache: written once, by the first process, the same as a single process writes it.
+    # The soft-label cache: each process labelled every second row, the first process wrote the gathered logits
+    # once, and they are what a single process writes.
     caches = {p.name for p in (ddp / "soft_labels").iterdir()}
     assert caches == {p.name for p in (single / "soft_labels").iterdir()}
     for name in caches:
         with safe_open(str(ddp / "soft_labels" / name), "pt") as a, safe_open(str(single / "soft_labels" / name), "pt") as b:
-            # Same metadata (fingerprint, rows, content hash) and tensors; the file bytes may differ, since
-            # safetensors orders metadata keys at random.
-            assert a.metadata() == b.metadata()
-            assert torch.equal(a.get_tensor("logits"), b.get_tensor("logits"))
+            # Same fingerprint and rows. The logits agree to float rounding, not bit for bit: each process batched
+            # its rows by length among its own share, so rows met other padding (measured: max |difference|
+            # 4.2e-9 on 32-64 rows, 2026-11-28), and with them the content hash differs.
+            meta_a, meta_b = a.metadata(), b.metadata()
+            assert {k: v for k, v in meta_a.items() if k != "sha256"} == {k: v for k, v in meta_b.items() if k != "sha256"}
+            diff = float((a.get_tensor("logits") - b.get_tensor("logits")).abs().max())
+            assert diff < 1e-5
 
 
 def test_only_the_first_process_writes_kdistills_files(tmp_path, monkeypatch, values):

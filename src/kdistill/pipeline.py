@@ -419,18 +419,47 @@ def teach(config: RunConfig) -> dict[str, float]:
     return out
 
 
-def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> dict[str, torch.Tensor]:
+def make_soft_labels(
+    config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False, together: bool = True
+) -> dict[str, torch.Tensor]:
     """The teacher's logits for each configured split: read from the cache, or computed once and cached.
 
     The teacher is loaded only if some split is missing from the cache. Under torchrun/accelerate launch, the
-    first process computes and writes the cache while the others wait, then they read it: every process holds
-    the same logits, and the cache is written once (output_dir must be on a file system all processes share).
+    first process decides what is missing; every process then labels its share of the rows (row r goes to
+    process r mod n), the shares are gathered, the first process writes the cache once, and every process
+    returns the same logits (output_dir must be on a file system all processes share). `together=False` is for a
+    caller that runs on one process only (evaluation): it labels everything itself.
     """
-    with config.distill.main_process_first(local=False, desc="soft labels"):
-        return _make_soft_labels(config, splits, progress and _is_main(config))
+    return _make_soft_labels(config, splits, progress and _is_main(config), together)
 
 
-def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool) -> dict[str, torch.Tensor]:
+def _rank_world(together: bool = True) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if together and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _from_first_process(value: Any, together: bool) -> Any:
+    """The first process's `value`, on every process (itself when there is one process)."""
+    import torch.distributed as dist
+
+    if _rank_world(together)[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(together: bool) -> None:
+    import torch.distributed as dist
+
+    if _rank_world(together)[1] > 1:
+        dist.barrier()
+
+
+def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool, together: bool) -> dict[str, torch.Tensor]:
     tdir = teacher_dir(config)
     cache = _paths(config)["cache"]
     data = config.data
@@ -456,22 +485,30 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
         fp = fingerprint(resolve_model_path(_backbone(config)) if oof else tdir, path, settings)
         file = cache_path(cache, "train-oof" if oof else split, fp)
         logits = read_cache(file, fp)
-        if logits is None and oof:
+        cached = _from_first_process(logits is not None, together)  # one decision, so every process takes the same path
+        if cached and logits is None:
+            raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
+                            "soft_label_cache) must be on a file system every process shares")
+        if not cached and oof:
+            # Every process takes part: the fold teachers train data-parallel like any Trainer run.
             logits, record = out_of_fold_logits(config, progress)
             if _is_main(config):
                 write_json(file.replace(".safetensors", ".json"), record)
                 write_cache(file, logits, fp)
+            _barrier(together)
             logger.info("out-of-fold soft labels for train: %d rows from %d teachers, cached in %s", len(logits),
                         config.teacher.teacher_folds, file)
-        elif logits is None:
+        elif not cached:
             if teacher is None:
                 label2id = label_map(config)
                 teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
                 tokenizer = load_tokenizer(tdir, "teacher tokenizer", **_trust(config))
                 _check_vocabulary(teacher, tokenizer, "teacher")
-            logits = _teacher_pass(config, split, teacher, tokenizer, progress)
+                teacher.to(config.distill.device)
+            logits = _teacher_pass(config, split, teacher, tokenizer, progress, together)
             if _is_main(config):
                 write_cache(file, logits, fp)
+            _barrier(together)
             logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
         else:
             logger.info("soft labels for %s: %d rows reused from %s", split, len(logits), file)
@@ -479,7 +516,7 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
     return out
 
 
-def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool) -> torch.Tensor:
+def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True) -> torch.Tensor:
     """The teacher's logits for one split, tokenised and run SOFT_LABEL_CHUNK_ROWS rows at a time.
 
     Memory holds one chunk's tokens and the [rows, classes] result, not the whole split's tokens (which, as Python
@@ -487,6 +524,10 @@ def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: b
     length-sorted batches; the result is in row order.
     """
     table = load_split(config.data, split)
+    rows_in_split = len(table)
+    rank, world = _rank_world(together)
+    if world > 1:  # this process's share: rows rank, rank + world, ...
+        table = table.select(range(rank, rows_in_split, world))
     source = {"test": config.data.test_file or config.data.validation_file}.get(split) or \
         getattr(config.data, f"{split}_file", None) or split
     out: torch.Tensor | None = None
@@ -499,7 +540,18 @@ def _teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: b
                 out = torch.empty((len(table), *logits.shape[1:]), dtype=torch.float32)
             out[done : done + len(rows)] = logits
             done += len(rows)
-    assert out is not None and done == len(out), "the teacher pass lost rows"
+    assert out is None or done == len(out), "the teacher pass lost rows"
+    if world > 1:
+        import torch.distributed as dist
+
+        shares: list[torch.Tensor | None] = [None] * world
+        dist.all_gather_object(shares, out)
+        shape = next(t.shape[1:] for t in shares if t is not None)
+        out = torch.empty((rows_in_split, *shape), dtype=torch.float32)
+        for r, share in enumerate(shares):
+            if share is not None:
+                out[r::world] = share
+    assert out is not None, "no rows to label"
     return out
 
 
@@ -671,7 +723,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     test = _tokenized_split(config, "test", tokenizer, label2id)
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
-    teacher_logits = _make_soft_labels(config, ("test",), progress=progress)["test"]
+    teacher_logits = _make_soft_labels(config, ("test",), progress, together=False)["test"]
     if teacher_logits.shape != (len(test), len(label2id)):
         raise UserError(
             f"the teacher's logits for the test data have shape {tuple(teacher_logits.shape)} but the data has "
