@@ -321,7 +321,7 @@ def table(result: dict) -> str:
         if not speed:
             continue
         lines.append(f"{'model':<12}{'parameters':>14}{'latency b1 ms':>16}{'speed-up b1':>13}{'rows/s b64':>13}"
-                     f"{'ratio b64':>11}   ({speed['torch_threads']} torch thread(s))")
+                     f"{'ratio b64':>11}   ({speed.get('torch_threads', result['threads']['torch_num_threads'])} torch thread(s))")
         for name in ("teacher", "student2", "student3"):
             m = speed[name]
             up = 1.0 if name == "teacher" else speed[f"{name}_over_teacher_latency_speedup"]
@@ -340,7 +340,9 @@ def markdown(result: dict, name: str) -> str:
         f"(OMP_NUM_THREADS {result['threads']['OMP_NUM_THREADS'] or 'unset'}).",
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
         f"- **Command**: `{result['command']}`; 1-minute load average {result['load_start']:.2f} at the start, "
-        f"{result['load_end']:.2f} at the end (per leg in `{name}.json`).",
+        f"{result['load_end']:.2f} at the end (per leg in `{name}.json`). The load during the run counts this "
+        "process's own threads; a leg had the cores to itself when its CPU seconds per wall second are near the "
+        "thread count: here " + ", ".join(f"{e['leg']} {e['cpu_per_wall']:.2f}" for e in result["log"]) + ".",
         f"- **Teacher**: {result['teacher']['source']}; SST-2 dev (GLUE) accuracy "
         f"{100 * result['teacher_accuracy']:.2f}.",
         f"- **Data**: the first {result['settings']['rows']:,} rows of `sst2/train.tsv`; accuracy on `sst2/test.tsv` "
@@ -374,9 +376,18 @@ def main() -> int:
     parser.add_argument("--max_load", type=float, default=1.3, help="wait until the 1-minute load is below this")
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for a quiet machine")
     parser.add_argument("--no_wait", action="store_true", help="start at once (numbers are then not comparable)")
+    parser.add_argument("--collect", action="store_true", help="measure nothing: rebuild the .md and table from the JSON")
     args = parser.parse_args()
     args.rows = args.rows or (2000 if args.quick else 20000)
     name = "speed_ratios_quick" if args.quick else "speed_ratios"
+    if args.collect:
+        results_dir = os.path.abspath(args.results_dir)
+        with open(os.path.join(results_dir, f"{name}.json"), encoding="utf-8") as fh:
+            result = json.load(fh)
+        with open(os.path.join(results_dir, f"{name}.md"), "w", encoding="utf-8") as fh:
+            fh.write(markdown(result, name))
+        print(table(result))
+        return 0
     out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "bench", name))
     os.makedirs(out, exist_ok=True)
     os.chdir(ROOT)
