@@ -76,3 +76,17 @@ def test_blank_texts_and_missing_labels_are_counted(tmp_path):
     path.write_text('{"text": "fine", "label": 1}\n{"text": "dull", "label": null}\n')
     with pytest.raises(UserError, match=r"rows.jsonl: 1 row\(s\) have no 'label'"):
         load_table(str(path), DataConfig(train_file=str(path)))
+
+
+def test_max_train_samples_does_not_cap_the_transfer_file(tmp_path):
+    from kdistill.config import DataConfig
+    from kdistill.data import load_split
+
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(10)), encoding="utf-8")
+    transfer = tmp_path / "transfer.tsv"
+    transfer.write_text("text\n" + "".join(f"new {i}\n" for i in range(30)), encoding="utf-8")
+    data = DataConfig(train_file=str(train), transfer_file=str(transfer), max_train_samples=4)
+    assert len(load_split(data, "train")) == 4 and len(load_split(data, "transfer")) == 30
+    data = DataConfig(train_file=str(train), transfer_file=str(transfer), max_transfer_samples=7)
+    assert len(load_split(data, "train")) == 10 and len(load_split(data, "transfer")) == 7

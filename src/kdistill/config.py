@@ -57,6 +57,7 @@ class DataConfig:
     max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_transfer_samples: int | None = field(default=None, metadata={"help": "Use only the first N transfer rows."})
 
     def __post_init__(self):
         if self.train_file is None and self.dataset_name is None:

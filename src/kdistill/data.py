@@ -142,12 +142,17 @@ def _count_blank(table: datasets.Dataset, column: str) -> int:
     return blank
 
 
+def split_limit(data: DataConfig, split: str) -> int | None:
+    """How many of a split's first rows are used (None: all)."""
+    return {"train": data.max_train_samples, "transfer": data.max_transfer_samples}.get(split, data.max_eval_samples)
+
+
 def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
     """The named split ('train', 'validation', 'test', 'transfer') from files or the hub; None if not configured."""
     files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file or data.validation_file,
              "transfer": data.transfer_file}
     path = files[split]
-    limit = data.max_train_samples if split in ("train", "transfer") else data.max_eval_samples
+    limit = split_limit(data, split)
     if path is not None:
         table = load_table(path, data, labelled=split != "transfer")
     elif data.dataset_name is not None and split != "transfer":

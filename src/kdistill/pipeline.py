@@ -32,6 +32,7 @@ from .data import (
     encode_labels,
     load_split,
     save_label_map,
+    split_limit,
     tokenize,
 )
 from .evaluation import measure_speed, size_on_disk
@@ -473,7 +474,7 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
         settings = {
             "split": split, "source": path or f"{data.dataset_name}/{data.dataset_config_name}",
             "text_column": data.text_column, "text_pair_column": data.text_pair_column, "max_length": data.max_length,
-            "limit": data.max_train_samples if split in ("train", "transfer") else data.max_eval_samples,
+            "limit": split_limit(data, split),
         }
         oof = split == "train" and config.teacher.teacher_folds >= 2
         if oof:
