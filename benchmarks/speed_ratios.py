@@ -8,16 +8,16 @@ The four ratios of issue 3, all on the first N rows of sst2/train.tsv, the 2-lay
 (layers 0 and 5, `student_init: from_teacher`), batch 32, lr 1e-4, one epoch, seed 42, T=2:
 
 1. floor: one epoch of soft-label distillation from the (already built) cache / one epoch of hard-label
-   fine-tuning of the same student (`pipeline.distill`'s train_seconds; the legs run hard, soft, soft, hard and
-   the ratio is of the summed times). Target <= 1.05.
+   fine-tuning of the same student (`pipeline.distill`'s train_seconds; the legs run hard, soft, soft, hard,
+   `--repeats` times, and the ratio is of the summed times). Target <= 1.05.
 2. kdistill / the usual guide: one epoch of kdistill with the guide's loss (strategy mixed, alpha 0.5, T 2)
    / one epoch of `baseline_guide_trainer.py` (teacher forward at every step, rows padded to 128, random
    sampler), same student initialisation, data, seed, batch size, lr, T and alpha; and both students' accuracy on
    SST-2 dev (GLUE). Target <= 0.33 at equal or better accuracy.
 3. soft-label pass: rows/s of `pipeline.make_soft_labels` on a fresh cache directory, end to end (teacher load,
    tokenisation, fingerprint, forward passes, cache write) / rows/s of bare teacher inference over the same rows
-   (same batch size, the same length-sorted dynamic padding, only the forward passes after one untimed batch;
-   timed before and after the pass, the mean is used). Target >= 0.9.
+   (same batch size, the same length-sorted dynamic padding, only the forward passes after one untimed batch),
+   timed before and after each of `--repeats` passes; rows over summed seconds on each side. Target >= 0.9.
 4. student vs teacher: CPU latency at batch 1 (median) and throughput at batch 64 on the 872 SST-2 dev (GLUE)
    rows (`evaluation.measure_speed`, rounds interleaving the models; medians over rounds). Target: the 2-layer
    student >= 2.8x the teacher's throughput.
@@ -130,16 +130,29 @@ def soft_label_pass(values: dict, out: str) -> dict:
     return {"rows": len(logits), "seconds": seconds, "rows_per_second": len(logits) / seconds}
 
 
-def soft_label_legs(values: dict, out: str, teacher_dir: str, texts: list[str], log: list) -> tuple[list, dict]:
+def soft_label_legs(values: dict, out: str, teacher_dir: str, texts: list[str], log: list,
+                    repeats: int) -> tuple[list, list]:
+    """bare, pass, bare, pass, ..., bare: each pass between two bare timings, so drift falls on both alike."""
     from kdistill.students import load_classifier, load_tokenizer
 
     model, tokenizer = load_classifier(teacher_dir, "teacher"), load_tokenizer(teacher_dir, "teacher tokenizer")
     rows = teacher_rows(tokenizer, texts, values["max_length"])
     size = values["per_device_eval_batch_size"]
     bare = [leg("bare teacher inference", lambda: bare_inference(model, tokenizer, rows, size), log)]
-    softlabel = leg("soft-label pass (fresh cache)", lambda: soft_label_pass(values, out), log)
-    bare.append(leg("bare teacher inference", lambda: bare_inference(model, tokenizer, rows, size), log))
-    return bare, softlabel
+    passes = []
+    for _ in range(repeats):
+        passes.append(leg("soft-label pass (fresh cache)", lambda: soft_label_pass(values, out), log))
+        bare.append(leg("bare teacher inference", lambda: bare_inference(model, tokenizer, rows, size), log))
+    return bare, passes
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def rows_per_second(legs: list) -> float:
+    """Rows over seconds summed across repeated legs."""
+    return sum(r["rows"] for r in legs) / sum(r["seconds"] for r in legs)
 
 
 def guide_leg(values: dict, out: str, teacher_dir: str, texts: list[str], labels: list[int]) -> dict:
@@ -253,7 +266,7 @@ def summarise(legs: dict) -> dict:
     floor = legs["floor"]
     hard = sum(r["train_seconds"] for r in floor if r["strategy"] == "hard")
     soft = sum(r["train_seconds"] for r in floor if r["strategy"] == "soft")
-    bare = statistics.mean(r["rows_per_second"] for r in legs["bare_inference"])
+    bare = rows_per_second(legs["bare_inference"])
     speed = legs["speed"]
     mixed, guide = legs["kdistill_mixed"], legs["guide"]
     return {
@@ -262,11 +275,11 @@ def summarise(legs: dict) -> dict:
         "kdistill_soft_over_guide_epoch_ratio": statistics.mean(
             r["train_seconds"] for r in floor if r["strategy"] == "soft") / guide["train_seconds"],
         "kdistill_with_softlabel_pass_over_guide_epoch_ratio":
-            (mixed["train_seconds"] + legs["softlabel_pass"]["seconds"]) / guide["train_seconds"],
+            (mixed["train_seconds"] + _as_list(legs["softlabel_pass"])[0]["seconds"]) / guide["train_seconds"],
         "kdistill_accuracy": mixed["accuracy"],
         "guide_accuracy": guide["accuracy"],
         "kdistill_minus_guide_accuracy_points": 100 * (mixed["accuracy"] - guide["accuracy"]),
-        "softlabel_over_inference_throughput_ratio": legs["softlabel_pass"]["rows_per_second"] / bare,
+        "softlabel_over_inference_throughput_ratio": rows_per_second(_as_list(legs["softlabel_pass"])) / bare,
         "student2_over_teacher_throughput_ratio": speed["student2_over_teacher_throughput_ratio"],
         "student2_over_teacher_latency_speedup": speed["student2_over_teacher_latency_speedup"],
         "student3_over_teacher_throughput_ratio": speed["student3_over_teacher_throughput_ratio"],
@@ -310,8 +323,9 @@ def table(result: dict) -> str:
         f"{'3. soft-label pass rows/s / bare teacher inference rows/s':<58}"
         f"{s['softlabel_over_inference_throughput_ratio']:>12.3f}  >= 0.9 "
         f"({met[t['softlabel_over_inference_throughput_ratio']['met']]})",
-        f"   pass {legs['softlabel_pass']['rows_per_second']:.1f} rows/s ({legs['softlabel_pass']['seconds']:.1f} s), "
-        "bare " + ", ".join(f"{r['rows_per_second']:.1f}" for r in legs["bare_inference"]) + " rows/s",
+        "   pass " + ", ".join(f"{r['rows_per_second']:.1f}" for r in _as_list(legs["softlabel_pass"]))
+        + " rows/s; bare " + ", ".join(f"{r['rows_per_second']:.1f}" for r in legs["bare_inference"])
+        + " rows/s (in that order: bare, pass, bare, ...)",
         f"{'4. 2-layer student / teacher throughput at batch 64':<58}"
         f"{s['student2_over_teacher_throughput_ratio']:>12.3f}  >= 2.8 "
         f"({met[t['student2_over_teacher_throughput_ratio']['met']]})",
@@ -368,6 +382,9 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5, help="the guide's mix; kdistill runs strategy mixed with it")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="floor: hard, soft, soft, hard this many times; soft-label pass this many times, each "
+                             "between bare timings")
     parser.add_argument("--speed_rounds", type=int, default=3)
     parser.add_argument("--speed_batches", type=int, default=40)
     parser.add_argument("--out", default=None, help="run directory (default runs/bench/speed_ratios[_quick])")
@@ -412,7 +429,7 @@ def main() -> int:
     log: list = []
 
     # 3. The soft-label pass (into a fresh cache no other leg reads) between two timings of bare inference.
-    legs["bare_inference"], legs["softlabel_pass"] = soft_label_legs(values, out, teacher, texts, log)
+    legs["bare_inference"], legs["softlabel_pass"] = soft_label_legs(values, out, teacher, texts, log, args.repeats)
 
     # The shared cache the distillation legs read (made here, untimed, so the floor measures training alone).
     from kdistill import make_config, make_soft_labels
@@ -421,7 +438,7 @@ def main() -> int:
 
     # 1. Floor: hard, soft, soft, hard, so a drift in machine speed falls on both sides alike.
     legs["floor"] = [leg(f"floor: {s} epoch", lambda s=s, i=i: distill_leg(values, out, f"floor-{s}-{i}", s), log)
-                     for i, s in enumerate(("hard", "soft", "soft", "hard"))]
+                     for i, s in enumerate(("hard", "soft", "soft", "hard") * args.repeats)]
 
     # 2. kdistill with the guide's loss, then the guide.
     legs["kdistill_mixed"] = leg("kdistill epoch (mixed)", lambda: distill_leg(values, out, "kdistill-mixed", "mixed"), log)
