@@ -117,5 +117,21 @@ def wait_for_quiet(max_load: float, patience_s: float, poll_s: float = 60) -> bo
         time.sleep(poll_s)
 
 
+def git_state() -> dict:
+    """The commit the code ran from, and whether src/ or benchmarks/ differed from it (uncommitted edits)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "uncommitted": git("status", "--porcelain", "--", "src", "benchmarks")
+                .splitlines()}
+    except OSError:
+        return {"commit": None, "uncommitted": []}
+
+
 def command_line() -> str:
     return " ".join(["python", *sys.argv])

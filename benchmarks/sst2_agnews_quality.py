@@ -311,7 +311,7 @@ def main() -> int:
             for p in profiles.values():
                 p[key] = getattr(args, key)
     result = {"date": bench_env.now_utc(), "command": bench_env.command_line(), "machine": bench_env.machine(),
-              "versions": bench_env.versions(), "threads": bench_env.threads(), "load_start": bench_env.load1(),
+              "versions": bench_env.versions(), "git": bench_env.git_state(), "threads": bench_env.threads(), "load_start": bench_env.load1(),
               "out": out, "settings": {"quick": args.quick, "learning_rate": args.learning_rate},
               "anchors": ANCHORS, "datasets": {}, "summary": {}}
     start = time.perf_counter()
