@@ -127,8 +127,8 @@ def git_state() -> dict:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "uncommitted": git("status", "--porcelain", "--", "src", "benchmarks")
-                .splitlines()}
+        changed = git("status", "--porcelain", "--", "src", "benchmarks").splitlines()
+        return {"commit": git("rev-parse", "HEAD"), "uncommitted": [c for c in changed if "benchmarks/results/" not in c]}
     except OSError:
         return {"commit": None, "uncommitted": []}
 
