@@ -126,7 +126,7 @@ def section(result: dict) -> str:
     from kdistill.model_card import speed_table
 
     report, s, t = result["report"], result["summary"], result["targets"]
-    i8, speed = report["int8"], report["speed"]
+    i8, speed, rows = report["int8"], report["speed"], report["eval"]["rows"]
     yes = {True: "met", False: "**not met**"}
     return "\n".join([
         f"## {speed['threads']} thread(s) (OMP_NUM_THREADS {speed.get('omp_num_threads') or 'unset'})",
@@ -147,8 +147,10 @@ def section(result: dict) -> str:
         f"- fp32 ONNX vs PyTorch: max |logit difference| {report['parity']['max_abs_diff']:.2e} "
         f"(bound 1e-4: {'passed' if report['parity']['passed'] else 'FAILED'}); teacher "
         f"{report['teacher_parity']['max_abs_diff']:.2e}. int8 vs fp32 student: top-1 agreement "
-        f"{100 * i8['agreement_with_fp32']:.2f}% (target 99.5%: {yes[t['int8_agreement_target_met']]}); accuracy "
-        f"{100 * i8['accuracy_fp32']:.2f} → {100 * i8['accuracy_int8']:.2f} ({i8['accuracy_change_points']:+.2f} points).",
+        f"{100 * i8['agreement_with_fp32']:.2f}% ({round((1 - i8['agreement_with_fp32']) * rows)} of {rows} rows differ; "
+        f"target 99.5%: {yes[t['int8_agreement_target_met']]}); accuracy {100 * i8['accuracy_fp32']:.2f} → "
+        f"{100 * i8['accuracy_int8']:.2f} ({i8['accuracy_change_points']:+.2f} points, "
+        f"{round(i8['accuracy_change_points'] * rows / 100):+d} rows).",
         f"- **Target** (int8 ≥ {TARGET_SPEEDUP}x faster than fp32 at ≤ {TARGET_LOSS_POINTS} point accuracy loss): "
         f"latency at batch 1 {yes[t['latency_met']]}, throughput at batch 64 {yes[t['throughput_met']]}, "
         f"accuracy {yes[t['accuracy_met']]}.",
