@@ -134,4 +134,6 @@ def git_state() -> dict:
 
 
 def command_line() -> str:
-    return " ".join(["python", *sys.argv])
+    """The command as typed, with the thread settings of the environment in front of it."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
+    return " ".join([*env, "python", *sys.argv])

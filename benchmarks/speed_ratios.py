@@ -393,10 +393,11 @@ def main() -> int:
     parser.add_argument("--max_load", type=float, default=1.3, help="wait until the 1-minute load is below this")
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for a quiet machine")
     parser.add_argument("--no_wait", action="store_true", help="start at once (numbers are then not comparable)")
+    parser.add_argument("--name", default=None, help="results file stem (default speed_ratios, or speed_ratios_quick)")
     parser.add_argument("--collect", action="store_true", help="measure nothing: rebuild the .md and table from the JSON")
     args = parser.parse_args()
     args.rows = args.rows or (2000 if args.quick else 20000)
-    name = "speed_ratios_quick" if args.quick else "speed_ratios"
+    name = args.name or ("speed_ratios_quick" if args.quick else "speed_ratios")
     if args.collect:
         results_dir = os.path.abspath(args.results_dir)
         with open(os.path.join(results_dir, f"{name}.json"), encoding="utf-8") as fh:
