@@ -328,6 +328,8 @@ def main() -> int:
         first = report["runs"][0]
         plots = []
         for plot in ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "fidelity_by_strategy.png"):
+            if plot == "accuracy_vs_temperature.png" and len(p["temperatures"]) < 2:
+                continue  # one temperature: nothing to plot against
             if plot in report.get("plots", []):
                 target = f"{name}_{ds}_{plot}"
                 shutil.copyfile(os.path.join(ds_out, plot), os.path.join(results_dir, target))
