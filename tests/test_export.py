@@ -84,6 +84,9 @@ def test_parity_and_int8_fidelity_are_reported(exported):
     assert 0.0 <= i8["agreement_with_fp32"] <= 1.0
     assert i8["agreement_met"] == (i8["agreement_with_fp32"] >= 0.995)
     assert i8["accuracy_change_points"] == pytest.approx(100 * (i8["accuracy_int8"] - i8["accuracy_fp32"]))
+    flips = i8["flips"]
+    assert flips["rows"] == 120 and flips["disagreements"] == round((1 - i8["agreement_with_fp32"]) * 120)
+    assert (flips["rows_within"] >= flips["disagreements"]) and 0.0 <= flips["largest_margin"] <= 1.0
     assert os.path.getsize(out / "model.int8.onnx") < os.path.getsize(out / "model.onnx")
     assert report["summary"]["int8_over_fp32_file_ratio"] > 1.0
 

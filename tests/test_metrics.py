@@ -9,6 +9,7 @@ from kdistill.metrics import (
     accuracy,
     agreement,
     classification_metrics,
+    disagreement_margins,
     expected_calibration_error,
     macro_f1,
     max_sq_distance,
@@ -126,3 +127,17 @@ def test_one_hot_warning_fires_only_for_nearly_one_hot_soft_labels():
     assert warning is not None and "nearly one-hot" in warning and "transfer_file" in warning
     # The same logits at T=8 are soft enough (top probability about 0.82).
     assert one_hot_warning(soft_label_stats(sure, 8.0), 8.0) is None
+
+
+def test_disagreement_margins_counts_flips_and_near_ties():
+    # Reference probabilities of class 1: 0.9 (margin 0.8), 0.55 (0.1), 0.52 (0.04), 0.2 (0.6), 0.5 (0.0).
+    ref = _two_class_logits([0.1, 0.45, 0.48, 0.8, 0.5])
+    other = ref.copy()
+    other[1] = ref[1][::-1]  # flips the 0.1-margin row
+    other[2] = ref[2][::-1]  # and the 0.04-margin row
+    out = disagreement_margins(ref, other)
+    assert out["rows"] == 5 and out["disagreements"] == 2
+    assert out["largest_margin"] == pytest.approx(0.1, abs=1e-6)
+    assert out["rows_within"] == 3  # the two flipped rows and the exact tie
+    same = disagreement_margins(ref, ref)
+    assert same["disagreements"] == 0 and same["largest_margin"] == 0.0 and same["rows_within"] == 0

@@ -320,6 +320,8 @@ def int8_fidelity(fp32_logits: torch.Tensor, int8_logits: torch.Tensor, labels: 
         "accuracy_int8": int8_acc,
         "accuracy_change_points": 100 * (int8_acc - fp32_acc),
         "max_abs_logit_diff": float((fp32_logits - int8_logits).abs().max()),
+        # Which rows flip: every one of them, and how many rows of the set are as close to a tie under fp32.
+        "flips": metrics.disagreement_margins(fp32_logits, int8_logits),
     }
 
 

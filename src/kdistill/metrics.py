@@ -76,6 +76,23 @@ def agreement(student_logits: Any, teacher_logits: Any) -> float:
     return float((s == t).mean())
 
 
+def disagreement_margins(reference_logits: Any, other_logits: Any) -> dict[str, float | int]:
+    """Where two models' argmaxes differ, how close the reference was to a tie.
+
+    The margin of a row is the reference's top-1 minus its top-2 probability. Returns the number of rows that
+    differ, the largest reference margin among them (0.0 when none differ), and how many rows of the whole set have
+    a margin at most that large: when every disagreement sits on a near-tie, `rows_within` says how many rows are
+    that fragile at all.
+    """
+    ref = _logits(reference_logits)
+    probs = np.sort(softmax(ref), axis=-1)
+    margins = probs[:, -1] - probs[:, -2] if ref.shape[-1] > 1 else np.ones(len(ref))
+    differ = _preds(ref) != _preds(other_logits)
+    largest = float(margins[differ].max()) if differ.any() else 0.0
+    return {"rows": int(len(ref)), "disagreements": int(differ.sum()), "largest_margin": largest,
+            "rows_within": int((margins <= largest).sum()) if differ.any() else 0}
+
+
 def _kl_per_item(student_logits: Any, teacher_logits: Any, temperature: float) -> np.ndarray:
     log_p_s = _log_softmax(_logits(student_logits), temperature)
     log_p_t = _log_softmax(_logits(teacher_logits), temperature)

@@ -56,6 +56,9 @@ def summary(report: dict) -> dict:
         out.update(int8_fp32_agreement=i8["agreement_with_fp32"], int8_accuracy_change_points=i8["accuracy_change_points"],
                    fp32_accuracy=i8["accuracy_fp32"], int8_accuracy=i8["accuracy_int8"],
                    int8_over_fp32_file_ratio=sizes["student ONNX fp32"] / sizes["student ONNX int8"])
+        if "flips" in i8:
+            out.update(int8_flips=i8["flips"]["disagreements"], int8_flips_largest_fp32_margin=i8["flips"]["largest_margin"],
+                       rows_within_that_margin=i8["flips"]["rows_within"])
     pairs = {
         "int8_over_fp32": ("student ONNX fp32", "student ONNX int8"),
         "fp32_onnx_over_pytorch": ("student PyTorch", "student ONNX fp32"),
@@ -137,6 +140,8 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
             f"max |logit difference| {i8['max_abs_logit_diff']:.3f}. Dynamic quantisation scales activations per "
             "batch, so an int8 answer can shift slightly with the batch a text is scored in.",
         ]
+        if i8.get("flips", {}).get("disagreements"):
+            lines.append("- **Where int8 differs**: " + flips_text(i8["flips"]) + ".")
     if "teacher_parity" in report:
         lines.append(f"- **teacher fp32 parity**: {report['teacher_parity']['max_abs_diff']:.2e} "
                      f"({'passed' if report['teacher_parity']['passed'] else 'FAILED'}).")
@@ -183,6 +188,13 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
     return "\n".join(lines)
 
 
+def flips_text(flips: dict) -> str:
+    """One sentence on the rows where int8 and fp32 disagree (from metrics.disagreement_margins)."""
+    return (f"the {flips['disagreements']} differing rows all have an fp32 margin (top-1 minus top-2 probability) of "
+            f"at most {flips['largest_margin']:.3f}, and {flips['rows_within']} of the {flips['rows']} rows "
+            f"({100 * flips['rows_within'] / flips['rows']:.1f}%) are that close to a tie")
+
+
 def summary_text(report: dict) -> str:
     """What the user sees at the end of `kdistill export`."""
     lines = []
@@ -194,6 +206,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"int8: agreement with fp32 {pct(i8['agreement_with_fp32'])} (target {pct(INT8_AGREEMENT_TARGET)}, "
                      f"{'met' if i8['agreement_met'] else 'NOT met'}); accuracy {100 * i8['accuracy_fp32']:.2f} -> "
                      f"{100 * i8['accuracy_int8']:.2f} ({i8['accuracy_change_points']:+.2f} points)")
+        if i8.get("flips", {}).get("disagreements"):
+            lines.append("int8 differs from fp32 only near ties: " + flips_text(i8["flips"]))
     if report.get("speed"):
         lines.append(speed_table(report))
         lines.append(f"published anchors, dynamic int8 vs fp32 on CPU: {ANCHORS['latency_speedup']}, "
