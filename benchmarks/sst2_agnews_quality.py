@@ -1,7 +1,7 @@
 """Soft vs hard labels on SST-2 and AG News with the MiniLM-L6 teacher, next to published students (issue 3).
 
     python benchmarks/sst2_agnews_quality.py --quick                # subsets, 1 epoch, 2 seeds, < 15 minutes
-    python benchmarks/sst2_agnews_quality.py                        # the full grid (hours on 2 cores)
+    python benchmarks/sst2_agnews_quality.py                        # the full grid (about 2 hours on 1 thread)
     python benchmarks/sst2_agnews_quality.py --datasets sst2 --sst2_teacher runs/sst2-hard/teacher
 
 Built on `kdistill compare`, not beside it: for each data set the script writes a sweep file (kept in the run
@@ -71,11 +71,16 @@ def profile(args) -> dict:
                        "students": ["2-layer"], "strategies": ["hard", "soft"], "temperatures": [2.0],
                        "alphas": [0.5], "seeds": [1, 2], "seeds_best": []},
         }
+    # The full grid, sized to finish in about two hours on one thread of this 2-core machine (the issue's budget is
+    # 2.5 hours): 26 runs per data set. Students learn from the first 10,000 SST-2 rows (of 67,349) and 4,000 AG
+    # News rows (of 9,001), one epoch; the SST-2 teacher is reused (fine-tuned on all of train.tsv), the AG News
+    # teacher is fine-tuned here on the students' rows.
     grid = {"students": ["2-layer", "3-layer"], "strategies": ["hard", "soft", "mixed"],
             "temperatures": [1.0, 2.0, 4.0, 8.0], "alphas": [0.5], "seeds": [1], "seeds_best": [1, 2, 3]}
     return {
-        "sst2": {"rows": None, "eval_rows": None, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, **grid},
-        "agnews": {"rows": None, "eval_rows": None, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, **grid},
+        "sst2": {"rows": 10000, "eval_rows": None, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, **grid},
+        "agnews": {"rows": 4000, "eval_rows": None, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
+                   **grid},
     }
 
 
@@ -272,10 +277,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="subsets, 1 epoch, 2 seeds, hard and soft T=2 only")
     parser.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
     parser.add_argument("--sst2_teacher", default=None,
-                        help="a fine-tuned SST-2 teacher to reuse (default: fine-tune one; --quick: runs/sst2-hard/"
-                             "teacher when it exists)")
+                        help="a fine-tuned SST-2 teacher to reuse (default: runs/sst2-hard/teacher when it exists, "
+                             "else fine-tune one)")
     parser.add_argument("--agnews_teacher", default=None, help="a fine-tuned AG News teacher to reuse")
-    parser.add_argument("--epochs", type=float, default=2.0, help="student epochs (full run)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="student epochs (full run)")
     parser.add_argument("--teacher_epochs", type=float, default=3.0, help="teacher epochs (full run)")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="student learning rate")
     parser.add_argument("--speed_batches", type=int, default=20, help="timed batches per model (0: no timing)")
@@ -302,7 +307,7 @@ def main() -> int:
 
     teachers = {"sst2": args.sst2_teacher, "agnews": args.agnews_teacher}
     default_sst2 = os.path.join(ROOT, "runs", "sst2-hard", "teacher")
-    if args.quick and teachers["sst2"] is None and os.path.isfile(os.path.join(default_sst2, "config.json")):
+    if teachers["sst2"] is None and os.path.isfile(os.path.join(default_sst2, "config.json")):
         teachers["sst2"] = default_sst2
     profiles = profile(args)
     if args.rows:  # a smaller run (for trying the script out): fewer training and evaluation rows
