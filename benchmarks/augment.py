@@ -2,8 +2,9 @@
 
     python benchmarks/augment.py [--teacher runs/sst2-hard/teacher]
 
-1. the augmented transfer set (Tang et al. 2019): `kdistill augment` makes one new sentence per training row;
-2. the 2-layer student of configs/sst2_sweep.yaml, hard vs soft T=2 with that transfer set (configs/sst2_augment.yaml);
+1. the augmented transfer sets (Tang et al. 2019): `kdistill augment` makes one, and four, new sentences per row;
+2. the 2-layer student of configs/sst2_sweep.yaml, hard vs soft T=2 with each transfer set (configs/sst2_augment.yaml,
+   3 seeds; configs/sst2_augment4.yaml, 5 seeds);
 3. the BiLSTM student (`kdistill bilstm`), the same comparison (configs/sst2_bilstm.yaml).
 
 A sweep resumes: runs already finished in its output directory are read back, not redone, so rerunning this script
@@ -21,8 +22,11 @@ from bench_env import machine, now_utc, threads, versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSFER = "runs/sst2_augment_transfer.tsv"
+TRANSFER4 = "runs/sst2_augment4_transfer.tsv"
 BILSTM = "runs/students/bilstm"
 SWEEPS = {"2-layer": ("configs/sst2_augment.yaml", "runs/sst2_augment"),
+          # Four augmented sentences per row and five seeds (the one-sentence interval was too wide to call).
+          "2-layer-aug4": ("configs/sst2_augment4.yaml", "runs/sst2_augment4"),
           "bilstm": ("configs/sst2_bilstm.yaml", "runs/sst2_bilstm"),
           # Controls: hard labels for as many steps as the soft runs take; soft labels without the transfer set.
           "bilstm_hard_long": ("configs/sst2_bilstm_hard_long.yaml", "runs/sst2_bilstm_hard_long"),
@@ -48,6 +52,10 @@ def main() -> None:
         run([*kd, "augment", "--input", "../shared/data/sst2/train.tsv", "--text_column", "sentence", "--max_rows",
              "8000", "--per_sentence", "1", "--seed", "0", "--pos_corpus", "../shared/data/conll2003/train.txt",
              "--output", TRANSFER])
+    if not os.path.isfile(os.path.join(ROOT, TRANSFER4)):
+        run([*kd, "augment", "--input", "../shared/data/sst2/train.tsv", "--text_column", "sentence", "--max_rows",
+             "8000", "--per_sentence", "4", "--seed", "0", "--pos_corpus", "../shared/data/conll2003/train.txt",
+             "--output", TRANSFER4])
     if not os.path.isfile(os.path.join(ROOT, BILSTM, "config.json")):
         run([*kd, "bilstm", "--train_file", "../shared/data/sst2/train.tsv", "--text_column", "sentence", "--out", BILSTM])
     results = {}
@@ -75,13 +83,13 @@ def main() -> None:
                                                               per_seed("bilstm_noaug", "soft T=2")),
     }
     rows = []
-    for student in ("2-layer", "bilstm"):
+    for student in ("2-layer", "2-layer-aug4", "bilstm"):
         hard, soft, d = cell(student, "hard"), cell(student, "soft T=2"), diff(student)
         rows.append((student, 100 * hard["accuracy"]["mean"], 100 * soft["accuracy"]["mean"], 100 * d["mean"],
                      100 * d["low"], 100 * d["high"], d["n"]))
-    print(f"\n{'student':<9}{'hard':>8}{'soft+aug':>10}{'soft - hard [95% CI]':>28}   seeds")
+    print(f"\n{'student':<13}{'hard':>8}{'soft+aug':>10}{'soft - hard [95% CI]':>28}   seeds")
     for student, h, s, m, lo, hi, n in rows:
-        print(f"{student:<9}{h:>8.1f}{s:>10.1f}{m:>+12.1f} [{lo:+.1f}, {hi:+.1f}]{'':>6}{n:>3}")
+        print(f"{student:<13}{h:>8.1f}{s:>10.1f}{m:>+12.1f} [{lo:+.1f}, {hi:+.1f}]{'':>6}{n:>3}")
     for name, d in controls.items():
         print(f"control {name}: {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['n']} seeds)")
     print(f"Tang et al. 2019 (SST-2 test, BERT-large teacher {ANCHOR['teacher']}): BiLSTM {ANCHOR['bilstm_hard']} -> "
@@ -89,7 +97,7 @@ def main() -> None:
 
     summary = {}
     for student, h, s, m, lo, hi, n in rows:
-        key = "student2" if student == "2-layer" else "bilstm"
+        key = {"2-layer": "student2", "2-layer-aug4": "student2_aug4", "bilstm": "bilstm"}[student]
         summary.update({f"{key}_hard_accuracy": h, f"{key}_soft_augmented_accuracy": s,
                         f"{key}_soft_minus_hard_points": m, f"{key}_soft_minus_hard_ci95": [lo, hi], f"{key}_seeds": n})
     for name, d in controls.items():
@@ -101,6 +109,7 @@ def main() -> None:
     summary["bilstm_gain_target_met"] = summary["bilstm_soft_minus_hard_ci95"][0] >= 0 and \
         summary["bilstm_soft_minus_hard_points"] >= 3.0
     summary["student2_ci_excludes_zero"] = summary["student2_soft_minus_hard_ci95"][0] > 0
+    summary["student2_aug4_ci_excludes_zero"] = summary["student2_aug4_soft_minus_hard_ci95"][0] > 0
     out = {
         "summary": summary,
         "anchor_tang_2019": ANCHOR,
@@ -108,7 +117,8 @@ def main() -> None:
         "date": now_utc(), "machine": machine(), "threads": threads(), "versions": versions(),
         "wall_seconds_this_invocation": time.perf_counter() - start,
         "data": "../shared/data/sst2: students train on the first 8,000 rows of train.tsv (+ 1 augmented sentence "
-                "each for the soft runs); test.tsv = SST-2 dev (GLUE), 872 rows",
+                "each for the soft runs; 2-layer-aug4: + 4 each, 28,292 after removing repeats); test.tsv = SST-2 dev "
+                "(GLUE), 872 rows",
         "sweeps": {student: {k: r[k] for k in ("cells", "comparisons", "verdict", "diagnostics", "speed", "grid", "runs")}
                    for student, r in results.items()},
     }
