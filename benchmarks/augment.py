@@ -27,6 +27,8 @@ BILSTM = "runs/students/bilstm"
 SWEEPS = {"2-layer": ("configs/sst2_augment.yaml", "runs/sst2_augment"),
           # Four augmented sentences per row and five seeds (the one-sentence interval was too wide to call).
           "2-layer-aug4": ("configs/sst2_augment4.yaml", "runs/sst2_augment4"),
+          # Control: hard labels for as many steps as the four-sentence soft runs take (4.54 epochs).
+          "2-layer-aug4-hard-long": ("configs/sst2_augment4_hard_long.yaml", "runs/sst2_augment4_hard_long"),
           # Out-of-fold soft labels (5 fold teachers), soft runs only: paired with 2-layer-aug4's hard runs.
           "2-layer-oof": ("configs/sst2_oof.yaml", "runs/sst2_oof"),
           "bilstm": ("configs/sst2_bilstm.yaml", "runs/sst2_bilstm"),
@@ -83,6 +85,8 @@ def main() -> None:
         "bilstm_soft_noaug_minus_hard": diff("bilstm_noaug"),
         "bilstm_soft_aug_minus_soft_noaug": paired_difference(per_seed("bilstm", "soft T=2"),
                                                               per_seed("bilstm_noaug", "soft T=2")),
+        "student2_aug4_minus_hard_same_steps": paired_difference(per_seed("2-layer-aug4", "soft T=2"),
+                                                                 per_seed("2-layer-aug4-hard-long", "hard")),
         "student2_oof_minus_hard": paired_difference(per_seed("2-layer-oof", "soft T=2"),
                                                      per_seed("2-layer-aug4", "hard")),
         "student2_aug4_minus_oof": paired_difference(per_seed("2-layer-aug4", "soft T=2"),
@@ -111,6 +115,7 @@ def main() -> None:
         summary[f"{name}_ci95"] = [100 * d["low"], 100 * d["high"]]
     summary["bilstm_hard_same_steps_accuracy"] = 100 * cell("bilstm_hard_long", "hard")["accuracy"]["mean"]
     summary["bilstm_soft_noaug_accuracy"] = 100 * cell("bilstm_noaug", "soft T=2")["accuracy"]["mean"]
+    summary["student2_hard_same_steps_accuracy"] = 100 * cell("2-layer-aug4-hard-long", "hard")["accuracy"]["mean"]
     summary["student2_oof_accuracy"] = 100 * cell("2-layer-oof", "soft T=2")["accuracy"]["mean"]
     summary["student2_oof_ci_excludes_zero"] = summary["student2_oof_minus_hard_ci95"][0] > 0
     oof = results["2-layer-oof"].get("diagnostics", {})
