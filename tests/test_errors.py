@@ -273,3 +273,17 @@ def test_console_script_prints_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("kdistill: error: data file not found:")
     assert proc.stdout == ""
+
+
+def test_hash_files_notices_a_changed_file_within_one_process(tmp_path):
+    from kdistill.soft_labels import hash_files
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"one")
+    first = hash_files([str(tmp_path)])
+    assert hash_files([str(tmp_path)]) == first  # the remembered digest
+    f.write_bytes(b"three")
+    changed = hash_files([str(tmp_path)])
+    assert changed != first
+    f.write_bytes(b"one")
+    assert hash_files([str(tmp_path)]) == first

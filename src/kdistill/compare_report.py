@@ -216,7 +216,8 @@ def plot_accuracy_by_strategy(results: dict, path: str) -> None:
     cells, students = results["cells"], _students(results["cells"])
     teacher = results.get("teacher", {}).get("accuracy")
     n = max(sum(c["student"] == s for c in cells) for s in students)
-    fig, axes = plt.subplots(len(students), 1, figsize=(7, (0.35 * n + 1.3) * len(students)), squeeze=False)
+    fig, axes = plt.subplots(len(students), 1, figsize=(7, (0.35 * n + 1.3) * len(students)), squeeze=False,
+                             layout="constrained")
     for ax, student in zip(axes[:, 0], students):
         mine = [c for c in cells if c["student"] == student]
         for i, c in enumerate(mine):
@@ -243,7 +244,7 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
         return False
     plt = _pyplot()
     teacher = results.get("teacher", {}).get("accuracy")
-    fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False, layout="constrained")
     for ax, student in zip(axes[0], students):
         mine = [c for c in cells if c["student"] == student]
         lines: dict[str, list[dict]] = {}
@@ -297,7 +298,7 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     if results.get("teacher", {}).get("accuracy") is not None:
         points.append((sum(teacher_latency) / len(teacher_latency), 100 * results["teacher"]["accuracy"]))
         labels.append("teacher")
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     for s in names:
         latency = speed[s]["student"]["latency_ms_b1"]
         mine = [c for c in cells if c["student"] == s]
@@ -325,7 +326,7 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
 def plot_fidelity(results: dict, path: str) -> None:
     plt = _pyplot()
     cells = results["cells"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(cells) + 1.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(cells) + 1.8), layout="constrained")
     names = [f"{c['student']}: {c['setting']}" for c in cells]
     for ax, metric, title in ((axes[0], "agreement", "agreement with the teacher (%)"),
                               (axes[1], "ece", "expected calibration error (15 bins, %)")):

@@ -706,6 +706,16 @@ def speed(config: RunConfig) -> dict:
     return out
 
 
+# The teacher's parameter count, per teacher directory and version of its files: a sweep evaluates many students
+# against one teacher, and loading it only to count its parameters cost every cell a model load.
+_TEACHER_PARAMETERS: dict[tuple, int] = {}
+
+
+def _teacher_size_key(tdir: str) -> tuple:
+    files = sorted(os.listdir(tdir)) if os.path.isdir(tdir) else []
+    return (os.path.realpath(tdir), *((f, os.stat(os.path.join(tdir, f)).st_mtime_ns) for f in files))
+
+
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
 
@@ -738,9 +748,12 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     result["student"] = metrics.classification_metrics(student_logits, labels, teacher_logits, len(label2id))
     result["teacher"] = metrics.classification_metrics(teacher_logits, labels, None, len(label2id))
 
-    teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
-    result["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
+    teacher = None
+    if config.distill.speed_batches > 0 or _teacher_size_key(tdir) not in _TEACHER_PARAMETERS:
+        teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
+        _TEACHER_PARAMETERS[_teacher_size_key(tdir)] = count_parameters(teacher)
+    result["teacher"].update(parameters=_TEACHER_PARAMETERS[_teacher_size_key(tdir)], size_bytes=size_on_disk(tdir))
     if config.distill.speed_batches > 0:
         timing = _speed(config, student, rows, collate, teacher, label2id)
         result["student"].update(timing["student"])
