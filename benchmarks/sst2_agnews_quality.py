@@ -168,7 +168,7 @@ def run_dataset(name: str, p: dict, out: str, teacher: str | None, args) -> dict
 
 def headline(name: str, report: dict) -> dict:
     """The summary figures of one data set (fractions, not percent)."""
-    from kdistill.compare_report import best_cell
+    from kdistill.compare_report import best_replicated
 
     out = {"teacher_accuracy": report["teacher"]["accuracy"], "teacher_ece": report["teacher"]["ece"]}
     for student in ("2-layer", "3-layer"):
@@ -177,8 +177,8 @@ def headline(name: str, report: dict) -> dict:
             continue
         key = "student" + student[0]
         hard = next(c for c in mine if c["setting"] == "hard")
-        soft = best_cell(mine, ("soft", "mixed"))
-        overall = best_cell(mine, ("hard", "soft", "mixed"))
+        soft = best_replicated(mine, ("soft", "mixed"))
+        overall = best_replicated(mine, ("hard", "soft", "mixed"))
         out[f"{key}_hard_accuracy"] = hard["accuracy"]["mean"]
         out[f"{key}_hard_seeds"] = hard["n"]
         out[f"{key}_hard_agreement"] = hard["agreement"]["mean"]

@@ -75,6 +75,27 @@ def test_verdict_says_when_soft_does_not_win_and_why():
     assert verdict.startswith("On this data, hard labels beat the best soft-label setting (soft T=2) by +4.8 points")
 
 
+def test_a_two_stage_sweep_is_judged_on_the_replicated_setting():
+    # Stage 1: every setting with seed 1; stage 2: hard and soft T=2 again with seeds 2 and 3. mixed T=8 edges
+    # ahead on validation with its single seed, but a verdict needs an interval: soft T=2 is judged.
+    runs = [_run("s", "hard", seed, acc, validation_accuracy=acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    runs += [_run("s", "soft T=2", seed, acc, validation_accuracy=acc)
+             for seed, acc in zip((1, 2, 3), (0.83, 0.86, 0.86))]
+    runs.append(_run("s", "mixed T=8 a=0.5", 1, 0.90, validation_accuracy=0.95))
+    results = compare_report.summarise({"runs": runs})
+    cells = results["cells"]
+    assert compare_report.best_cell(cells, ("soft", "mixed"))["setting"] == "mixed T=8 a=0.5"
+    assert compare_report.best_replicated(cells, ("soft", "mixed"))["setting"] == "soft T=2"
+    (verdict,) = results["verdict"]
+    assert "soft labels at T=2 beat hard labels by +3.0 points (95% CI 0.5 to 5.5, 3 seeds)" in verdict
+    assert "chosen on validation, among the settings run with 3 seeds" in verdict
+
+    # With one seed everywhere there is no interval, and the verdict says so instead of calling it a tie.
+    (verdict,) = compare_report.summarise({"runs": [_run("s", "hard", 1, 0.80), _run("s", "soft T=2", 1, 0.81)]})["verdict"]
+    assert verdict.startswith("With one seed there is no verdict for the s student")
+    assert "includes 0" not in verdict
+
+
 def test_pareto_front():
     # (latency, accuracy): the teacher is slow and best, b is fast and good, c is slower and worse than b.
     assert compare_report.pareto_front([(10.0, 90.0), (2.0, 85.0), (3.0, 84.0), (2.0, 85.0)]) == [0, 1, 3]

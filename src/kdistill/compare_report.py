@@ -79,6 +79,20 @@ def best_cell(cells: list[dict], strategies: tuple[str, ...]) -> dict | None:
     return max(candidates, key=lambda c: c[metric]["mean"])  # max keeps the first of ties: the simpler setting
 
 
+def best_replicated(cells: list[dict], strategies: tuple[str, ...]) -> dict | None:
+    """best_cell among the settings run with the most seeds, so that a verdict rests on an interval.
+
+    In a sweep where every setting has the same seeds this is best_cell. In a two-stage design (every setting with
+    one seed, then the chosen ones again with more) it picks among the settings that were rerun; a one-seed
+    setting that edges ahead on validation has no interval to judge it by.
+    """
+    candidates = [c for c in cells if c["strategy"] in strategies]
+    if not candidates:
+        return None
+    most = max(c["n"] for c in candidates)
+    return best_cell([c for c in candidates if c["n"] == most], strategies)
+
+
 def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
@@ -135,13 +149,16 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
         mine = [c for c in cells if c["student"] == student]
         diff_of = {d["setting"]: d for d in diffs if d["student"] == student}
         hard = next((c for c in mine if c["setting"] == "hard"), None)
-        best = best_cell(mine, ("soft", "mixed"))
+        best = best_replicated(mine, ("soft", "mixed"))
         name = f"the {student} student" if student != "student" else "the student"
         if hard is None or best is None:
             out.append(f"For {name}, the grid has no {'hard-label' if hard is None else 'soft-label'} runs to compare.")
             continue
-        chosen = "validation" if _selection_metric([c for c in mine if c["strategy"] in ("soft", "mixed")]) == \
+        soft_cells = [c for c in mine if c["strategy"] in ("soft", "mixed")]
+        chosen = "validation" if _selection_metric(soft_cells) == \
             "validation_accuracy" else "test (no validation split: the difference is optimistic)"
+        if any(c["n"] != best["n"] for c in soft_cells):
+            chosen += f", among the settings run with {best['n']} seeds"
         diff = diff_of.get(best["setting"])
         if diff is None:
             out.append(f"For {name}, hard and {best['setting']} share no seed, so they cannot be paired.")
@@ -155,11 +172,14 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
             text = (f"On this data, hard labels beat the best soft-label setting ({best['setting']}) by "
                     f"{_diff_text({**diff, 'mean': -diff['mean'], 'low': -diff['high'], 'high': -diff['low']})} "
                     f"for {name}")
+        elif diff.get("low") is None:
+            text = (f"With one seed there is no verdict for {name}: the best soft-label setting, {best['setting']}, "
+                    f"differs from hard by {_diff_text(diff)}; run more seeds for an interval")
         else:
             text = (f"On this data, soft labels do not measurably beat hard labels for {name}: the best setting, "
                     f"{best['setting']}, differs from hard by {_diff_text(diff)}, an interval that includes 0")
         text += f" (settings chosen on {chosen})."
-        other = best_cell(mine, ("mixed",) if best["strategy"] == "soft" else ("soft",))
+        other = best_replicated(mine, ("mixed",) if best["strategy"] == "soft" else ("soft",))
         if other is not None:
             rel = paired_difference(dict(zip(other["seeds"], other["accuracy"]["values"])),
                                     dict(zip(best["seeds"], best["accuracy"]["values"])))
