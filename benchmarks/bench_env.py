@@ -137,3 +137,9 @@ def command_line() -> str:
     """The command as typed, with the thread settings of the environment in front of it."""
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
     return " ".join([*env, "python", *sys.argv])
+
+
+def provenance() -> dict:
+    """The fields every results file starts with: when, the command, where, which versions, threads, code, load."""
+    return {"date": now_utc(), "command": command_line(), "machine": machine(), "versions": versions(),
+            "git": git_state(), "threads": threads(), "load_start": load1()}

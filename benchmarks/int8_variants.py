@@ -160,9 +160,7 @@ def main() -> int:
     if leave_one_out:
         node = min(leave_one_out, key=lambda n: leave_one_out[n]["disagreements_b64"])
         summary.update(leave_one_out_fewest_flips=leave_one_out[node]["disagreements_b64"], leave_one_out_node=node)
-    result = {"date": bench_env.now_utc(), "command": bench_env.command_line(), "machine": bench_env.machine(),
-              "versions": bench_env.versions(), "threads": bench_env.threads(), "git": bench_env.git_state(),
-              "load_start": None, "export_dir": os.path.relpath(os.path.abspath(args.export_dir), ROOT),
+    result = {**bench_env.provenance(), "export_dir": os.path.relpath(os.path.abspath(args.export_dir), ROOT),
               "eval_source": source, "summary": summary, "variants": variants, "leave_one_out": leave_one_out,
               "speed": speed, "seconds": time.perf_counter() - start}
     os.makedirs(args.results_dir, exist_ok=True)

@@ -419,9 +419,7 @@ def main() -> int:
         return 1
     values = base_values(args, teacher, out)
     texts, labels = read_tsv(values["train_file"], args.rows)
-    result = {"date": bench_env.now_utc(), "command": bench_env.command_line(), "machine": bench_env.machine(),
-              "versions": bench_env.versions(), "git": bench_env.git_state(), "threads": bench_env.threads(), "load_start": bench_env.load1(),
-              "teacher": teacher_info,
+    result = {**bench_env.provenance(), "teacher": teacher_info,
               "settings": {"quick": args.quick, "rows": args.rows, "batch_size": args.batch_size,
                            "eval_batch_size": args.eval_batch_size, "learning_rate": args.learning_rate,
                            "temperature": args.temperature, "alpha": args.alpha, "seed": args.seed,

@@ -317,9 +317,7 @@ def main() -> int:
         if getattr(args, key) is not None:
             for p in profiles.values():
                 p[key] = getattr(args, key)
-    result = {"date": bench_env.now_utc(), "command": bench_env.command_line(), "machine": bench_env.machine(),
-              "versions": bench_env.versions(), "git": bench_env.git_state(), "threads": bench_env.threads(), "load_start": bench_env.load1(),
-              "out": out, "settings": {"quick": args.quick, "learning_rate": args.learning_rate},
+    result = {**bench_env.provenance(), "out": out, "settings": {"quick": args.quick, "learning_rate": args.learning_rate},
               "anchors": ANCHORS, "datasets": {}, "summary": {}}
     start = time.perf_counter()
     results_dir = os.path.abspath(args.results_dir)

@@ -60,9 +60,7 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(ROOT)
     start = time.perf_counter()
-    result = {"date": bench_env.now_utc(), "command": bench_env.command_line(), "machine": bench_env.machine(),
-              "versions": bench_env.versions(), "threads": bench_env.threads(), "git": bench_env.git_state(),
-              "load_start": bench_env.load1(), "anchor": ANCHOR}
+    result = {**bench_env.provenance(), "anchor": ANCHOR}
     teach = [sys.executable, "-m", "kdistill.cli", "teach", "--config", "configs/sst2_minilm.yaml",
              "--teacher_model", args.teacher, "--teacher_epochs", "1", "--teacher_learning_rate", str(args.learning_rate),
              "--output_dir", args.out, "--disable_tqdm", "true", "--overwrite", "true"]
