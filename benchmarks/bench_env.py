@@ -21,13 +21,9 @@ def now_utc() -> str:
 
 def machine() -> dict:
     """CPU model, core count, OS and Python: the 'where' of a number."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
+    from kdistill.evaluation import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
             "python": platform.python_version()}
 
 
@@ -143,3 +139,15 @@ def provenance() -> dict:
     """The fields every results file starts with: when, the command, where, which versions, threads, code, load."""
     return {"date": now_utc(), "command": command_line(), "machine": machine(), "versions": versions(),
             "git": git_state(), "threads": threads(), "load_start": load1()}
+
+
+def write_results(results_dir: str, name: str, result: dict, markdown: str) -> None:
+    """`<name>.json` and `<name>.md` in `results_dir`, and the Markdown printed: how every benchmark ends."""
+    import json
+
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"{name}.json"), "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2, default=str)
+    with open(os.path.join(results_dir, f"{name}.md"), "w", encoding="utf-8") as fh:
+        fh.write(markdown)
+    print(markdown)

@@ -18,7 +18,6 @@ Writes benchmarks/results/int8_variants.json (a `summary`) and .md, and prints t
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -163,13 +162,7 @@ def main() -> int:
     result = {**bench_env.provenance(), "export_dir": os.path.relpath(os.path.abspath(args.export_dir), ROOT),
               "eval_source": source, "summary": summary, "variants": variants, "leave_one_out": leave_one_out,
               "speed": speed, "seconds": time.perf_counter() - start}
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "int8_variants.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-    text = table(result)
-    with open(os.path.join(args.results_dir, "int8_variants.md"), "w", encoding="utf-8") as fh:
-        fh.write(text)
-    print(text)
+    bench_env.write_results(args.results_dir, "int8_variants", result, table(result))
     return 0
 
 

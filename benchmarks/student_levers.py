@@ -17,7 +17,6 @@ differences say anything. Writes benchmarks/results/student_levers.json (a `summ
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -90,9 +89,6 @@ def main() -> int:
                             for i, r in enumerate(result["probes"])},
                          "best_on_validation": best["name"], "best_on_validation_accuracy": best["accuracy"]}
     result["load_end"], result["seconds"] = bench_env.load1(), time.perf_counter() - start
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "student_levers.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
     lines = ["# The 2-layer SST-2 student: one-seed probes of the obvious levers", "",
              f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
              f"torch threads {result['threads']['torch_num_threads']}; load {result['load_start']:.2f} at the start; "
@@ -107,9 +103,7 @@ def main() -> int:
                      f"{100 * (r['ece'] or 0):.2f} | {r['train_seconds'] or 0:.0f} |")
     lines += ["", "One seed each. In the full grid the baseline's three seeds scored 80.85, 79.47 and 79.93, a 95% "
               "interval of 78.3 to 81.8: differences of a point or two between single runs are not evidence.", ""]
-    with open(os.path.join(args.results_dir, "student_levers.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    bench_env.write_results(args.results_dir, "student_levers", result, "\n".join(lines))
     return 0
 
 

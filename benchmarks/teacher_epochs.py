@@ -77,9 +77,6 @@ def main() -> int:
                          "gain_points": 100 * (two - one), "target": TARGET, "target_met": two >= TARGET,
                          "second_epoch_train_seconds": result["teach_results"].get("train_seconds")}
     result["load_end"], result["seconds"] = bench_env.load1(), time.perf_counter() - start
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "teacher_epochs.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
     lines = [
         "# The SST-2 teacher after one and two epochs of fine-tuning",
         "",
@@ -97,9 +94,7 @@ def main() -> int:
                      f"{100 * r['validation']['accuracy']:.2f} | {ANCHOR if key == 'one_epoch' else ''} |")
     lines += ["", f"Second epoch: {result['summary']['gain_points']:+.2f} points; target 91.0 "
               f"{'met' if result['summary']['target_met'] else 'not met'}.", ""]
-    with open(os.path.join(args.results_dir, "teacher_epochs.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    bench_env.write_results(args.results_dir, "teacher_epochs", result, "\n".join(lines))
     return 0
 
 
