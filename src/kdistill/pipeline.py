@@ -37,7 +37,7 @@ from .data import (
 )
 from .evaluation import measure_speed, size_on_disk
 from .files import write_json
-from .soft_labels import cache_path, fingerprint, predict_logits, read_cache, write_cache
+from .soft_labels import cache_path, fingerprint, hash_files, predict_logits, read_cache, write_cache
 from .students import (
     build_student,
     check_label_count,
@@ -706,14 +706,10 @@ def speed(config: RunConfig) -> dict:
     return out
 
 
-# The teacher's parameter count, per teacher directory and version of its files: a sweep evaluates many students
-# against one teacher, and loading it only to count its parameters cost every cell a model load.
-_TEACHER_PARAMETERS: dict[tuple, int] = {}
-
-
-def _teacher_size_key(tdir: str) -> tuple:
-    files = sorted(os.listdir(tdir)) if os.path.isdir(tdir) else []
-    return (os.path.realpath(tdir), *((f, os.stat(os.path.join(tdir, f)).st_mtime_ns) for f in files))
+# The teacher's parameter count, per teacher content (soft_labels.hash_files, which the soft-label lookup just
+# computed for the same directory and remembers): a sweep evaluates many students against one teacher, and loading
+# it only to count its parameters cost every cell a model load.
+_TEACHER_PARAMETERS: dict[str, int] = {}
 
 
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
@@ -749,11 +745,11 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     result["teacher"] = metrics.classification_metrics(teacher_logits, labels, None, len(label2id))
 
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
-    teacher = None
-    if config.distill.speed_batches > 0 or _teacher_size_key(tdir) not in _TEACHER_PARAMETERS:
+    teacher, key = None, hash_files([tdir])
+    if config.distill.speed_batches > 0 or key not in _TEACHER_PARAMETERS:
         teacher = load_classifier(tdir, "teacher", label2id, **_trust(config))
-        _TEACHER_PARAMETERS[_teacher_size_key(tdir)] = count_parameters(teacher)
-    result["teacher"].update(parameters=_TEACHER_PARAMETERS[_teacher_size_key(tdir)], size_bytes=size_on_disk(tdir))
+        _TEACHER_PARAMETERS[key] = count_parameters(teacher)
+    result["teacher"].update(parameters=_TEACHER_PARAMETERS[key], size_bytes=size_on_disk(tdir))
     if config.distill.speed_batches > 0:
         timing = _speed(config, student, rows, collate, teacher, label2id)
         result["student"].update(timing["student"])
