@@ -75,6 +75,22 @@ def test_onnx_graph_has_dynamic_batch_and_sequence_and_matches_pytorch(exported,
         np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=0)
 
 
+def test_attention_is_one_opset_23_node_and_int8_quantises_the_projections_around_it(exported):
+    import onnx
+
+    out, _ = exported
+    fp32, int8 = onnx.load(out / "model.onnx"), onnx.load(out / "model.int8.onnx")
+    assert {o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")} == {export.OPSET}
+    fp32_ops = [n.op_type for n in fp32.graph.node]
+    int8_ops = [n.op_type for n in int8.graph.node]
+    assert fp32_ops.count("Attention") == 1 and "Softmax" not in fp32_ops  # the 1-layer student: one fused node
+    # The standard Attention node is left as it is (not rewritten into a com.microsoft QAttention, which would not
+    # load), and the weight MatMuls around it are quantised.
+    assert int8_ops.count("Attention") == 1 and "QAttention" not in int8_ops
+    assert "MatMulInteger" in int8_ops or "DynamicQuantizeMatMul" in int8_ops
+    ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+
+
 def test_parity_and_int8_fidelity_are_reported(exported):
     out, report = exported
     assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-4
