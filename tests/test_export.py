@@ -117,6 +117,22 @@ def test_speed_report_has_every_model_and_the_ratios(exported):
     for key in ("int8_over_fp32_latency_speedup", "int8_over_fp32_throughput_speedup", "student_over_teacher_throughput_speedup",
                 "int8_accuracy_change_points", "int8_fp32_agreement", "fp32_max_abs_diff"):
         assert key in report["summary"], key
+    for timing in models.values():  # one value per round, the median of which is the headline
+        assert len(timing["latency_ms_b1_rounds"]) == len(timing["throughput_b64_rounds"]) == report["speed"]["rounds"]
+        assert timing["latency_ms_b1"] == sorted(timing["latency_ms_b1_rounds"])[len(timing["latency_ms_b1_rounds"]) // 2]
+    lo, hi = report["summary"]["int8_over_fp32_latency_speedup_range"]
+    assert lo <= report["summary"]["int8_over_fp32_latency_speedup"] <= hi
+
+
+def test_a_ratio_is_given_round_by_round():
+    from kdistill.model_card import round_ratio_range, spread
+
+    # fp32 latencies over three rounds against int8's: ratios 2.0, 1.5 and 1.2
+    assert round_ratio_range([2.0, 3.0, 1.2], [1.0, 2.0, 1.0]) == pytest.approx([1.2, 2.0])
+    assert spread({"x_range": [1.2, 2.0]}, "x") == " (1.20x to 2.00x round by round)"
+    assert spread({}, "x") == ""  # a report from before per-round timings
+    with pytest.raises(ValueError, match="same number of rounds"):
+        round_ratio_range([1.0, 2.0], [1.0])
 
 
 def test_model_card_lists_metrics_fidelity_and_the_command(exported, run_dir):

@@ -348,7 +348,8 @@ def time_models(candidates: dict[str, tuple], batches: int, rounds: int = 3) -> 
     """CPU latency (batch 1) and throughput (batch 64) of each model, in `rounds` round-robin passes.
 
     Each value is the median over rounds, so a burst of load from elsewhere lands on one round of every model
-    rather than on all of one model's timings.
+    rather than on all of one model's timings. Each round's latency and throughput are kept too
+    (`*_rounds`), so a ratio between two models can be given per round and its spread shown.
 
     Args:
         candidates: name -> (model, rows, collate); every model gets the same texts, tokenised its own way.
@@ -364,6 +365,8 @@ def time_models(candidates: dict[str, tuple], batches: int, rounds: int = 3) -> 
         out[name] = {k: statistics.median(r[k] for r in results)
                      for k in ("latency_ms_b1", "latency_ms_b1_p95", "throughput_b64")}
         out[name]["rounds"] = rounds
+        out[name]["latency_ms_b1_rounds"] = [r["latency_ms_b1"] for r in results]
+        out[name]["throughput_b64_rounds"] = [r["throughput_b64"] for r in results]
     return out
 
 

@@ -69,9 +69,32 @@ def summary(report: dict) -> dict:
     }
     for key, (slow, fast) in pairs.items():
         if slow in speed and fast in speed:
-            out[f"{key}_latency_speedup"] = speed[slow]["latency_ms_b1"] / speed[fast]["latency_ms_b1"]
-            out[f"{key}_throughput_speedup"] = speed[fast]["throughput_b64"] / speed[slow]["throughput_b64"]
+            a, b = speed[slow], speed[fast]
+            out[f"{key}_latency_speedup"] = a["latency_ms_b1"] / b["latency_ms_b1"]
+            out[f"{key}_throughput_speedup"] = b["throughput_b64"] / a["throughput_b64"]
+            if "latency_ms_b1_rounds" in a and "latency_ms_b1_rounds" in b:  # reports from before 2026-11-28 lack them
+                out[f"{key}_latency_speedup_range"] = round_ratio_range(a["latency_ms_b1_rounds"], b["latency_ms_b1_rounds"])
+                out[f"{key}_throughput_speedup_range"] = round_ratio_range(b["throughput_b64_rounds"],
+                                                                           a["throughput_b64_rounds"])
     return out
+
+
+def round_ratio_range(numerator: list[float], denominator: list[float]) -> list[float]:
+    """[lowest, highest] of a ratio taken round by round (round i of one model against round i of the other).
+
+    The models are timed round-robin, so round i of each saw the same moment of the machine: the spread of these
+    ratios is how far one run's noise moves the ratio, which the median alone hides.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"need the same number of rounds on both sides, got {len(numerator)} and {len(denominator)}")
+    ratios = [n / d for n, d in zip(numerator, denominator)]
+    return [min(ratios), max(ratios)]
+
+
+def spread(summary: dict, key: str) -> str:
+    """' (1.52x to 1.80x over 3 rounds)' when the summary has the ratio's per-round range, else ''."""
+    lo_hi = summary.get(f"{key}_range")
+    return f" ({lo_hi[0]:.2f}x to {lo_hi[1]:.2f}x round by round)" if lo_hi else ""
 
 
 def pct(x: float) -> str:
@@ -164,8 +187,10 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
     if "int8" in report:
         measured = f"int8 file {s['int8_over_fp32_file_ratio']:.2f}x smaller"
         if "int8_over_fp32_latency_speedup" in s:
-            measured = (f"int8 {s['int8_over_fp32_latency_speedup']:.2f}x lower latency at batch 1 and "
-                        f"{s['int8_over_fp32_throughput_speedup']:.2f}x the throughput at batch 64, ") + measured
+            measured = (f"int8 {s['int8_over_fp32_latency_speedup']:.2f}x lower latency at batch 1"
+                        f"{spread(s, 'int8_over_fp32_latency_speedup')} and "
+                        f"{s['int8_over_fp32_throughput_speedup']:.2f}x the throughput at batch 64"
+                        f"{spread(s, 'int8_over_fp32_throughput_speedup')}, ") + measured
         lines += [
             f"Measured here: {measured}, {s['int8_accuracy_change_points']:+.2f} accuracy points.",
             f"Published anchors for dynamic int8 against fp32 on CPU: {ANCHORS['latency_speedup']}, "
@@ -210,6 +235,11 @@ def summary_text(report: dict) -> str:
             lines.append("int8 differs from fp32 only near ties: " + flips_text(i8["flips"]))
     if report.get("speed"):
         lines.append(speed_table(report))
+        s = summary(report)
+        if "int8_over_fp32_latency_speedup" in s:
+            lines.append(f"int8 over fp32 student: {s['int8_over_fp32_latency_speedup']:.2f}x at batch 1"
+                         f"{spread(s, 'int8_over_fp32_latency_speedup')}, {s['int8_over_fp32_throughput_speedup']:.2f}x "
+                         f"at batch 64{spread(s, 'int8_over_fp32_throughput_speedup')}")
         lines.append(f"published anchors, dynamic int8 vs fp32 on CPU: {ANCHORS['latency_speedup']}, "
                      f"{ANCHORS['file_ratio']}, accuracy {ANCHORS['accuracy']} "
                      "(PyTorch BERT dynamic quantisation tutorial; ONNX Runtime blog)")
