@@ -71,3 +71,30 @@ def test_logs_go_to_logging_not_stdout(tmp_path, word_tokenizer, capsys, caplog)
         _train_one_step(tmp_path, tokenizer, rows, None, batch_size=2, accumulation=1, strategy="hard")
     assert "loss" not in capsys.readouterr().out
     assert any("loss" in r.getMessage() for r in caplog.records)
+
+
+def test_without_a_progress_bar_training_reports_progress_at_info(tmp_path, word_tokenizer, capsys, caplog):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    rows = _rows(tokenizer, [0, 1, 1, 0, 1, 0, 0, 1])
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32))
+    args = DistillationConfig(output_dir=str(tmp_path), strategy="hard", per_device_train_batch_size=2, max_steps=4,
+                              logging_steps=2, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=rows,
+                                  data_collator=DistillationCollator(tokenizer, None))
+    with caplog.at_level("INFO", logger="kdistill.trainer"):
+        trainer.train()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert [line.split(" (")[0] for line in lines if line.startswith("step ")] == ["step 2/4", "step 4/4"]
+    assert "loss " in lines[0] and "elapsed" in lines[0] and "left" in lines[0]
+    assert "left" not in lines[1]  # nothing left at the last step
+    assert "step" not in capsys.readouterr().out
+
+
+def test_progress_line_estimates_the_time_left_from_the_steps_so_far():
+    from kdistill.trainer import progress_line
+
+    line = progress_line(150, 600, 90.0, {"loss": 0.43125, "loss_hard": 0.5, "learning_rate": 1e-4, "epoch": 0.5})
+    assert line == "step 150/600 (25%), loss 0.4313, loss_hard 0.5, 1m30s elapsed, about 4m30s left"
+    assert progress_line(10, 10, 4000.0, {"loss": 1.0}) == "step 10/10 (100%), loss 1, 1h06m elapsed"

@@ -5,6 +5,7 @@ fine-tuning the student costs: no teacher forward pass.
 """
 
 import logging
+import time
 from collections import defaultdict
 
 import torch
@@ -20,12 +21,54 @@ _NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
 logger = logging.getLogger(__name__)
 
 
+def _duration(seconds: float) -> str:
+    """'42s', '3m05s', '1h02m': a progress line's elapsed and remaining time."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(step: int, max_steps: int, elapsed: float, logs: dict) -> str:
+    """'step 150/1135 (13%), loss 0.4312, 2m10s elapsed, about 14m13s left': one training log, for a person.
+
+    The time left assumes the remaining steps take as long as the ones so far took on average.
+    """
+    parts = [f"step {step}/{max_steps} ({100 * step / max(max_steps, 1):.0f}%)" if max_steps else f"step {step}"]
+    parts += [f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "loss_soft", "loss_hard", "grad_norm")]
+    parts.append(f"{_duration(elapsed)} elapsed")
+    if 0 < step < max_steps:
+        parts.append(f"about {_duration(elapsed / step * (max_steps - step))} left")
+    return ", ".join(parts)
+
+
 class _LogToLogging(TrainerCallback):
-    """Sends the Trainer's log lines to `logging` (at DEBUG) instead of stdout, where PrinterCallback puts them."""
+    """Sends the Trainer's log lines to `logging` instead of stdout, where PrinterCallback puts them.
+
+    PrinterCallback stands in for the progress bar when `disable_tqdm` is set (log files, CI), so training logs
+    become an INFO progress line (step of total, loss, time elapsed and left); evaluation results go to INFO as
+    they are; the full dictionaries go to DEBUG.
+    """
+
+    def __init__(self):
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_local_process_zero:
-            logger.debug("step %d: %s", state.global_step, logs)
+        if not state.is_local_process_zero or not logs:
+            return
+        logger.debug("step %d: %s", state.global_step, logs)
+        elapsed = time.monotonic() - (self.start or time.monotonic())
+        if "loss" in logs:
+            logger.info("%s", progress_line(state.global_step, state.max_steps, elapsed, logs))
+        elif any(k.startswith("eval_") for k in logs):
+            shown = {k: v for k, v in logs.items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k}
+            logger.info("evaluation at step %d: %s", state.global_step,
+                        ", ".join(f"{k[5:]} {v:.4g}" if isinstance(v, float) else f"{k[5:]} {v}" for k, v in shown.items()))
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
