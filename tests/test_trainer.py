@@ -98,3 +98,5 @@ def test_progress_line_estimates_the_time_left_from_the_steps_so_far():
     line = progress_line(150, 600, 90.0, {"loss": 0.43125, "loss_hard": 0.5, "learning_rate": 1e-4, "epoch": 0.5})
     assert line == "step 150/600 (25%), loss 0.4313, loss_hard 0.5, 1m30s elapsed, about 4m30s left"
     assert progress_line(10, 10, 4000.0, {"loss": 1.0}) == "step 10/10 (100%), loss 1, 1h06m elapsed"
+    # A run resumed at step 100: 50 steps in 60 s, so the 400 left take about 8 minutes.
+    assert progress_line(150, 550, 60.0, {"loss": 0.5}, first_step=100).endswith("1m00s elapsed, about 8m00s left")

@@ -92,7 +92,7 @@ def round_ratio_range(numerator: list[float], denominator: list[float]) -> list[
 
 
 def spread(summary: dict, key: str) -> str:
-    """' (1.52x to 1.80x over 3 rounds)' when the summary has the ratio's per-round range, else ''."""
+    """' (1.52x to 1.80x round by round)' when the summary has the ratio's per-round range, else ''."""
     lo_hi = summary.get(f"{key}_range")
     return f" ({lo_hi[0]:.2f}x to {lo_hi[1]:.2f}x round by round)" if lo_hi else ""
 

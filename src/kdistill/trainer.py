@@ -31,16 +31,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def progress_line(step: int, max_steps: int, elapsed: float, logs: dict) -> str:
+def progress_line(step: int, max_steps: int, elapsed: float, logs: dict, first_step: int = 0) -> str:
     """'step 150/1135 (13%), loss 0.4312, 2m10s elapsed, about 14m13s left': one training log, for a person.
 
-    The time left assumes the remaining steps take as long as the ones so far took on average.
+    `elapsed` is the time since this process began training at `first_step` (above 0 when it resumed a run). The
+    time left assumes the remaining steps take as long as this process's steps so far took on average.
     """
     parts = [f"step {step}/{max_steps} ({100 * step / max(max_steps, 1):.0f}%)" if max_steps else f"step {step}"]
     parts += [f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "loss_soft", "loss_hard", "grad_norm")]
     parts.append(f"{_duration(elapsed)} elapsed")
-    if 0 < step < max_steps:
-        parts.append(f"about {_duration(elapsed / step * (max_steps - step))} left")
+    if first_step < step < max_steps:
+        parts.append(f"about {_duration(elapsed / (step - first_step) * (max_steps - step))} left")
     return ", ".join(parts)
 
 
@@ -53,10 +54,11 @@ class _LogToLogging(TrainerCallback):
     """
 
     def __init__(self):
-        self.start = None
+        self.start, self.first_step = None, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
+        # A resumed run's state already holds the steps done before, so the rate counts only this process's steps.
+        self.start, self.first_step = time.monotonic(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_local_process_zero or not logs:
@@ -64,7 +66,7 @@ class _LogToLogging(TrainerCallback):
         logger.debug("step %d: %s", state.global_step, logs)
         elapsed = time.monotonic() - (self.start or time.monotonic())
         if "loss" in logs:
-            logger.info("%s", progress_line(state.global_step, state.max_steps, elapsed, logs))
+            logger.info("%s", progress_line(state.global_step, state.max_steps, elapsed, logs, self.first_step))
         elif any(k.startswith("eval_") for k in logs):
             shown = {k: v for k, v in logs.items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k}
             logger.info("evaluation at step %d: %s", state.global_step,
