@@ -19,9 +19,11 @@ def setup(tmp_path_factory):
     """The split, a reduced config and a teacher trained at that size (a few seconds)."""
     config = demo.DemoConfig.reduced(output_dir=str(tmp_path_factory.mktemp("demo")))
     digits = demo.load_digits_splits(config.seed, config.validation_size, config.test_size)
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # as run_demo does: tiny models run faster on one thread
     teacher = demo.teach(config, digits)
-    return config, digits, teacher
+    yield config, digits, teacher
+    torch.set_num_threads(before)  # later test files get the default back
 
 
 def test_split_is_fixed_stratified_and_disjoint():

@@ -182,6 +182,12 @@ class DistillationTrainer(Trainer):
             scale = self.args.gradient_accumulation_steps if mode == "train" else 1
             prefix = "eval_" if mode == "eval" else ""
             for name, values in parts.items():
-                logs[f"{prefix}loss_{name}"] = round(sum(values) * scale / len(values), 6)
+                value = sum(values) * scale / len(values)
+                if self.args.world_size > 1:
+                    # Each process holds only its share of the batches; the logged value is their mean over
+                    # processes, as for the Trainer's own loss. Every process logs at the same steps (the Trainer
+                    # gathers its loss there too) with the same parts, so the gather cannot wait alone.
+                    value = float(self.accelerator.gather(torch.tensor([value], device=self.args.device)).mean())
+                logs[f"{prefix}loss_{name}"] = round(value, 6)
             parts.clear()
         super().log(logs, start_time)
