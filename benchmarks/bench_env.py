@@ -141,6 +141,36 @@ def provenance() -> dict:
             "git": git_state(), "threads": threads(), "load_start": load1()}
 
 
+def versions_line(result: dict) -> str:
+    """The results page's line naming the installed versions of PACKAGES (those found)."""
+    return "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + "."
+
+
+def round_robin(models: dict, singles: list[dict], batches: list[dict], rounds: int, warmup: int,
+                after_round=None) -> dict[str, dict[str, list[float]]]:
+    """Per model and round: batch-1 latency (ms, mean over `singles`) and throughput (rows/s over `batches`).
+
+    Models take turns within each round, so a burst of load elsewhere lands on every model's round alike. Each turn
+    first runs the first `warmup` singles untimed. `after_round(r, times)` is called after each round (progress).
+    """
+    times = {name: {"b1": [], "b64": []} for name in models}
+    for r in range(rounds):
+        for name, model in models.items():
+            for batch in singles[:warmup]:
+                model(**batch)
+            start = time.perf_counter()
+            for batch in singles:
+                model(**batch)
+            times[name]["b1"].append((time.perf_counter() - start) / len(singles) * 1e3)
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch)
+            times[name]["b64"].append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - start))
+        if after_round is not None:
+            after_round(r, times)
+    return times
+
+
 def write_results(results_dir: str, name: str, result: dict, markdown: str) -> None:
     """`<name>.json` and `<name>.md` in `results_dir`, and the Markdown printed: how every benchmark ends."""
     import json

@@ -165,19 +165,7 @@ def main() -> int:
                   **{n: ex.OnnxClassifier(p, threads=threads) for n, p in paths.items()}}
         b1 = [collate([r]) for r in rows[: args.speed_batches]]
         b64 = [collate(rows[i:i + 64]) for i in range(0, min(len(rows), 64 * max(1, args.speed_batches // 8)), 64)]
-        times = {n: {"b1": [], "b64": []} for n in models}
-        for _ in range(3):  # round-robin: a burst of load elsewhere lands on every model's round alike
-            for n, m in models.items():
-                for b in b1[:5]:
-                    m(**b)
-                t = time.perf_counter()
-                for b in b1:
-                    m(**b)
-                times[n]["b1"].append((time.perf_counter() - t) / len(b1) * 1e3)
-                t = time.perf_counter()
-                for b in b64:
-                    m(**b)
-                times[n]["b64"].append(sum(len(b["input_ids"]) for b in b64) / (time.perf_counter() - t))
+        times = bench_env.round_robin(models, b1, b64, rounds=3, warmup=5)
         base = {k: statistics.median(v) for k, v in times["fp32"].items()}
         for n, t in times.items():
             lat, thr = statistics.median(t["b1"]), statistics.median(t["b64"])
@@ -277,7 +265,7 @@ def table(result: dict) -> str:
         "",
         f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
         f"torch threads {result['threads']['torch_num_threads']} (ONNX Runtime gets the same).",
-        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+        bench_env.versions_line(result),
         f"- **Command**: `{result['command']}`, on `{result['export_dir']}/model.onnx`, scored on {rows} rows of "
         f"`{result['eval_source']}`.",
         f"- fp32 itself is within 0.05 of a tie (top-1 minus top-2 probability) on {s['fp32_rows_within_0.05_of_a_tie']} "

@@ -77,20 +77,8 @@ def main() -> int:
 
     b1 = [collate([r]) for r in rows[: args.batches]]
     b64 = [collate(rows[i:i + 64]) for i in range(0, len(rows) - 63, 64)]
-    times = {k: {"b1": [], "b64": []} for k in models}
-    for r in range(args.rounds):  # round-robin: a burst of load elsewhere lands on every model's round alike
-        for k, m in models.items():
-            for b in b1[:10]:
-                m(**b)
-            t = time.perf_counter()
-            for b in b1:
-                m(**b)
-            times[k]["b1"].append((time.perf_counter() - t) / len(b1) * 1e3)
-            t = time.perf_counter()
-            for b in b64:
-                m(**b)
-            times[k]["b64"].append(sum(len(b["input_ids"]) for b in b64) / (time.perf_counter() - t))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k]['b1'][-1]:.2f} ms" for k in models), flush=True)
+    times = bench_env.round_robin(models, b1, b64, args.rounds, warmup=10, after_round=lambda r, times: print(
+        f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k]['b1'][-1]:.2f} ms" for k in models), flush=True))
     speed = {k: {"latency_ms_b1": statistics.median(t["b1"]), "throughput_b64": statistics.median(t["b64"]),
                  "latency_ms_b1_rounds": t["b1"], "throughput_b64_rounds": t["b64"]} for k, t in times.items()}
 
@@ -121,7 +109,7 @@ def table(result: dict) -> str:
         f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
         f"{s['threads']} thread(s) for ONNX Runtime. 1-minute load {result['load_start']:.2f} at the start, "
         f"{s['load_end']:.2f} at the end.",
-        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+        bench_env.versions_line(result),
         f"- **Command**: `{result['command']}`: the student of `{result['run_dir']}`, {s['rows']} rows of "
         f"`{result['eval_source']}`; {result['rounds']} round-robin rounds of {result['batches']} batch-1 calls and "
         f"batch-64 passes over the rows, medians over rounds.",

@@ -130,7 +130,7 @@ def table(result: dict) -> str:
         "",
         f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
         f"{s['threads']} thread(s) for ONNX Runtime.",
-        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+        bench_env.versions_line(result),
         f"- **Command**: `{result['command']}`, on `{result['export_dir']}`, the first {s['rows']} rows of "
         f"`{result['eval_source']}`, one at a time. Profiler times are inflated by the profiler; read the split.",
         "",

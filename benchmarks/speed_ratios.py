@@ -352,7 +352,7 @@ def markdown(result: dict, name: str) -> str:
         f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
         f"Python {result['machine']['python']}; torch threads {result['threads']['torch_num_threads']} "
         f"(OMP_NUM_THREADS {result['threads']['OMP_NUM_THREADS'] or 'unset'}).",
-        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+        bench_env.versions_line(result),
         f"- **Command**: `{result['command']}`; 1-minute load average {result['load_start']:.2f} at the start, "
         f"{result['load_end']:.2f} at the end (per leg in `{name}.json`). The load during the run counts this "
         "process's own threads; a leg had the cores to itself when its CPU seconds per wall second are near the "

@@ -247,7 +247,7 @@ def markdown(result: dict, name: str) -> str:
            "",
            f"- **Date**: {result['date']}. **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
            f"Python {result['machine']['python']}; torch threads {result['threads']['torch_num_threads']}.",
-           "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+           bench_env.versions_line(result),
            f"- **Command**: `{result['command']}`; 1-minute load average {result['load_start']:.2f} at the start, "
            f"{result['load_end']:.2f} at the end; {result['seconds'] / 60:.1f} minutes.",
            f"- **Engine**: `kdistill.compare.parse_sweep` + `run_sweep` on the sweep files kept in "
