@@ -235,7 +235,7 @@ def summary_text(report: dict) -> str:
             lines.append("int8 differs from fp32 only near ties: " + flips_text(i8["flips"]))
     if report.get("speed"):
         lines.append(speed_table(report))
-        s = summary(report)
+        s = report["summary"]
         if "int8_over_fp32_latency_speedup" in s:
             lines.append(f"int8 over fp32 student: {s['int8_over_fp32_latency_speedup']:.2f}x at batch 1"
                          f"{spread(s, 'int8_over_fp32_latency_speedup')}, {s['int8_over_fp32_throughput_speedup']:.2f}x "
