@@ -212,7 +212,7 @@ def test_sweep_runs_resumes_and_reports(sweep_file, monkeypatch, capsys):
     assert set(results["diagnostics"]) == {"train", "validation", "test"}
     assert set(results["diagnostics"]["train"]) == {"1", "2"}
     # TensorBoard event files, with the hard and soft parts of the loss among the scalars.
-    for setting, part in (("soft-T2", b"train/loss_soft"), ("hard", b"train/loss_hard")):
+    for setting, part in (("soft-T2", b"train/loss_soft_kl"), ("hard", b"train/loss_hard_ce")):
         events = list(out.glob(f"runs/one/{setting}/seed0/student/runs/*/events.out.tfevents.*"))
         assert events and any(part in e.read_bytes() for e in events), setting
 

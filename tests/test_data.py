@@ -5,7 +5,8 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from kdistill.config import DataConfig, UserError
-from kdistill.data import DistillationCollator, build_label_map, encode_labels, load_split, load_table, tokenize
+from kdistill.tasks.sequence import SequenceClassification
+from kdistill.data import build_label_map, encode_labels, load_split, load_table, tokenize
 
 from conftest import SHARED, SST2
 
@@ -59,7 +60,7 @@ def test_collator_pads_to_longest_and_looks_up_soft_labels_by_index(word_tokeniz
     encoded = tokenize(table, tokenizer, data, labels=[0, 1] * 4)
     logits = torch.arange(16, dtype=torch.float32).reshape(8, 2)
     rows = [encoded[i] for i in (5, 2, 7)]
-    batch = DistillationCollator(tokenizer, logits)(rows)
+    batch = SequenceClassification().collator(tokenizer, logits)(rows)
     assert batch["input_ids"].shape == (3, max(r["length"] for r in rows))
     assert torch.equal(batch["teacher_logits"], logits[[5, 2, 7]])
     assert batch["labels"].tolist() == [1, 0, 1]

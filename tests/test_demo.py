@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from kdistill import demo
+from kdistill.tasks.image import random_shift
 from kdistill.cli import main
 from kdistill.report import FILES
 
@@ -39,7 +40,7 @@ def test_split_is_fixed_stratified_and_disjoint():
 def test_random_shift_moves_each_image_by_at_most_the_shift():
     images = torch.zeros(64, 1, 8, 8)
     images[:, 0, 4, 4] = 1.0
-    shifted = demo.random_shift(images, 1, torch.Generator().manual_seed(0))
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
     ys, xs = shifted[:, 0].nonzero(as_tuple=True)[1:]
     assert shifted.sum() == 64  # one pixel each, none lost at this distance from the border
     assert ys.sub(4).abs().max() <= 1 and xs.sub(4).abs().max() <= 1
@@ -49,11 +50,11 @@ def test_random_shift_moves_each_image_by_at_most_the_shift():
 def test_collator_attaches_teacher_logits_by_row(setup):
     _, digits, teacher = setup
     rows = digits.rows("train")[[5, 0, 17]]
-    batch = demo.DigitsCollator(teacher.logits)([demo.DigitsDataset(digits, rows)[i] for i in range(3)])
+    batch = demo.TASK.collator(teacher_logits=teacher.logits)([demo.digits_rows(digits, rows)[i] for i in range(3)])
     assert batch["pixel_values"].shape == (3, 1, 8, 8)
     assert torch.equal(batch["teacher_logits"], teacher.logits[rows])
     assert torch.equal(batch["labels"], digits.labels[rows])
-    hidden = demo.DigitsDataset(digits, rows, hide_labels=True)[0]
+    hidden = demo.digits_rows(digits, rows, hide_labels=True)[0]
     assert hidden["labels"] == -100
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import kdistill
-from kdistill import pipeline
+from kdistill import pipeline, teacher_outputs
 from conftest import make_tiny_bert, tiny_run_values
 
 EVAL_KEYS = {
@@ -57,7 +57,7 @@ def test_soft_labels_are_cached_and_reused_without_the_teacher(taught, monkeypat
         raise AssertionError("the teacher was loaded or run although the cache was valid")
 
     monkeypatch.setattr(pipeline, "load_classifier", no_teacher)
-    monkeypatch.setattr(pipeline, "predict_logits", no_teacher)
+    monkeypatch.setattr(teacher_outputs, "predict_logits", no_teacher)
     again = kdistill.make_soft_labels(config)
     for split in first:
         assert torch.equal(first[split], again[split])
@@ -113,7 +113,7 @@ def test_hard_and_soft_parts_of_the_loss_are_logged(taught, tmp_path):
     run = kdistill.make_config(values)
     kdistill.distill(run)
     state = [e for e in run_log_history(tmp_path)]
-    assert any("loss_hard" in e and "loss_soft" in e for e in state)
+    assert any("loss_hard_ce" in e and "loss_soft_kl" in e for e in state)
 
 
 def run_log_history(run_dir) -> list[dict]:

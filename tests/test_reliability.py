@@ -22,10 +22,11 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import make_word_tokenizer, tiny_run_values
-from kdistill import pipeline
+from kdistill import pipeline, teacher_outputs
 from kdistill.cli import main
 from kdistill.config import DataConfig, make_config
-from kdistill.data import DistillationCollator, load_table
+from kdistill.data import load_table
+from kdistill.tasks.base import ItemCollator
 from kdistill.soft_labels import write_cache
 from test_errors import assert_user_error, run_cli, snapshot, tsv, write_config
 
@@ -350,8 +351,8 @@ def test_same_config_and_seed_give_the_same_run(tmp_path, monkeypatch, reference
     ref_out, values = reference
     out = tmp_path / "again"
     batches = []
-    collate = DistillationCollator.__call__
-    monkeypatch.setattr(DistillationCollator, "__call__", lambda self, rows: batches.append([r["idx"] for r in rows])
+    collate = ItemCollator.__call__
+    monkeypatch.setattr(ItemCollator, "__call__", lambda self, rows: batches.append([r["idx"] for r in rows])
                         or collate(self, rows))
     assert main(["distill", "--config", write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})]) == 0
     # Each epoch sees every row once, in another order (the length-grouped sampler is reseeded per epoch).
@@ -551,7 +552,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     assert [s for s, _ in results["loss_curve"]] == list(range(1, 17))  # 16 steps of 8 rows: the same global batch
     # The soft and hard parts of the loss are logged for the whole global batch, not for the first process's half
     # (which gave loss_hard up to 13% off here). Logged values are rounded to 6 decimals, hence abs=2e-6.
-    for part in ("loss_hard", "eval_loss_hard", "loss_soft", "eval_loss_soft"):
+    for part in ("loss_hard_ce", "eval_loss_hard_ce", "loss_soft_kl", "eval_loss_soft_kl"):
         curve, ref_curve = ([e[part] for e in r["log_history"] if part in e] for r in (results, ref_results))
         assert len(curve) == len(ref_curve) > 0, part
         assert curve == pytest.approx(ref_curve, rel=1e-4, abs=2e-6), part
@@ -593,7 +594,7 @@ def test_soft_labels_computed_in_chunks_equal_one_pass(tmp_path, monkeypatch, va
     """The streaming teacher pass (SOFT_LABEL_CHUNK_ROWS rows at a time) gives the logits of a single pass, in row
     order. Rows are batched by length within a chunk, so padding, and with it float rounding, may differ."""
     whole = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "a")}), ("train",))
-    monkeypatch.setattr(pipeline, "SOFT_LABEL_CHUNK_ROWS", 7)  # 64 rows: 9 chunks, the last of 1 row
+    monkeypatch.setattr(teacher_outputs, "SOFT_LABEL_CHUNK_ROWS", 7)  # 64 rows: 9 chunks, the last of 1 row
     chunked = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "b")}), ("train",))
     assert chunked["train"].shape == whole["train"].shape == (64, 2)
     torch.testing.assert_close(chunked["train"], whole["train"], atol=1e-5, rtol=1e-5)

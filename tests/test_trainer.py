@@ -5,7 +5,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from kdistill import DistillationConfig, DistillationTrainer
-from kdistill.data import DistillationCollator
+from kdistill.tasks import get_task
 
 from conftest import read_sst2_sentences
 
@@ -30,7 +30,7 @@ def _train_one_step(tmp_path, tokenizer, rows, teacher_logits, batch_size, accum
         train_sampling_strategy="sequential", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
     )
     trainer = DistillationTrainer(model=model, args=args, train_dataset=rows,
-                                  data_collator=DistillationCollator(tokenizer, teacher_logits))
+                                  data_collator=get_task("sequence_classification").collator(tokenizer, teacher_logits))
     trainer.train()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -82,7 +82,7 @@ def test_without_a_progress_bar_training_reports_progress_at_info(tmp_path, word
     args = DistillationConfig(output_dir=str(tmp_path), strategy="hard", per_device_train_batch_size=2, max_steps=4,
                               logging_steps=2, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
     trainer = DistillationTrainer(model=model, args=args, train_dataset=rows,
-                                  data_collator=DistillationCollator(tokenizer, None))
+                                  data_collator=get_task("sequence_classification").collator(tokenizer, None))
     with caplog.at_level("INFO", logger="kdistill.trainer"):
         trainer.train()
     lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
@@ -95,8 +95,8 @@ def test_without_a_progress_bar_training_reports_progress_at_info(tmp_path, word
 def test_progress_line_estimates_the_time_left_from_the_steps_so_far():
     from kdistill.trainer import progress_line
 
-    line = progress_line(150, 600, 90.0, {"loss": 0.43125, "loss_hard": 0.5, "learning_rate": 1e-4, "epoch": 0.5})
-    assert line == "step 150/600 (25%), loss 0.4313, loss_hard 0.5, 1m30s elapsed, about 4m30s left"
+    line = progress_line(150, 600, 90.0, {"loss": 0.43125, "loss_hard_ce": 0.5, "learning_rate": 1e-4, "epoch": 0.5})
+    assert line == "step 150/600 (25%), loss 0.4313, loss_hard_ce 0.5, 1m30s elapsed, about 4m30s left"
     assert progress_line(10, 10, 4000.0, {"loss": 1.0}) == "step 10/10 (100%), loss 1, 1h06m elapsed"
     # A run resumed at step 100: 50 steps in 60 s, so the 400 left take about 8 minutes.
     assert progress_line(150, 550, 60.0, {"loss": 0.5}, first_step=100).endswith("1m00s elapsed, about 8m00s left")

@@ -22,7 +22,7 @@ _EXPORTS = {
     "logit_mse": "losses",
     "soft_kl": "losses",
     "distill": "pipeline",
-    "evaluate": "pipeline",
+    "evaluate": "evaluation",
     "make_soft_labels": "pipeline",
     "teach": "pipeline",
     "build_student": "students",

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import export
 
             return (export.export_main if args.verb == "export" else export.predict_main)(rest)
-        from . import pipeline
+        from . import evaluation, pipeline
         from .config import parse_config
 
         config = parse_config(rest, args.config)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             result = pipeline.distill(config, progress=True)
             logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k not in ("loss_curve", "log_history")})
         if args.verb in ("eval", "run"):
-            result = pipeline.evaluate(config, progress=True)
+            result = evaluation.evaluate(config, progress=True)
             if result:  # empty on the replicas of a torchrun launch: the first process evaluates
                 print(_format_table(result))
                 print(f"written: {os.path.join(config.output_dir, 'eval.json')}")

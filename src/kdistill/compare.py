@@ -287,14 +287,14 @@ def _duration(seconds: float) -> str:
 
 def run_cell(config, cell: Cell) -> dict:
     """Distil and evaluate one cell; its record, also written to cell.json (the 'finished' mark)."""
-    from . import pipeline
+    from . import evaluation, pipeline
 
     out = config.output_dir
     if os.path.exists(out):  # an unfinished cell from an interrupted sweep: start it over
         logger.info("restarting the unfinished run in %s", out)
         shutil.rmtree(out)
     trained = pipeline.distill(config, progress=False)
-    evaluated = pipeline.evaluate(config)
+    evaluated = evaluation.evaluate(config)
     record = {
         **dataclasses.asdict(cell),
         "setting": cell.setting,
@@ -339,7 +339,7 @@ def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
 
 def measure_speeds(sweep: Sweep, student_configs: dict, cells: list[Cell], teacher: str) -> dict:
     """Per student spec: its trained student (the first finished cell) and the teacher timed in one call."""
-    from . import pipeline
+    from . import evaluation
 
     path = os.path.join(sweep.output_dir, "speed.json")
     speeds = {}
@@ -353,7 +353,7 @@ def measure_speeds(sweep: Sweep, student_configs: dict, cells: list[Cell], teach
         logger.info("timing the %s student and the teacher on CPU", name)
         timed = cell_config(config, cell, sweep, teacher, [])
         timed.distill.speed_batches = config.distill.speed_batches
-        speeds[name] = pipeline.speed(timed)
+        speeds[name] = evaluation.speed(timed)
         write_json(path, speeds)
     return speeds
 

@@ -437,7 +437,7 @@ def _blocks(results: dict) -> list[tuple]:
         b.append(("p", f"Training took {sum(seconds) / 60:.1f} minutes over {len(seconds)} runs (mean "
                        f"{sum(seconds) / len(seconds):.0f} s per run); a sweep's cost grows linearly with its number "
                        "of runs (students x settings x seeds), while the teacher and its soft labels are paid once. "
-                       "TensorBoard logs of each run (loss, loss_hard, loss_soft) are under runs/*/*/seed*/student/runs/."))
+                       "TensorBoard logs of each run (loss and one curve per loss term: loss_hard_ce, loss_soft_kl, ...) are under runs/*/*/seed*/student/runs/."))
     return b
 
 

@@ -24,7 +24,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UserError
-from .losses import SOFT_LOSSES, STRATEGIES
+from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
+from .tasks import TASKS
 
 
 class ConfigError(UserError):
@@ -32,10 +33,27 @@ class ConfigError(UserError):
 
 
 STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained")
+SOFT_LABEL_SOURCES = ("cache", "online")
+
+
+def _json_field(value: Any, where: str, kind: type) -> Any:
+    """A field that YAML gives as a mapping or list and a flag as JSON text: the parsed value, checked for `kind`."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be a {'mapping' if kind is dict else 'list'}, got {type(value).__name__}")
+    return value
 
 
 @dataclass
 class DataConfig:
+    task: str = field(
+        default="sequence_classification",
+        metadata={"help": f"The kind of problem: one of {', '.join(TASKS)} (how rows become inputs and labels)."},
+    )
     train_file: str | None = field(default=None, metadata={"help": "Labelled training data (csv/tsv/json/jsonl/parquet)."})
     validation_file: str | None = field(default=None, metadata={"help": "Labelled data evaluated during and after training."})
     test_file: str | None = field(default=None, metadata={"help": "Labelled data for the final evaluation (defaults to validation_file)."})
@@ -60,6 +78,8 @@ class DataConfig:
     max_transfer_samples: int | None = field(default=None, metadata={"help": "Use only the first N transfer rows."})
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"data: task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.train_file is None and self.dataset_name is None:
             raise ConfigError("data: set train_file (or dataset_name for a hub data set)")
         if self.max_length < 8:
@@ -78,6 +98,12 @@ class TeacherConfig:
             "help": "Backbone to fine-tune, or a fine-tuned checkpoint (teacher_train=false): a directory, a hub "
             "name, or 'pkg:MODULE' for a Python package that ships a model and exposes get_model_path()."
         },
+    )
+    teachers: str | None = field(
+        default=None,
+        metadata={"help": "Several fine-tuned teachers instead of teacher_model: a list of {model: PATH, weight: W} "
+                  "(YAML, or JSON on the command line); each has its own soft-label cache, and their soft labels "
+                  "combine as the weighted mean of their temperature-softened probabilities."},
     )
     teacher_train: bool = field(default=True, metadata={"help": "Fine-tune teacher_model on the training data first."})
     teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
@@ -109,6 +135,21 @@ class TeacherConfig:
     )
 
     def __post_init__(self):
+        if self.teachers is not None:
+            entries = _json_field(self.teachers, "teacher: teachers", list)
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) or \
+                        set(entry) - {"model", "weight"}:
+                    raise ConfigError(f"teacher: teachers[{i}] must be a mapping {{model: PATH, weight: W}}, got {entry!r}")
+                weight = entry.setdefault("weight", 1.0)
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                    raise ConfigError(f"teacher: teachers[{i}].weight must be a number > 0, got {weight!r}")
+            if not entries:
+                raise ConfigError("teacher: teachers is an empty list; give at least one {model: PATH, weight: W}")
+            if self.teacher_train or self.teacher_folds:
+                raise ConfigError("teacher: teachers lists fine-tuned teachers; set teacher_train: false (and no "
+                                  "teacher_folds)")
+            self.teachers = json.dumps(entries)
         if self.teacher_epochs <= 0 or self.teacher_learning_rate <= 0 or self.teacher_batch_size <= 0:
             raise ConfigError("teacher: teacher_epochs, teacher_learning_rate and teacher_batch_size must be > 0")
         if self.teacher_folds == 1 or self.teacher_folds < 0:
@@ -116,6 +157,13 @@ class TeacherConfig:
         if self.teacher_folds and not (self.teacher_train or self.teacher_backbone):
             raise ConfigError("teacher: out-of-fold soft labels (teacher_folds) fine-tune teachers from a backbone: "
                               "set teacher_backbone, or teacher_train: true with the backbone as teacher_model")
+
+
+def teacher_list(teacher: "TeacherConfig") -> list[tuple[str, float]]:
+    """The run's teachers as (model, weight): the `teachers` list, or teacher_model with weight 1."""
+    if teacher.teachers is None:
+        return [(teacher.teacher_model, 1.0)]
+    return [(entry["model"], float(entry["weight"])) for entry in json.loads(teacher.teachers)]
 
 
 @dataclass
@@ -178,6 +226,16 @@ class DistillationConfig(TrainingArguments):
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0)."})
     alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard."})
     soft_loss: str = field(default="kl", metadata={"help": f"Soft loss: one of {', '.join(SOFT_LOSSES)}."})
+    objective: str | None = field(
+        default=None,
+        metadata={"help": f"The student's loss as named terms and weights, e.g. {{soft_kl: 0.7, hard_ce: 0.3}} "
+                  f"(terms: {', '.join(TERMS)}); replaces the preset that strategy, alpha and soft_loss make."},
+    )
+    soft_label_source: str = field(
+        default="cache",
+        metadata={"help": "Where the teacher's logits come from: 'cache' (computed once, stored, read by example) "
+                  "or 'online' (the teacher runs inside the trainer on every batch, under no_grad)."},
+    )
     soft_label_cache: str | None = field(
         default=None, metadata={"help": "Directory of the soft-label cache (default: <output_dir>/soft_labels)."}
     )
@@ -213,7 +271,26 @@ class DistillationConfig(TrainingArguments):
             raise ConfigError(f"distill: alpha must be in [0, 1], got {self.alpha}")
         if self.soft_loss not in SOFT_LOSSES:
             raise ConfigError(f"distill: soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss!r}")
+        if self.soft_label_source not in SOFT_LABEL_SOURCES:
+            raise ConfigError(f"distill: soft_label_source must be one of {', '.join(SOFT_LABEL_SOURCES)}, "
+                              f"got {self.soft_label_source!r}")
+        if self.objective is not None:
+            weights = _json_field(self.objective, "distill: objective", dict)
+            try:
+                check_weights(weights, "distill: objective")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            for name, weight in weights.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                    raise ConfigError(f"distill: objective weight of {name!r} must be a number >= 0, got {weight!r}")
+            self.objective = json.dumps(weights)
         super().__post_init__()
+
+    def objective_weights(self) -> dict[str, float]:
+        """The objective's terms and weights: `objective` if given, else the strategy's preset."""
+        if self.objective is not None:
+            return {name: float(w) for name, w in json.loads(self.objective).items()}
+        return preset_weights(self.strategy, self.alpha, self.soft_loss)
 
 
 SECTIONS: dict[str, type] = {

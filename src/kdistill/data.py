@@ -10,13 +10,11 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from .config import DataConfig, UserError
@@ -76,12 +74,34 @@ def _decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> UserErro
     )
 
 
+# Tables read in this process, by file identity and the options that shape them: one `kdistill run` (teach, the
+# soft-label pass, distill, eval) reads and checks each file once. Tables are memory-mapped, so keeping them is cheap.
+_TABLES: dict[tuple, datasets.Dataset] = {}
+
+
 def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.Dataset:
     """Read one data file into a Dataset holding the text column(s) and, if `labelled`, the label column.
 
     Raises UserError for a missing, empty or undecodable file, an unknown format, a missing column, an empty
     text or a missing label.
     """
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    key = None
+    if st is not None:
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, labelled, data.text_column,
+               data.text_pair_column, data.label_column, tuple(data.column_names or ()), data.encoding)
+        if key in _TABLES:
+            return _TABLES[key]
+    table = _read_table(path, data, labelled)
+    if key is not None:
+        _TABLES[key] = table
+    return table
+
+
+def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
@@ -142,6 +162,12 @@ def _count_blank(table: datasets.Dataset, column: str) -> int:
     return blank
 
 
+def split_file(data: DataConfig, split: str) -> str | None:
+    """The file a split ('train', 'transfer', 'validation', 'test') is read from; test falls back to validation."""
+    return {"train": data.train_file, "transfer": data.transfer_file, "validation": data.validation_file,
+            "test": data.test_file or data.validation_file}[split]
+
+
 def split_limit(data: DataConfig, split: str) -> int | None:
     """How many of a split's first rows are used (None: all)."""
     return {"train": data.max_train_samples, "transfer": data.max_transfer_samples}.get(split, data.max_eval_samples)
@@ -149,9 +175,7 @@ def split_limit(data: DataConfig, split: str) -> int | None:
 
 def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
     """The named split ('train', 'validation', 'test', 'transfer') from files or the hub; None if not configured."""
-    files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file or data.validation_file,
-             "transfer": data.transfer_file}
-    path = files[split]
+    path = split_file(data, split)
     limit = split_limit(data, split)
     if path is not None:
         table = load_table(path, data, labelled=split != "transfer")
@@ -286,27 +310,3 @@ def encode_chunks(
         names = [k for k in tokenizer.model_input_names if k in enc]
         yield [dict(zip(names, values)) for values in zip(*(enc[k] for k in names))]
     _report_truncation(source, truncated, len(table), max_length, who)
-
-
-@dataclass
-class DistillationCollator:
-    """Pads a batch dynamically and attaches the teacher's cached logits, looked up by `idx`.
-
-    Args:
-        tokenizer: the student's tokenizer (only its padding is used).
-        teacher_logits: [num_rows, ...] tensor indexed by `idx`, or None for hard-label training.
-    """
-
-    tokenizer: PreTrainedTokenizerBase
-    teacher_logits: torch.Tensor | None = None
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
-        labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        model_inputs = [{k: v for k, v in f.items() if k not in ("idx", "labels", "length")} for f in features]
-        batch = dict(self.tokenizer.pad(model_inputs, return_tensors="pt"))
-        batch["labels"] = labels
-        batch["idx"] = idx
-        if self.teacher_logits is not None:
-            batch["teacher_logits"] = self.teacher_logits[idx]
-        return batch

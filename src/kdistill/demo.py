@@ -29,21 +29,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import stats
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import metrics
 from .config import DistillationConfig
+from .models.digits import DigitsCNN, DigitsMLP
+from .pipeline import make_trainer
 from .soft_labels import cache_path, fingerprint, read_cache, write_cache
 from .stats import CONFIDENCE, t_interval
 from .students import count_parameters
-from .trainer import DistillationTrainer
+from .tasks import get_task
+from .tasks.image import ImageRows
 
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES = 10
+TASK = get_task("image_classification")
 DIAGNOSTIC_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -103,6 +105,11 @@ class Digits:
         return self.splits[split]
 
 
+def digits_rows(digits: Digits, rows: np.ndarray, hide_labels: bool = False) -> ImageRows:
+    """Rows of `digits` as the image task's dataset; `hide_labels` makes them unlabelled transfer data."""
+    return ImageRows(digits.images, digits.labels, rows, hide_labels)
+
+
 def load_digits_splits(seed: int, validation_size: int = 300, test_size: int = 600) -> Digits:
     """scikit-learn's 1,797 digits, split train / validation / test, stratified by digit, with `seed`."""
     from sklearn.datasets import load_digits
@@ -120,103 +127,12 @@ def load_digits_splits(seed: int, validation_size: int = 300, test_size: int = 6
     return Digits(images, labels, splits)
 
 
-class DigitsDataset(torch.utils.data.Dataset):
-    """Rows of `digits` as dicts; `hide_labels` turns them into unlabelled transfer data (label -100)."""
-
-    def __init__(self, digits: Digits, rows: np.ndarray, hide_labels: bool = False):
-        # Python lists of per-row views and ints: indexing a tensor once per item cost a fifth of a student's
-        # training time (its forward pass is that cheap).
-        self.images = digits.images.unbind(0)
-        self.rows = [int(r) for r in rows]
-        self.labels = [-100] * len(self.rows) if hide_labels else digits.labels[self.rows].tolist()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.images[self.rows[i]], "labels": self.labels[i], "idx": self.rows[i]}
-
-
-def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Move each image by up to `max_shift` pixels in x and y, filling with background (0)."""
-    b, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator)
-    ys = offsets[:, :1] + torch.arange(h)  # [B, H]
-    xs = offsets[:, 1:] + torch.arange(w)  # [B, W]
-    batch = torch.arange(b)[:, None, None]
-    return padded[batch, 0, ys[:, :, None], xs[:, None, :]].unsqueeze(1)
-
-
-class DigitsCollator:
-    """Stacks rows into a batch and attaches the teacher's logits for them, looked up by `idx`.
-
-    Args:
-        teacher_logits: [N, C] logits indexed by row (None for hard-label training).
-        max_shift: random shift in pixels applied to every training image (0: none).
-        seed: seeds the shifts, so a run is reproducible.
-    """
-
-    def __init__(self, teacher_logits: Tensor | None = None, max_shift: int = 0, seed: int = 0):
-        self.teacher_logits, self.max_shift = teacher_logits, max_shift
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, features: list[dict]) -> dict[str, Tensor]:
-        idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
-        batch = {
-            "pixel_values": torch.stack([f["pixel_values"] for f in features]),
-            "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
-            "idx": idx,
-        }
-        if self.max_shift:
-            batch["pixel_values"] = random_shift(batch["pixel_values"], self.max_shift, self.generator)
-        if self.teacher_logits is not None:
-            batch["teacher_logits"] = self.teacher_logits[idx]
-        return batch
-
-
-# ------------------------------------------------------------------------------------------------- models
-
-
-class DigitsCNN(nn.Module):
-    """The teacher: two 3x3 convolutions, a max-pool and a dropout-regularised two-layer head."""
-
-    def __init__(self, width: int = 16, hidden: int = 128, dropout: float = 0.3):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width * 16, hidden), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(hidden, NUM_CLASSES),
-        )
-
-    def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.head(self.features(pixel_values))}
-
-
-class DigitsMLP(nn.Module):
-    """The student: a two-hidden-layer ReLU MLP on the 64 pixels, unregularised like Hinton's small net."""
-
-    def __init__(self, hidden: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, NUM_CLASSES),
-        )
-
-    def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(pixel_values)}
-
-
 # ----------------------------------------------------------------------------------------------- training
 
 
 def fit(
     model: nn.Module,
-    dataset: DigitsDataset,
+    dataset: ImageRows,
     seed: int,
     strategy: str = "hard",
     temperature: float = 1.0,
@@ -259,12 +175,8 @@ def fit(
         # group_by_length needs input_ids; images all have the same size.
         train_sampling_strategy="random",
     )
-    trainer = DistillationTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=DigitsCollator(teacher_logits, max_shift=max_shift, seed=seed),
-    )
+    trainer = make_trainer(TASK, model, args, dataset, teacher_logits=teacher_logits,
+                           collate={"max_shift": max_shift, "seed": seed})
     try:
         trainer.train()
     finally:
@@ -272,11 +184,9 @@ def fit(
     return model
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, images: Tensor) -> Tensor:
     """Logits for a stack of images, in eval mode (dropout off)."""
-    model.eval()
-    return model(pixel_values=images)["logits"].float()
+    return TASK.predict(model, images)
 
 
 def errors(logits: Tensor, labels: Tensor) -> int:
@@ -288,7 +198,7 @@ def train_teacher(config: DemoConfig, digits: Digits, rows: np.ndarray, seed: in
     torch.manual_seed(seed)
     model = DigitsCNN(dropout=config.teacher_dropout)
     return fit(
-        model, DigitsDataset(digits, rows), seed,
+        model, digits_rows(digits, rows), seed,
         strategy="hard", max_shift=1, max_steps=config.teacher_steps, batch_size=config.teacher_batch_size,
         learning_rate=config.teacher_learning_rate,
         # Clipping steadies the teacher: at 450 steps and lr 3e-3, 3 seeds made 5-13 test errors with it, 10-16 without.
@@ -311,7 +221,7 @@ def train_student(
     torch.manual_seed(seed)
     model = DigitsMLP(config.student_hidden)
     return fit(
-        model, DigitsDataset(digits, rows, hide_labels=hide_labels), seed,
+        model, digits_rows(digits, rows, hide_labels=hide_labels), seed,
         strategy=strategy, temperature=temperature, alpha=config.alpha, teacher_logits=teacher_logits,
         max_steps=steps or config.student_steps, batch_size=config.student_batch_size,
         learning_rate=config.student_learning_rate,

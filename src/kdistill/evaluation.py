@@ -1,7 +1,6 @@
-"""What a model costs: parameters, size on disk, CPU latency and throughput.
-
-Quality and fidelity metrics are pure functions in `metrics.py`; this module times models, so nothing in the
-test suite asserts on its numbers, only on their presence.
+"""Evaluating a run: quality, fidelity to the teacher, calibration (the task's metrics, pure functions in
+`metrics.py`), and what a model costs: parameters, size on disk, CPU latency and throughput. This module times
+models, so nothing in the test suite asserts on its numbers, only on their presence.
 """
 
 import os
@@ -10,6 +9,16 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from .errors import UserError
+from .files import write_json
+from .config import RunConfig
+from .data import split_file
+from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
+from .rundir import is_main, paths, teacher_dir
+from .soft_labels import hash_files, predict_logits
+from .students import count_parameters, load_classifier, load_tokenizer
+from .tasks.base import stack_labels
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
@@ -75,3 +84,91 @@ def measure_speed(
         f"throughput_b{batch_size}": batch_size * (len(big) - 1) / elapsed,
         "torch_threads": torch.get_num_threads(),
     }
+
+# ------------------------------------------------------------------------------------------ evaluating a run
+
+def _load_student(config, sdir: str):
+    """The trained student in `sdir`, its tokenizer and its label map."""
+    if not os.path.isfile(os.path.join(sdir, "config.json")):
+        raise UserError(f"no student in {sdir}: run `kdistill distill` first")
+    student = load_classifier(sdir, "student", **_trust(config))
+    tokenizer = load_tokenizer(sdir, "student tokenizer", **_trust(config))
+    return student, tokenizer, {str(k): int(v) for k, v in student.config.label2id.items()}
+
+
+def _speed(config: RunConfig, student, rows, collate, teacher, label2id) -> dict:
+    """Student and teacher CPU speed on the same test rows, measured one after the other (a ratio of one run)."""
+    task = task_of(config)
+    teacher_tok = load_teacher(config, teacher_dir(config), label2id)[1]
+    teacher_rows = task.model_rows(prepare_split(config, "test", teacher_tok, label2id, who="teacher tokenizer"),
+                                   teacher_tok)
+    n = config.distill.speed_batches
+    out = {"student": measure_speed(student, rows, collate, batches=n),
+           "teacher": measure_speed(teacher, teacher_rows, task.pad_inputs(teacher_tok), batches=n)}
+    out["speedup_b1"] = out["teacher"]["latency_ms_b1"] / out["student"]["latency_ms_b1"]
+    out["speedup_b64"] = out["student"]["throughput_b64"] / out["teacher"]["throughput_b64"]
+    return out
+
+
+def speed(config: RunConfig) -> dict:
+    """CPU latency and throughput of the run's trained student and of its teacher, plus their size."""
+    sdir, tdir = paths(config).student, teacher_dir(config)
+    student, tokenizer, label2id = _load_student(config, sdir)
+    teacher = load_teacher(config, tdir, label2id)[0]
+    task = task_of(config)
+    rows = task.model_rows(prepare_split(config, "test", tokenizer, label2id), tokenizer)
+    out = _speed(config, student, rows, task.pad_inputs(tokenizer), teacher, label2id)
+    out["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
+    out["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
+    return out
+
+
+# The teacher's parameter count, per teacher content (soft_labels.hash_files, which the soft-label lookup just
+# computed for the same directory and remembers): a sweep evaluates many students against one teacher, and loading
+# it only to count its parameters cost every cell a model load.
+_TEACHER_PARAMETERS: dict[str, int] = {}
+
+
+def evaluate(config: RunConfig, progress: bool = False) -> dict:
+    """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
+
+    A single-process step: under torchrun/accelerate launch only the first process evaluates (the others return
+    an empty dict), so the timings are not shared with replicas of itself.
+    """
+    if not is_main(config):
+        return {}
+    p = paths(config)
+    sdir, tdir = p.student, teacher_dir(config)
+    task = task_of(config)
+    student, tokenizer, label2id = _load_student(config, sdir)
+    test = prepare_split(config, "test", tokenizer, label2id)
+    if test is None:
+        raise UserError("data: evaluation needs test_file or validation_file")
+    teacher_logits = make_soft_labels(config, ("test",), progress, together=False)["test"]
+    if teacher_logits.shape != (len(test), len(label2id)):
+        raise UserError(
+            f"the teacher's logits for the test data have shape {tuple(teacher_logits.shape)} but the data has "
+            f"{len(test)} rows and the student {len(label2id)} labels; delete the soft-label cache to recompute"
+        )
+    rows = task.model_rows(test, tokenizer)
+    collate = task.pad_inputs(tokenizer)
+    student_logits = predict_logits(student, rows, collate, batch_size=config.distill.per_device_eval_batch_size)
+    labels = stack_labels(test["labels"][:])
+    result: dict = {"split": split_file(config.data, "test"), "rows": len(test)}
+    result["student"] = task.metrics(student_logits, labels, teacher_logits, len(label2id))
+    result["teacher"] = task.metrics(teacher_logits, labels, None, len(label2id))
+
+    result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
+    teacher, key = None, hash_files([tdir])
+    if config.distill.speed_batches > 0 or key not in _TEACHER_PARAMETERS:
+        teacher = load_teacher(config, tdir, label2id)[0]
+        _TEACHER_PARAMETERS[key] = count_parameters(teacher)
+    result["teacher"].update(parameters=_TEACHER_PARAMETERS[key], size_bytes=size_on_disk(tdir))
+    if config.distill.speed_batches > 0:
+        timing = _speed(config, student, rows, collate, teacher, label2id)
+        result["student"].update(timing["student"])
+        result["teacher"].update(timing["teacher"])
+        result["speedup_b1"], result["speedup_b64"] = timing["speedup_b1"], timing["speedup_b64"]
+    result["compression"] = result["teacher"]["parameters"] / result["student"]["parameters"]
+    write_json(p.eval, result)
+    return result

@@ -1,8 +1,10 @@
 """Evaluation metrics for classifiers and their teachers.
 
 Pure functions that accept numpy arrays or torch tensors. Logits are
-``[N, C]``; labels are ``[N]`` integers where -100 marks an unlabelled item
-(only ``soft_label_stats`` and ``classification_metrics`` filter those out).
+``[..., C]``: every leading position is one item (a row, a word, a token), and
+items are flattened to ``[N, C]``. Labels have the items' shape, integers where
+-100 marks an unlabelled item (only ``soft_label_stats`` and
+``classification_metrics`` filter those out; the latter also takes an item mask).
 Everything is computed in float64 numpy and returned as plain Python floats.
 """
 
@@ -28,10 +30,11 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _logits(x: Any) -> np.ndarray:
+    """Logits as float64 ``[items, C]`` (leading axes flattened)."""
     arr = _np(x).astype(np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"expected logits of shape [N, C], got {arr.shape}")
-    return arr
+    if arr.ndim < 2:
+        raise ValueError(f"expected logits of shape [..., C], got {arr.shape}")
+    return arr.reshape(-1, arr.shape[-1])
 
 
 def _log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -49,13 +52,16 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
 
 
 def _preds(preds_or_logits: Any) -> np.ndarray:
+    """Predicted classes, flattened over items: float input of 2+ dimensions is logits (argmaxed), ints are classes."""
     arr = _np(preds_or_logits)
-    return arr.argmax(axis=-1) if arr.ndim == 2 else arr
+    if arr.ndim >= 2 and np.issubdtype(arr.dtype, np.floating):
+        arr = arr.argmax(axis=-1)
+    return arr.reshape(-1)
 
 
 def accuracy(preds_or_logits: Any, labels: Any) -> float:
     """Share of items whose prediction equals the label (2-D input is argmaxed first)."""
-    preds, labels = _preds(preds_or_logits), _np(labels)
+    preds, labels = _preds(preds_or_logits), _np(labels).reshape(-1)
     if labels.size == 0:
         return float("nan")
     return float((preds == labels).mean())
@@ -63,7 +69,7 @@ def accuracy(preds_or_logits: Any, labels: Any) -> float:
 
 def macro_f1(logits: Any, labels: Any, num_labels: int | None = None) -> float:
     """Macro-averaged F1; with ``num_labels`` every class counts, even if absent."""
-    preds, labels = _preds(logits), _np(labels)
+    preds, labels = _preds(logits), _np(labels).reshape(-1)
     classes = list(range(num_labels)) if num_labels is not None else None
     return float(f1_score(labels, preds, labels=classes, average="macro", zero_division=0))
 
@@ -127,7 +133,7 @@ def expected_calibration_error(logits: Any, labels: Any, n_bins: int = 15) -> fl
     ECE = sum_b |B_b| / N * |accuracy(B_b) - mean_confidence(B_b)|.
     """
     probs = softmax(_logits(logits))
-    labels = _np(labels)
+    labels = _np(labels).reshape(-1)
     n = labels.size
     if n == 0:
         return float("nan")
@@ -164,7 +170,7 @@ def soft_label_stats(
         "normalized_entropy": float(mean_entropy / np.log(num_classes)) if num_classes > 1 else 0.0,
     }
     if labels is not None:
-        labels = _np(labels)
+        labels = _np(labels).reshape(-1)
         keep = labels != IGNORE_INDEX
         stats["teacher_error_rate"] = 1.0 - accuracy(logits[keep], labels[keep])
     return stats
@@ -190,15 +196,21 @@ def classification_metrics(
     labels: Any,
     teacher_logits: Any | None = None,
     num_labels: int | None = None,
+    mask: Any | None = None,
 ) -> dict[str, float]:
     """Student metrics, plus teacher fidelity metrics when ``teacher_logits`` are given.
 
     Label-based metrics (accuracy, macro_f1, ece, teacher_accuracy) skip items
     labelled -100; fidelity metrics (agreement, kl_to_teacher at T=1, epsilon)
-    use every item, since they need no labels.
+    use every item, since they need no labels. ``mask`` (the items' shape, boolean)
+    drops items that are not items at all (padding) from both.
     """
     student = _logits(student_logits)
-    labels = _np(labels)
+    labels = _np(labels).reshape(-1)
+    items = np.ones(len(labels), dtype=bool) if mask is None else _np(mask).reshape(-1).astype(bool)
+    if teacher_logits is not None:
+        teacher_logits = _logits(teacher_logits)[items]
+    student, labels = student[items], labels[items]
     keep = labels != IGNORE_INDEX
     out = {
         "accuracy": accuracy(student[keep], labels[keep]),
@@ -206,7 +218,7 @@ def classification_metrics(
         "ece": expected_calibration_error(student[keep], labels[keep]),
     }
     if teacher_logits is not None:
-        teacher = _logits(teacher_logits)
+        teacher = teacher_logits
         out["agreement"] = agreement(student, teacher)
         out["kl_to_teacher"] = mean_kl(student, teacher)
         out["epsilon"] = max_sq_distance(student, teacher)

@@ -1,7 +1,10 @@
-"""`DistillationTrainer`: the transformers Trainer with a distillation loss, nothing else.
+"""`DistillationTrainer`: the transformers Trainer with the distillation objective, nothing else.
 
-Soft labels arrive in the batch (`teacher_logits`, from the cache by the collator), so a training step costs what
-fine-tuning the student costs: no teacher forward pass.
+The objective is a weighted sum of named loss terms (`losses.objective`), each logged as its own curve
+(`loss_<term>`). The teacher's knowledge comes from one of two sources: *cached* (its logits arrive in the batch as
+`teacher_logits`, looked up by the collator, so a step costs what fine-tuning the student costs), or *online*
+(teachers given to the trainer run on the same batch in eval mode under no_grad, for knowledge too large to cache).
+An online teacher is not part of the model: it is never saved in checkpoints.
 """
 
 import logging
@@ -14,7 +17,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .config import DistillationConfig
-from .losses import distillation_loss
+from .losses import TermInputs, ensemble_logits, objective
 
 _NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
 
@@ -38,7 +41,7 @@ def progress_line(step: int, max_steps: int, elapsed: float, logs: dict, first_s
     time left assumes the remaining steps take as long as this process's steps so far took on average.
     """
     parts = [f"step {step}/{max_steps} ({100 * step / max(max_steps, 1):.0f}%)" if max_steps else f"step {step}"]
-    parts += [f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "loss_soft", "loss_hard", "grad_norm")]
+    parts += [f"{k} {v:.4g}" for k, v in logs.items() if k == "grad_norm" or k == "loss" or k.startswith("loss_")]
     parts.append(f"{_duration(elapsed)} elapsed")
     if first_step < step < max_steps:
         parts.append(f"about {_duration(elapsed / (step - first_step) * (max_steps - step))} left")
@@ -97,22 +100,38 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class DistillationTrainer(Trainer):
-    """Trains a student with `args.strategy` ('hard', 'soft', 'mixed'), `args.temperature` and `args.alpha`.
+    """Trains a student on `args.objective_weights()` (the strategy's preset, or `args.objective`) at
+    `args.temperature`.
 
     The loss is a sum over the items of the whole gradient-accumulated batch divided by their number
     (`num_items_in_batch`), so accumulating k batches of n gives the gradient of one batch of k*n.
+
+    Args:
+        task: the task (`kdistill.tasks`), which marks a batch's items (`item_mask`); None: every position.
+        online_teachers: (model, weight) pairs run on each batch that has no `teacher_logits`; several combine
+            by `losses.ensemble_logits`.
+        teacher_tokenizers: each online teacher's tokenizer, checked against the student's (`processing_class`)
+            here, since an online teacher reads the student's input ids.
     """
 
     # compute_loss divides by num_items_in_batch, which _get_num_items_in_batch always provides in training.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, task=None, online_teachers=None, teacher_tokenizers=None, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, DistillationConfig):
             raise TypeError("DistillationTrainer needs args=DistillationConfig(...)")
         # Plain nn.Module students name no label argument; the labels still travel in the batch as 'labels'.
         if not self.label_names:
             self.label_names = ["labels"]
+        self.task = task
+        self.objective_weights = self.args.objective_weights()
+        self.online_teachers = []
+        for i, (teacher, weight) in enumerate(online_teachers or []):
+            tokenizer = (teacher_tokenizers or [None] * (i + 1))[i]
+            check_same_tokenizer(tokenizer, self.processing_class, f"online teacher {i + 1}")
+            teacher.to(self.args.device).eval().requires_grad_(False)
+            self.online_teachers.append((teacher, float(weight)))
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         # With tqdm disabled the Trainer prints every log line; library code speaks through logging only.
         if self.pop_callback(PrinterCallback) is not None:
@@ -143,24 +162,32 @@ class DistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
+    def _online_teacher_logits(self, model_inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            outputs = [teacher(**model_inputs) for teacher, _ in self.online_teachers]
+        logits = [(o["logits"] if isinstance(o, dict) else o[0]).float() for o in outputs]
+        return ensemble_logits(logits, [w for _, w in self.online_teachers], self.args.temperature)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        teacher_logits = inputs.get("teacher_logits")
-        outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        outputs = model(**model_inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        strategy = self.args.strategy
-        if teacher_logits is None and not model.training:
-            strategy = "hard"  # evaluation data without soft labels: report the hard loss
-        loss, parts = distillation_loss(
-            logits,
-            labels,
-            teacher_logits,
-            strategy=strategy,
+        teacher_logits = inputs.get("teacher_logits")
+        if teacher_logits is None and self.online_teachers:
+            teacher_logits = self._online_teacher_logits(model_inputs)
+        terms = TermInputs(
+            student_logits=logits,
+            labels=inputs.get("labels"),
+            teacher_logits=teacher_logits,
             temperature=self.args.temperature,
-            alpha=self.args.alpha,
-            soft_loss=self.args.soft_loss,
+            mask=self.task.item_mask(inputs) if self.task is not None else None,
             num_items=num_items_in_batch,
         )
+        weights = self.objective_weights
+        if not model.training and teacher_logits is None:
+            # Evaluation data without soft labels: report the terms that need none, or the hard loss.
+            weights = {k: w for k, w in weights.items() if k == "hard_ce"} or {"hard_ce": 1.0}
+        loss, parts = objective(weights, terms, step=self.state.global_step, max_steps=self.state.max_steps)
         if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
             # num_items counts every process's items while DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
@@ -173,7 +200,7 @@ class DistillationTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Add the hard and soft parts of the loss as their own curves (loss_hard, loss_soft; eval_loss_*).
+        # Add each term of the objective as its own curve (loss_hard_ce, loss_soft_kl, ...; eval_loss_*).
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         parts = self._loss_parts[mode]
         if parts:
@@ -191,3 +218,18 @@ class DistillationTrainer(Trainer):
                 logs[f"{prefix}loss_{name}"] = round(value, 6)
             parts.clear()
         super().log(logs, start_time)
+
+
+def check_same_tokenizer(teacher_tokenizer, student_tokenizer, what: str) -> None:
+    """An online teacher reads the student's input ids: their tokenizers must map text to the same ids."""
+    from .errors import UserError
+
+    if teacher_tokenizer is None or student_tokenizer is None:
+        return
+    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise UserError(
+            f"{what}'s tokenizer ({len(teacher_tokenizer)} tokens) differs from the student's "
+            f"({len(student_tokenizer)} tokens), and an online teacher reads the student's input ids; give the "
+            "student the teacher's tokenizer (student_tokenizer), or use soft_label_source: cache, whose soft "
+            "labels are looked up by example and work with any student tokenizer"
+        )

@@ -1,4 +1,4 @@
-"""Distillation losses as pure functions of tensors.
+"""Loss terms on logits, as pure functions of tensors.
 
 Conventions shared by every loss here:
 
@@ -19,15 +19,13 @@ Conventions shared by every loss here:
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100
-
-STRATEGIES = ("hard", "soft", "mixed")
 
 
 def _item_mask(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -157,85 +155,18 @@ def logit_mse(
     return _reduce(per_item, keep, num_items)
 
 
-def _logit_mse_soft(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float,
-    mask: Tensor | None = None,
-    num_items: int | Tensor | None = None,
-) -> Tensor:
-    """``logit_mse`` with the soft-loss signature; temperature does not apply to raw logits."""
-    return logit_mse(student_logits, teacher_logits, mask=mask, num_items=num_items)
+def ensemble_logits(logits: list[Tensor], weights: list[float], temperature: float) -> Tensor:
+    """Several teachers as one: ``T * log(sum_i w_i * softmax(z_i / T))``, weights normalised to sum to 1.
 
-
-SOFT_LOSSES: dict[str, Callable[..., Tensor]] = {"kl": soft_kl, "mse": _logit_mse_soft}
-
-
-def distillation_loss(
-    student_logits: Tensor,
-    labels: Tensor | None,
-    teacher_logits: Tensor | None,
-    strategy: str,
-    temperature: float = 1.0,
-    alpha: float = 0.5,
-    soft_loss: str = "kl",
-    mask: Tensor | None = None,
-    num_items: int | Tensor | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Combine hard and soft losses according to ``strategy``.
-
-    * ``"hard"``: ``hard_ce`` only (teacher logits may be None).
-    * ``"soft"``: the soft loss only (labels may be None, e.g. unlabelled transfer data).
-    * ``"mixed"``: ``alpha * soft + (1 - alpha) * hard``.
-
-    With ``num_items`` both parts of "mixed" are divided by the same number, so
-    unlabelled items (label -100) contribute only the soft term. Without it each
-    part is a mean over its own counted items.
-
-    Args:
-        student_logits: ``[..., C]`` logits.
-        labels: gold labels, -100 = ignore; required for "hard" and "mixed".
-        teacher_logits: required for "soft" and "mixed".
-        strategy: one of ``STRATEGIES``.
-        temperature: softmax temperature for the soft loss.
-        alpha: weight of the soft part in "mixed", in [0, 1].
-        soft_loss: key of ``SOFT_LOSSES``.
-        mask: optional boolean item mask.
-        num_items: optional global denominator (see module docstring).
-
-    Returns:
-        ``(total, parts)`` where ``parts`` holds detached "hard" and/or "soft"
-        values for logging; ``total`` carries the gradient.
+    Its softmax at temperature T is the weighted mean of the teachers' softened probabilities (the usual ensemble
+    of distillation, Hinton et al. 2015, section 3), so `soft_kl` against it is KL against that mixture.
+    Averaging raw logits instead would weight a confident teacher more than its weight says. `logit_mse`
+    against these logits compares with log-probabilities scaled by T, not with any one teacher's raw logits.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if soft_loss not in SOFT_LOSSES:
-        raise ValueError(f"unknown soft_loss {soft_loss!r}; valid: {', '.join(SOFT_LOSSES)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if strategy in ("hard", "mixed") and labels is None:
-        raise ValueError(f"strategy {strategy!r} needs labels, got None")
-    if strategy in ("soft", "mixed") and teacher_logits is None:
-        raise ValueError(f"strategy {strategy!r} needs teacher_logits, got None")
-
-    hard = soft = None
-    if strategy in ("hard", "mixed"):
-        hard = hard_ce(student_logits, labels, mask=mask, num_items=num_items)
-    if strategy in ("soft", "mixed"):
-        soft = SOFT_LOSSES[soft_loss](
-            student_logits, teacher_logits, temperature, mask=mask, num_items=num_items
-        )
-
-    if strategy == "hard":
-        total = hard
-    elif strategy == "soft":
-        total = soft
-    else:
-        total = alpha * soft + (1.0 - alpha) * hard
-
-    parts: dict[str, Tensor] = {}
-    if hard is not None:
-        parts["hard"] = hard.detach()
-    if soft is not None:
-        parts["soft"] = soft.detach()
-    return total, parts
+    if len(logits) != len(weights) or not logits:
+        raise ValueError(f"got {len(logits)} teachers' logits and {len(weights)} weights")
+    if len(logits) == 1:
+        return logits[0]
+    total = float(sum(weights))
+    parts = [F.log_softmax(z.float() / temperature, dim=-1) + math.log(w / total) for z, w in zip(logits, weights)]
+    return temperature * torch.logsumexp(torch.stack(parts), dim=0)

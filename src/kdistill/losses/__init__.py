@@ -1,0 +1,24 @@
+"""Loss terms as pure functions of tensors (`logits`), and the objective that weights and sums them (`objective`).
+
+Feature terms (hidden states, attention) join `TERMS` as files beside `logits.py`.
+"""
+
+from .logits import IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
+from .objective import (
+    SOFT_LOSSES,
+    SOFT_TERMS,
+    STRATEGIES,
+    TERMS,
+    Term,
+    TermInputs,
+    check_weights,
+    distillation_loss,
+    needs,
+    objective,
+    preset_weights,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights",
+    "distillation_loss", "ensemble_logits", "hard_ce", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
+]

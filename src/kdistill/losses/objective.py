@@ -1,0 +1,138 @@
+"""The student's objective: a weighted sum of named loss terms, ``sum_i weight_i(step) * term_i``.
+
+A term is a pure function of what one batch offers (`TermInputs`): the student's logits, the gold labels, the
+teacher's logits (from the cache or from a teacher running in the trainer), the item mask and the item count.
+`TERMS` maps each name a config may use to its function and to the inputs it needs, so adding a term is one
+function and one dict entry (torchdistill's plain name-to-function dict). Weights are numbers or schedules
+(`kdistill.schedules`): functions of the training step, resolved once per step.
+
+`strategy: hard | soft | mixed` are presets (`preset_weights`) that expand to terms and give the numbers the
+strategies always gave: ``mixed`` is ``alpha * soft + (1 - alpha) * hard``, summed in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..schedules import Weight, value_at
+from .logits import hard_ce, logit_mse, soft_kl
+
+STRATEGIES = ("hard", "soft", "mixed")
+# The soft part of a preset, by the config's `soft_loss` name.
+SOFT_TERMS = {"kl": "soft_kl", "mse": "logit_mse"}
+SOFT_LOSSES = tuple(SOFT_TERMS)
+
+
+@dataclass
+class TermInputs:
+    """What a loss term may read from one batch; a term that needs a field that is None cannot run."""
+
+    student_logits: Tensor
+    labels: Tensor | None = None
+    teacher_logits: Tensor | None = None
+    temperature: float = 1.0
+    mask: Tensor | None = None
+    num_items: int | Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Term:
+    fn: Callable[[TermInputs], Tensor]
+    needs: tuple[str, ...]  # TermInputs fields that must not be None
+    help: str
+
+
+TERMS: dict[str, Term] = {
+    "hard_ce": Term(
+        lambda x: hard_ce(x.student_logits, x.labels, mask=x.mask, num_items=x.num_items),
+        ("labels",), "cross-entropy on the gold labels",
+    ),
+    "soft_kl": Term(
+        lambda x: soft_kl(x.student_logits, x.teacher_logits, x.temperature, mask=x.mask, num_items=x.num_items),
+        ("teacher_logits",), "KL(teacher || student) at temperature T, times T^2 (Hinton et al. 2015)",
+    ),
+    "logit_mse": Term(
+        lambda x: logit_mse(x.student_logits, x.teacher_logits, mask=x.mask, num_items=x.num_items),
+        ("teacher_logits",), "squared error between raw logits (Ba & Caruana 2014)",
+    ),
+}
+
+
+def preset_weights(strategy: str, alpha: float = 0.5, soft_loss: str = "kl") -> dict[str, float]:
+    """The terms and weights a strategy stands for, soft part first (the order the sum is taken in)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if soft_loss not in SOFT_TERMS:
+        raise ValueError(f"unknown soft_loss {soft_loss!r}; valid: {', '.join(SOFT_TERMS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    soft = SOFT_TERMS[soft_loss]
+    return {"hard": {"hard_ce": 1.0}, "soft": {soft: 1.0}, "mixed": {soft: alpha, "hard_ce": 1.0 - alpha}}[strategy]
+
+
+def check_weights(weights: Mapping[str, Weight], where: str = "objective") -> None:
+    """Every name must be a term; raises ValueError naming the valid ones."""
+    if not weights:
+        raise ValueError(f"{where}: give at least one term ({', '.join(TERMS)})")
+    unknown = [name for name in weights if name not in TERMS]
+    if unknown:
+        raise ValueError(f"{where}: unknown term {unknown[0]!r}; valid terms: {', '.join(TERMS)}")
+
+
+def needs(weights: Mapping[str, Weight], field: str) -> bool:
+    """Whether any term of the objective reads `field` (e.g. "teacher_logits": the run needs soft labels)."""
+    return any(field in TERMS[name].needs for name in weights)
+
+
+def objective(
+    weights: Mapping[str, Weight], inputs: TermInputs, step: int = 0, max_steps: int = 0, skip_missing: bool = False
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``sum_i weight_i(step) * term_i(inputs)``, and each term's detached value for logging.
+
+    Args:
+        weights: term name -> weight (a number or a schedule); the sum is taken in this order.
+        skip_missing: leave out terms whose inputs the batch lacks (evaluation data without soft labels reports
+            the terms it can); otherwise such a term is an error.
+    """
+    total, parts = None, {}
+    for name, weight in weights.items():
+        term = TERMS[name]
+        missing = [f for f in term.needs if getattr(inputs, f) is None]
+        if missing:
+            if skip_missing:
+                continue
+            raise ValueError(f"term {name!r} needs {', '.join(missing)}, got None")
+        value = term.fn(inputs)
+        w = value_at(weight, step, max_steps)
+        weighted = value if w == 1.0 else w * value
+        total = weighted if total is None else total + weighted
+        parts[name] = value.detach()
+    if total is None:
+        raise ValueError(f"no term of {', '.join(weights)} can be computed from this batch")
+    return total, parts
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    labels: Tensor | None,
+    teacher_logits: Tensor | None,
+    strategy: str,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    soft_loss: str = "kl",
+    mask: Tensor | None = None,
+    num_items: int | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A strategy's objective on one batch: ``hard`` (hard_ce), ``soft`` (the soft term) or ``mixed``
+    (``alpha * soft + (1 - alpha) * hard``). With ``num_items`` both parts of mixed share one denominator, so
+    unlabelled items (label -100) contribute only the soft term.
+
+    Returns ``(total, parts)``: parts holds each term's detached value by term name (``hard_ce``, ``soft_kl``,
+    ``logit_mse``); ``total`` carries the gradient.
+    """
+    weights = preset_weights(strategy, alpha, soft_loss)
+    inputs = TermInputs(student_logits, labels, teacher_logits, temperature, mask, num_items)
+    return objective(weights, inputs)

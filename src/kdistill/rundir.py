@@ -1,0 +1,260 @@
+"""The run directory: its layout, its record of the config (`run_config.json`), resume and checkpoint checks.
+
+The one owner of where a run's files lie; pipeline, compare and export all ask it:
+
+    run_config.json     the config that made the run (which later runs compare themselves against)
+    labels.json         the label -> id map, shared by teacher and student
+    teacher/            the fine-tuned teacher (when teacher_train)
+    soft_labels/        the teacher's outputs per split, fingerprinted (kdistill.soft_labels)
+    student/            the trained student, its tokenizer and checkpoints
+    eval.json           quality, fidelity, calibration, size and speed
+    export/             what `kdistill export` writes
+"""
+
+import json
+import logging
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .config import RunConfig, config_to_dict, teacher_list
+from .errors import UserError
+from .files import write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+LABELS_FILE = "labels.json"
+EVAL_FILE = "eval.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's parts lie, from its output_dir (and soft_label_cache, which may lie elsewhere)."""
+
+    out: str
+    cache: str
+
+    @property
+    def teacher(self) -> str:
+        return os.path.join(self.out, "teacher")
+
+    @property
+    def student(self) -> str:
+        return os.path.join(self.out, "student")
+
+    @property
+    def eval(self) -> str:
+        return os.path.join(self.out, EVAL_FILE)
+
+    @property
+    def record(self) -> str:
+        return os.path.join(self.out, RUN_CONFIG)
+
+    @property
+    def labels(self) -> str:
+        return os.path.join(self.out, LABELS_FILE)
+
+    @property
+    def export(self) -> str:
+        return os.path.join(self.out, "export")
+
+
+def paths(config: RunConfig) -> RunPaths:
+    out = config.output_dir
+    return RunPaths(out, config.distill.soft_label_cache or os.path.join(out, "soft_labels"))
+
+
+def teachers(config: RunConfig) -> list[tuple[str, float]]:
+    """Where the teachers the student learns from live, with their weights: this run's fine-tuned teacher, or
+    the fine-tuned one(s) given (teacher_model, or the `teachers` list)."""
+    from .students import resolve_model_path
+
+    if config.teacher.teacher_train:
+        path = paths(config).teacher
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"no fine-tuned teacher in {path}: run `kdistill teach` first (or set teacher_train: false)")
+        return [(path, 1.0)]
+    return [(resolve_model_path(model), weight) for model, weight in teacher_list(config.teacher)]
+
+
+def teacher_dir(config: RunConfig) -> str:
+    """The first (for one teacher: the) teacher's directory."""
+    return teachers(config)[0][0]
+
+
+# Fields that change where a run logs, how it checkpoints or how fast it evaluates, not what it trains: a rerun
+# that changes only these continues the run in output_dir. Any other change is another run (see check_output_dir).
+_UNTRACKED = {
+    "data": ("test_file",),
+    "teacher": ("trust_remote_code",),
+    "distill": (
+        "output_dir", "overwrite", "resume_from_checkpoint", "soft_label_cache", "speed_batches",
+        "per_device_eval_batch_size", "report_to", "run_name", "project", "disable_tqdm", "local_rank", "debug",
+        "skip_memory_metrics", "push_to_hub", "do_train", "do_eval", "do_predict", "include_num_input_tokens_seen",
+        "ddp_timeout", "ddp_backend", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+    ),
+}
+_UNTRACKED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "dataloader_")
+
+
+
+def is_main(config: RunConfig) -> bool:
+    """Whether this process writes the run's files (always, unless launched by torchrun/accelerate as rank > 0)."""
+    return config.distill.process_index == 0
+
+
+def _tracked(record: dict[str, dict[str, Any]], sections: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of a run record that define what the run trains, as {"section.field": value}."""
+    out = {}
+    for section in sections:
+        for key, value in record.get(section, {}).items():
+            if key in _UNTRACKED.get(section, ()) or key.startswith(_UNTRACKED_PREFIXES):
+                continue
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    # A field missing from the old record (written by an older kdistill) is not a difference.
+    for key, value in new.items():
+        if key in old and old[key] != value:
+            return f"{key}={old[key]!r}, not {value!r}"
+    return None
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def check_output_dir(config: RunConfig, verb: str) -> list[str]:
+    """Check that output_dir may take this run; returns what `take_output_dir` deletes first (with overwrite).
+
+    An output_dir holding the products of a run made with another config (`run_config.json` differs in a tracked
+    field) is refused, unless `overwrite`, which deletes those products: teach replaces teacher/ (and so the
+    student and eval.json made from it), distill replaces student/ and eval.json (with overwrite, also when the
+    config is the same: the run starts over). The same config is allowed: that is a resumed run. The soft-label
+    cache is never deleted: it is keyed by what produced it. Nothing is written here, so that a run that stops on
+    bad input later leaves the directory as it was.
+
+    Args:
+        verb: "teach" or "distill".
+    """
+    p = paths(config)
+    out = p.out
+    for what, path in (("output_dir", out), ("soft_label_cache", p.cache)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{what} {path} is a file, not a directory; give a directory (it is created if missing)")
+    record_path = p.record
+    old = None
+    if os.path.isfile(record_path):
+        try:
+            with open(record_path, encoding="utf-8") as fh:
+                old = json.load(fh)
+        except (OSError, ValueError) as err:
+            if not config.distill.overwrite:
+                raise UserError(f"{record_path} is unreadable ({str(err).splitlines()[0]}); pass --overwrite to replace "
+                                "the run in that directory") from None
+    # The products this verb would replace, and which parts of the config they depend on. Distilling from this
+    # run's own fine-tuned teacher depends on the config that taught it, even before a student exists.
+    teacher_made = os.path.isdir(p.teacher) and config.teacher.teacher_train
+    if verb == "teach":
+        products = [p.teacher, p.student, p.eval] if config.teacher.teacher_train else []
+        sections = ("data", "teacher") if teacher_made else ()
+    else:
+        products = [p.student, p.eval]
+        sections = ("data", "teacher", "student", "distill") if os.path.isdir(p.student) else \
+            ("data", "teacher") if teacher_made else ()
+    existing = [p for p in products if os.path.exists(p)]
+    reason = None
+    if sections and old is None:
+        reason = f"no {RUN_CONFIG} says which config made its {', '.join(os.path.basename(p) for p in existing)}"
+    elif sections:
+        diff = _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+        reason = diff and f"it holds a run made with {diff}"
+    if reason and not config.distill.overwrite:
+        raise UserError(f"output_dir {out}: {reason}; use another output_dir, or pass --overwrite to replace that run")
+    return existing if config.distill.overwrite and (reason or verb == "distill") else []
+
+
+def take_output_dir(config: RunConfig, stale: list[str]) -> None:
+    """Delete `stale` (from check_output_dir) and record this run's config in output_dir/run_config.json."""
+    if not is_main(config):
+        return
+    if stale:
+        logger.warning("overwrite: deleting %s", ", ".join(stale))
+        for path in stale:
+            _remove(path)
+    write_json(paths(config).record, config_to_dict(config))
+
+
+
+def check_checkpoint(path: str) -> None:
+    """Load a checkpoint's pickled state files the way the Trainer will (torch.load(weights_only=True), numpy's
+    RNG types allowed), before training starts: a file holding other objects (a malicious pickle) or a damaged one
+    ends in one line here instead of a traceback once the progress bar is up. training_args.bin is not read back on
+    resume, so it is not checked."""
+    for name in sorted(os.listdir(path)):
+        if not name.endswith((".pt", ".pth", ".bin")) or name == "training_args.bin":
+            continue
+        try:
+            with safe_globals():
+                torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(
+                f"checkpoint {path}: {name} holds objects other than tensors, which kdistill does not unpickle "
+                "(it was not loaded); delete that checkpoint, or pass --overwrite to start over"
+            ) from None
+        except Exception as err:  # noqa: BLE001 - a truncated or damaged file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"checkpoint {path}: {name} is unreadable ({first}); delete that checkpoint, or pass "
+                            "--overwrite to start over") from None
+
+
+def resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
+    """The checkpoint to resume from: the one asked for, else the last complete one in student_dir (if any).
+
+    A checkpoint is complete when its trainer_state.json (the Trainer writes it last) reads back; a run killed
+    while saving leaves a directory without it, which is skipped.
+    """
+    asked = config.distill.resume_from_checkpoint
+    if isinstance(asked, str) and asked.lower() in ("true", "last"):
+        asked = None
+    elif asked:
+        if not os.path.isdir(asked):
+            raise UserError(f"resume_from_checkpoint {asked}: no such checkpoint directory")
+        check_checkpoint(asked)
+        return asked
+    if not os.path.isdir(student_dir):
+        return None
+    steps = []
+    for name in os.listdir(student_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit():
+            steps.append((int(step), os.path.join(student_dir, name)))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+                json.load(fh)
+        except (OSError, ValueError):
+            logger.warning("checkpoint %s is incomplete (a run killed while saving it?); skipped", path)
+            continue
+        check_checkpoint(path)
+        logger.info("resuming from %s (pass --overwrite to start over)", path)
+        return path
+    return None
+
+
+
+def checkpoint_step(path: str) -> int:
+    tail = os.path.basename(os.path.normpath(path)).rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0

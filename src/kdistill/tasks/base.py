@@ -1,0 +1,101 @@
+"""What every task provides, and the collator they share.
+
+A task answers the engine's questions about one kind of problem:
+
+- data: `label_values` (what the label map is built from), `encode_labels`, `prepare` (rows -> model inputs,
+  `labels`, `idx`, `length`), `teacher_inputs` (the same rows in chunks for the soft-label pass);
+- batching: `pad_inputs` (a list of rows -> a batch of tensors), `collator` (adds labels and the teacher's
+  logits, looked up by `idx`);
+- items: `item` names what one item is ("row", "word", "token"); `item_mask` marks the items of a batch;
+- models: `auto_model`, the transformers Auto class its models load with (None for plain `nn.Module`s);
+- outputs: `metrics` (quality and fidelity on a split), `trainer_metrics` (the Trainer's compute_metrics);
+- export: `export_inputs` and `export_output_axes`, the ONNX signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def stack_labels(values: Sequence[Any]) -> Tensor:
+    """One label per row -> [B]; a list per row (words, tokens) -> [B, L] padded with -100."""
+    if values and isinstance(values[0], (list, tuple, Tensor)):
+        rows = [torch.as_tensor(v, dtype=torch.long) for v in values]
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=IGNORE_INDEX)
+    return torch.tensor(values, dtype=torch.long)
+
+
+def gather_teacher_logits(source: Any, idx: Tensor) -> Tensor:
+    """The teacher's logits for rows `idx`: [B, C] for one item per row, [B, L, C] (zero-padded) for ragged rows.
+
+    `source` is anything indexable by a LongTensor of rows: a tensor, or a soft-label cache read lazily.
+    """
+    got = source[idx]
+    if isinstance(got, (list, tuple)):
+        return torch.nn.utils.rnn.pad_sequence(list(got), batch_first=True, padding_value=0.0)
+    return got
+
+
+class ItemCollator:
+    """Pads a batch with the task's `pad_inputs`, stacks its labels and attaches the teacher's logits by `idx`.
+
+    Args:
+        pad_inputs: model-input rows (no `idx`, `labels`, `length`) -> a dict of batch tensors.
+        teacher_logits: indexed by row (`gather_teacher_logits`), or None for hard-label training.
+        combine: several teachers' logits -> one teacher's (`losses.ensemble_logits`), when `teacher_logits`
+            is a list of sources.
+    """
+
+    def __init__(self, pad_inputs: Callable[[list[dict]], dict], teacher_logits: Any = None,
+                 combine: Callable[[list[Tensor]], Tensor] | None = None):
+        self.pad_inputs, self.teacher_logits, self.combine = pad_inputs, teacher_logits, combine
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
+        labels = stack_labels([f["labels"] for f in features])
+        model_inputs = [{k: v for k, v in f.items() if k not in ("idx", "labels", "length")} for f in features]
+        batch = dict(self.pad_inputs(model_inputs))
+        batch["labels"] = labels
+        batch["idx"] = idx
+        if isinstance(self.teacher_logits, list):
+            batch["teacher_logits"] = self.combine([gather_teacher_logits(s, idx) for s in self.teacher_logits])
+        elif self.teacher_logits is not None:
+            batch["teacher_logits"] = gather_teacher_logits(self.teacher_logits, idx)
+        return batch
+
+
+class Task:
+    """The base of every task: the defaults suit classification with one label per row."""
+
+    name = ""
+    item = "row"
+    auto_model: str | None = None
+    export_inputs: tuple[str, ...] = ()
+    export_output_axes: dict[str, dict[int, str]] = {"logits": {0: "batch"}}
+
+    def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> ItemCollator:
+        return ItemCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
+
+    def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Which positions of the batch's logits are items (None: all of them, e.g. one item per row)."""
+        return None
+
+    def metrics(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
+                num_labels: int) -> dict[str, float]:
+        from .. import metrics
+
+        return metrics.classification_metrics(student_logits, labels, teacher_logits, num_labels)
+
+    def trainer_metrics(self, pred: Any) -> dict[str, float]:
+        from .. import metrics
+
+        return {"accuracy": metrics.accuracy(pred.predictions, pred.label_ids)}
