@@ -176,3 +176,23 @@ def test_negative_bool_flag_overrides_default_and_yaml(tmp_path):
     assert parse_config(["--no_teacher_train"], str(path)).teacher.teacher_train is False
     assert parse_config(["--train_file", "t.tsv", "--no_teacher_train"]).teacher.teacher_train is False
     assert parse_config(["--train_file", "t.tsv"]).teacher.teacher_train is True
+
+
+def test_teachers_list_and_objective_are_validated():
+    from kdistill.config import teacher_list
+
+    config = make_config(train_file="x.tsv", teacher_train=False,
+                         teachers=[{"model": "a"}, {"model": "b", "weight": 3}])
+    assert teacher_list(config.teacher) == [("a", 1.0), ("b", 3.0)]
+    assert teacher_list(make_config(train_file="x.tsv", teacher_model="m").teacher) == [("m", 1.0)]
+    with pytest.raises(ConfigError, match="set teacher_train: false"):
+        make_config(train_file="x.tsv", teachers=[{"model": "a"}])
+    with pytest.raises(ConfigError, match=r"teachers\[1\].weight must be a number > 0, got -1"):
+        make_config(train_file="x.tsv", teacher_train=False, teachers=[{"model": "a"}, {"model": "b", "weight": -1}])
+    assert make_config(train_file="x.tsv", strategy="mixed", alpha=0.25).distill.objective_weights() == \
+        {"soft_kl": 0.25, "hard_ce": 0.75}
+    assert make_config(train_file="x.tsv", objective={"logit_mse": 2}).distill.objective_weights() == {"logit_mse": 2.0}
+    with pytest.raises(ConfigError, match="unknown term 'kl'; valid terms: hard_ce, soft_kl, logit_mse"):
+        make_config(train_file="x.tsv", objective={"kl": 1.0})
+    with pytest.raises(ConfigError, match="task must be one of sequence_classification, image_classification"):
+        make_config(train_file="x.tsv", task="ner")

@@ -272,3 +272,13 @@ def test_schedules_endpoints():
     ramp = schedules.linear(2.0, 6.0)
     assert (ramp(0, 100), ramp(50, 100), ramp(100, 100), ramp(150, 100)) == (2.0, 4.0, 6.0, 6.0)
     assert schedules.value_at(3.5, 7, 10) == 3.5 and schedules.value_at(schedules.constant(1.5), 0, 0) == 1.5
+
+
+def test_ensemble_of_teachers_is_the_weighted_mixture_of_their_softened_probabilities():
+    from kdistill.losses import ensemble_logits
+
+    a, b = _rand(5, 3, seed=3), _rand(5, 3, seed=4)
+    mixed = ensemble_logits([a, b], [3.0, 1.0], temperature=2.0)
+    expected = 0.75 * F.softmax(a / 2, -1) + 0.25 * F.softmax(b / 2, -1)
+    torch.testing.assert_close(F.softmax(mixed / 2, -1), expected)
+    assert ensemble_logits([a], [5.0], 2.0) is a  # one teacher: its own logits, untouched

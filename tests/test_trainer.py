@@ -100,3 +100,54 @@ def test_progress_line_estimates_the_time_left_from_the_steps_so_far():
     assert progress_line(10, 10, 4000.0, {"loss": 1.0}) == "step 10/10 (100%), loss 1, 1h06m elapsed"
     # A run resumed at step 100: 50 steps in 60 s, so the 400 left take about 8 minutes.
     assert progress_line(150, 550, 60.0, {"loss": 0.5}, first_step=100).endswith("1m00s elapsed, about 8m00s left")
+
+
+def _tiny_bert(tokenizer, seed, layers=1, init=0.02):
+    torch.manual_seed(seed)
+    # A random BERT's logits are near 0 at the usual init (0.02): with a wider one, teachers differ clearly.
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        initializer_range=init)
+    return BertForSequenceClassification(config)
+
+
+def _loss_on_one_batch(tmp_path, tokenizer, rows, teacher_logits=None, online=None, tokenizers=None):
+    args = DistillationConfig(output_dir=str(tmp_path), strategy="mixed", temperature=2.0, alpha=0.5,
+                              save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
+    task = get_task("sequence_classification")
+    trainer = DistillationTrainer(model=_tiny_bert(tokenizer, 0), args=args, train_dataset=rows, task=task,
+                                  data_collator=task.collator(tokenizer, teacher_logits), processing_class=tokenizer,
+                                  online_teachers=online, teacher_tokenizers=tokenizers)
+    batch = trainer.data_collator(rows)
+    trainer.model.eval()
+    return trainer, float(trainer.compute_loss(trainer.model, batch).detach())
+
+
+def test_online_teacher_gives_the_loss_of_its_cached_logits(tmp_path, word_tokenizer):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    rows = _rows(tokenizer, [0, 1, 1, 0])
+    teacher = _tiny_bert(tokenizer, 7, layers=2, init=1.0).eval()
+    batch = get_task("sequence_classification").collator(tokenizer)(rows)
+    with torch.no_grad():
+        cached = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    _, from_cache = _loss_on_one_batch(tmp_path, tokenizer, rows, teacher_logits=cached)
+    trainer, online = _loss_on_one_batch(tmp_path, tokenizer, rows, online=[(teacher, 1.0)], tokenizers=[tokenizer])
+    assert online == pytest.approx(from_cache, rel=1e-6)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    # The online teacher is not part of the model: a checkpoint holds the student's weights only.
+    assert not any(name.startswith("teacher") for name in trainer.model.state_dict())
+    _, other = _loss_on_one_batch(tmp_path, tokenizer, rows, online=[(_tiny_bert(tokenizer, 8, 2, init=1.0).eval(), 1.0)])
+    assert abs(other - from_cache) > 0.05  # another teacher: another loss, so the teacher really ran
+
+
+def test_online_teacher_with_another_tokenizer_is_refused(tmp_path, word_tokenizer):
+    from conftest import make_word_tokenizer
+
+    from kdistill import UserError
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    other = PreTrainedTokenizerFast.from_pretrained(make_word_tokenizer(tmp_path / "small", vocab_size=500))
+    with pytest.raises(UserError, match=r"online teacher 1's tokenizer \(500 tokens\) differs from the student's "
+                                        r"\(2000 tokens\).*soft_label_source: cache"):
+        _loss_on_one_batch(tmp_path, tokenizer, _rows(tokenizer, [0, 1]),
+                           online=[(_tiny_bert(other, 1), 1.0)], tokenizers=[other])

@@ -24,10 +24,17 @@ IGNORE_INDEX = -100
 
 
 def stack_labels(values: Sequence[Any]) -> Tensor:
-    """One label per row -> [B]; a list per row (words, tokens) -> [B, L] padded with -100."""
-    if values and isinstance(values[0], (list, tuple, Tensor)):
-        rows = [torch.as_tensor(v, dtype=torch.long) for v in values]
+    """One class per row -> [B] (long); a list of classes per row (words, tokens) -> [B, L] padded with -100.
+    Float labels (regression targets, multi-label vectors) keep their dtype and are stacked as they are."""
+    first = values[0] if len(values) else 0
+    if isinstance(first, (list, tuple, Tensor)):
+        rows = [torch.as_tensor(v) for v in values]
+        if rows[0].is_floating_point():
+            return torch.stack(rows)
+        rows = [r.long() for r in rows]
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=IGNORE_INDEX)
+    if isinstance(first, float):
+        return torch.tensor(values, dtype=torch.float32)
     return torch.tensor(values, dtype=torch.long)
 
 
