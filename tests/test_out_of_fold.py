@@ -64,7 +64,7 @@ def test_every_row_is_labelled_by_one_teacher_that_never_saw_it(tmp_path, tiny_b
     _, labels = read_sst2_rows("train", 150)
     top = float(torch.softmax(logits / 2.0, -1).max(-1).values.double().mean())
     assert stats["mean_top_prob"] == pytest.approx(top, abs=1e-6)
-    assert stats["teacher_error_rate"] == pytest.approx(float((logits.argmax(-1) != torch.tensor(labels)).double().mean()),
-                                                        abs=1e-9)
+    wrong = float((logits.argmax(-1) != torch.tensor(labels)).double().mean())
+    assert stats["teacher_error_rate"] == pytest.approx(wrong, abs=1e-9)
     in_sample_top = float(torch.softmax(in_sample["train"] / 2.0, -1).max(-1).values.double().mean())
     assert stats["mean_top_prob"] != pytest.approx(in_sample_top, abs=1e-6)
