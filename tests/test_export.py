@@ -4,6 +4,7 @@ Nothing here times anything: the speed report runs with one batch and one round,
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -218,6 +219,14 @@ def test_predict_gives_the_same_answer_from_pytorch_and_onnx(exported, run_dir, 
     assert [a["text"] for a in reference] == TEXTS
     for row in reference:
         assert set(row["probabilities"]) == {"0", "1"} and sum(row["probabilities"].values()) == pytest.approx(1.0)
+    # The reference is the student's softmax, computed here one unpadded text at a time.
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "student")
+    with torch.no_grad():
+        probs = [torch.softmax(model(**tokenizer(t, truncation=True, max_length=64, return_tensors="pt")).logits[0], -1)
+                 for t in TEXTS]
+    for row, p in zip(reference, probs):
+        assert row["label"] == str(int(p.argmax())) and row["probabilities"]["1"] == pytest.approx(float(p[1]), abs=1e-5)
     for name in ("student dir (PyTorch)", "export (ONNX fp32)"):
         assert [a["label"] for a in answers[name]] == [a["label"] for a in reference], name
         for a, b in zip(answers[name], reference):
@@ -243,7 +252,7 @@ def test_predict_reads_a_file_and_prints_a_line_per_text(exported, tmp_path, cap
     assert [a["text"] for a in expected] == TEXTS[:2]
 
 
-def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys):
+def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys, caplog):
     # No real export misses 1e-4, so the bound is made impossible to meet.
     monkeypatch.setattr(export, "PARITY_BOUND", -1.0)
     out = tmp_path / "export"
@@ -251,6 +260,8 @@ def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsy
     (out / "model.int8.onnx").write_text("from an earlier export")
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out), "--speed_batches", "0"]) == 1
     assert "FAILED" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "PARITY FAILED: ONNX logits differ from PyTorch's by more than -1 (see export_report.json)"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is False and "FAILED" in (out / "README.md").read_text()
     assert not (out / "model.int8.onnx").exists()  # this export has no --int8: a stale int8 model must not stay
