@@ -21,6 +21,19 @@ def read_sst2_sentences(n: int) -> list[str]:
         return [line.split("\t")[0] for _, line in zip(range(n), fh)]
 
 
+def read_sst2_rows(split: str, n: int) -> tuple[list[str], list[int]]:
+    """The first `n` rows of an SST-2 file (train, dev or test) as texts and integer labels, read without kdistill,
+    so a test can recompute a metric from the same rows the run used (runs take a split's first rows)."""
+    texts, labels = [], []
+    with open(SST2 / f"{split}.tsv", encoding="utf-8") as fh:
+        next(fh)
+        for _, line in zip(range(n), fh):
+            text, label = line.rstrip("\n").split("\t")
+            texts.append(text)
+            labels.append(int(label))
+    return texts, labels
+
+
 def make_word_tokenizer(directory: Path, vocab_size: int = 2000, lowercase_pieces: bool = False) -> str:
     """A word-level tokenizer trained on SST-2 sentences, saved as a transformers tokenizer."""
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))

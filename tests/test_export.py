@@ -4,6 +4,7 @@ Nothing here times anything: the speed report runs with one batch and one round,
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -15,10 +16,34 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import kdistill
 from kdistill import export
 from kdistill.cli import main
-from conftest import make_tiny_bert, tiny_run_values
+from conftest import make_tiny_bert, read_sst2_rows, tiny_run_values
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés from start to finish",
          "bad"]
+
+
+def _onnx_logits(path, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 64) -> np.ndarray:
+    """An ONNX model's logits on `texts`, run here as kdistill runs it: shortest rows first, 64 to a batch padded to
+    its longest, on as many threads as torch has. The batches matter: dynamic int8 quantisation scales each batch by
+    its own range, so other batches give other int8 logits."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    lengths = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    out = np.empty((len(texts), 2), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="np")
+        out[chunk] = session.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +122,46 @@ def test_parity_and_int8_fidelity_are_reported(exported):
     assert report["eval"]["rows"] == 120  # the run's max_eval_samples
     assert report["teacher_parity"]["max_abs_diff"] <= 1e-4
     i8 = report["int8"]
-    assert 0.0 <= i8["agreement_with_fp32"] <= 1.0
+    # The int8 fidelity recomputed here from both ONNX models' logits on the same 120 test rows.
+    texts, labels = read_sst2_rows("test", 120)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    fp32 = _onnx_logits(out / "model.onnx", tokenizer, texts)
+    int8 = _onnx_logits(out / "model.int8.onnx", tokenizer, texts)
+    differ = fp32.argmax(-1) != int8.argmax(-1)
+    assert i8["agreement_with_fp32"] == pytest.approx(1 - differ.mean(), abs=1e-9)
     assert i8["agreement_met"] == (i8["agreement_with_fp32"] >= 0.995)
+    assert i8["accuracy_fp32"] == pytest.approx((fp32.argmax(-1) == labels).mean(), abs=1e-9)
+    assert i8["accuracy_int8"] == pytest.approx((int8.argmax(-1) == labels).mean(), abs=1e-9)
     assert i8["accuracy_change_points"] == pytest.approx(100 * (i8["accuracy_int8"] - i8["accuracy_fp32"]))
+    assert i8["max_abs_logit_diff"] == pytest.approx(float(np.abs(fp32 - int8).max()), abs=1e-6)
+    probs = np.sort(_softmax(fp32), axis=-1)
+    margins = probs[:, -1] - probs[:, -2]  # fp32's top-1 minus top-2 probability
+    largest = float(margins[differ].max()) if differ.any() else 0.0
     flips = i8["flips"]
-    assert flips["rows"] == 120 and flips["disagreements"] == round((1 - i8["agreement_with_fp32"]) * 120)
-    assert (flips["rows_within"] >= flips["disagreements"]) and 0.0 <= flips["largest_margin"] <= 1.0
+    assert flips["rows"] == 120 and flips["disagreements"] == int(differ.sum())
+    assert flips["disagreements"] == round((1 - i8["agreement_with_fp32"]) * 120)
+    assert flips["largest_margin"] == pytest.approx(largest, abs=1e-6)
+    assert flips["rows_within"] == (int((margins <= largest).sum()) if differ.any() else 0)
     assert os.path.getsize(out / "model.int8.onnx") < os.path.getsize(out / "model.onnx")
-    assert report["summary"]["int8_over_fp32_file_ratio"] > 1.0
+    assert report["summary"]["int8_over_fp32_file_ratio"] == pytest.approx(
+        os.path.getsize(out / "model.onnx") / os.path.getsize(out / "model.int8.onnx"))
+
+
+def test_int8_fidelity_counts_the_flips_and_how_close_fp32_was_to_a_tie():
+    # The tiny run's int8 model flips no row (its one-epoch student scores 0.517 on the 120 rows, the share of label 1
+    # there, as if it always answered 1), so the flips are checked here on made-up logits: rows 1 and 3 flip (and
+    # would not if the rows were paired in another order).
+    fp32 = torch.tensor([[3.0, 0.0], [0.2, 0.0], [0.0, 1.0], [0.0, 0.4], [2.0, 0.0]])
+    int8 = torch.tensor([[3.0, 0.0], [0.0, 0.2], [0.0, 1.0], [0.4, 0.0], [2.0, 0.0]])
+    i8 = export.int8_fidelity(fp32, int8, torch.tensor([0, 0, 1, 1, 0]))
+    assert i8["agreement_with_fp32"] == pytest.approx(0.6) and i8["agreement_met"] is False
+    assert (i8["accuracy_fp32"], i8["accuracy_int8"]) == pytest.approx((1.0, 0.6))
+    assert i8["accuracy_change_points"] == pytest.approx(-40.0)
+    assert i8["max_abs_logit_diff"] == pytest.approx(0.4)
+    # With two classes the margin p1 - p2 is tanh(|z1 - z2| / 2): 0.905, 0.100, 0.462, 0.197 and 0.762 here. The
+    # flipped rows' largest is row 3's; rows 1 and 3 are that close to a tie, the others are not.
+    assert i8["flips"] == {"rows": 5, "disagreements": 2, "largest_margin": pytest.approx(np.tanh(0.2)),
+                           "rows_within": 2}
 
 
 def test_speed_report_has_every_model_and_the_ratios(exported):
@@ -120,8 +177,13 @@ def test_speed_report_has_every_model_and_the_ratios(exported):
     for timing in models.values():  # one value per round, the median of which is the headline
         assert len(timing["latency_ms_b1_rounds"]) == len(timing["throughput_b64_rounds"]) == report["speed"]["rounds"]
         assert timing["latency_ms_b1"] == sorted(timing["latency_ms_b1_rounds"])[len(timing["latency_ms_b1_rounds"]) // 2]
-    lo, hi = report["summary"]["int8_over_fp32_latency_speedup_range"]
-    assert lo <= report["summary"]["int8_over_fp32_latency_speedup"] <= hi
+    # The int8 speed-up is fp32's median latency over int8's; its range, the same ratio round by round (here one
+    # round, so the range is that one ratio twice).
+    fp32, int8 = models["student ONNX fp32"], models["student ONNX int8"]
+    summary = report["summary"]
+    assert summary["int8_over_fp32_latency_speedup"] == pytest.approx(fp32["latency_ms_b1"] / int8["latency_ms_b1"])
+    ratios = [a / b for a, b in zip(fp32["latency_ms_b1_rounds"], int8["latency_ms_b1_rounds"])]
+    assert summary["int8_over_fp32_latency_speedup_range"] == pytest.approx([min(ratios), max(ratios)])
 
 
 def test_a_ratio_is_given_round_by_round():
@@ -157,11 +219,22 @@ def test_predict_gives_the_same_answer_from_pytorch_and_onnx(exported, run_dir, 
     assert [a["text"] for a in reference] == TEXTS
     for row in reference:
         assert set(row["probabilities"]) == {"0", "1"} and sum(row["probabilities"].values()) == pytest.approx(1.0)
+    # The reference is the student's softmax, computed here one unpadded text at a time.
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "student")
+    with torch.no_grad():
+        probs = [torch.softmax(model(**tokenizer(t, truncation=True, max_length=64, return_tensors="pt")).logits[0], -1)
+                 for t in TEXTS]
+    for row, p in zip(reference, probs):
+        assert row["label"] == str(int(p.argmax())) and row["probabilities"]["1"] == pytest.approx(float(p[1]), abs=1e-5)
     for name in ("student dir (PyTorch)", "export (ONNX fp32)"):
         assert [a["label"] for a in answers[name]] == [a["label"] for a in reference], name
         for a, b in zip(answers[name], reference):
             assert a["probabilities"]["1"] == pytest.approx(b["probabilities"]["1"], abs=1e-5)
-    assert all(a["label"] in ("0", "1") for a in answers["export (ONNX int8)"])
+    # int8: the int8 model's own answers, recomputed here on the same batch (int8 differs from fp32 by design).
+    int8 = _softmax(_onnx_logits(out / "model.int8.onnx", AutoTokenizer.from_pretrained(out), TEXTS))
+    for a, p in zip(answers["export (ONNX int8)"], int8):
+        assert a["label"] == str(int(p.argmax())) and a["probabilities"]["1"] == pytest.approx(float(p[1]), abs=1e-5)
 
 
 def test_predict_reads_a_file_and_prints_a_line_per_text(exported, tmp_path, capsys):
@@ -170,12 +243,16 @@ def test_predict_reads_a_file_and_prints_a_line_per_text(exported, tmp_path, cap
     texts.write_text(TEXTS[0] + "\n\n" + TEXTS[1] + "\n")
     assert main(["predict", str(out), "--file", str(texts)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2  # the blank line is skipped
-    label, probs, text = lines[0].split("\t")
-    assert label in ("0", "1") and probs.startswith("p(0)=") and text == TEXTS[0]
+    # The blank line is skipped; each line is label, probabilities and text, the answers given for the same texts on
+    # the command line.
+    assert main(["predict", str(out), *TEXTS[:2], "--json"]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [f"{a['label']}\tp(0)={a['probabilities']['0']:.4f} p(1)={a['probabilities']['1']:.4f}\t{a['text']}"
+                     for a in expected]
+    assert [a["text"] for a in expected] == TEXTS[:2]
 
 
-def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys):
+def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys, caplog):
     # No real export misses 1e-4, so the bound is made impossible to meet.
     monkeypatch.setattr(export, "PARITY_BOUND", -1.0)
     out = tmp_path / "export"
@@ -183,6 +260,8 @@ def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsy
     (out / "model.int8.onnx").write_text("from an earlier export")
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out), "--speed_batches", "0"]) == 1
     assert "FAILED" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "PARITY FAILED: ONNX logits differ from PyTorch's by more than -1 (see export_report.json)"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is False and "FAILED" in (out / "README.md").read_text()
     assert not (out / "model.int8.onnx").exists()  # this export has no --int8: a stale int8 model must not stay
