@@ -577,12 +577,15 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
 def test_only_the_first_process_writes_kdistills_files(tmp_path, monkeypatch, values):
     """What a process of rank > 0 does: computes, trains, writes none of run_config.json, labels.json, the soft-label
     cache, distill_results.json or eval.json (the Trainer itself saves on rank 0 only: args.should_save)."""
-    monkeypatch.setattr(pipeline, "_is_main", lambda config: False)
+    from kdistill import evaluation, rundir
+
+    for module in (rundir, pipeline, teacher_outputs, evaluation):  # each asks rundir.is_main, imported by name
+        monkeypatch.setattr(module, "is_main", lambda config: False)
     config = make_config({**values, "strategy": "soft"})
     pipeline.teach(config)
     result = pipeline.distill(config)
     assert result["train_rows"] == 64
-    assert pipeline.evaluate(config) == {}
+    assert evaluation.evaluate(config) == {}
     out = Path(config.output_dir)
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert not written & {"run_config.json", "labels.json", "eval.json", "student/labels.json",

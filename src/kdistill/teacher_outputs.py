@@ -129,7 +129,10 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                 if is_main(config):
                     write_cache(file, logits, fp)
                 _barrier(together)
-                stored = read_cache(file, fp)
+                # Read back lazily (the first process wrote it); a process that cannot see it keeps what it computed.
+                stored = read_cache(file, fp) if is_main(config) else None
+                if stored is None:
+                    stored = logits
                 logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
             else:
                 logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
