@@ -264,7 +264,7 @@ def test_output_dir_that_is_a_file(capfd, caplog, tmp_path, values):
 STALLING_CLI = """
 import os, sys, time
 import kdistill.trainer
-import kdistill.soft_labels
+import kdistill.soft_labels.cache
 from kdistill.cli import main
 from transformers import TrainerCallback
 
@@ -286,13 +286,13 @@ def patched_init(self, *args, **kwargs):
 kdistill.trainer.DistillationTrainer.__init__ = patched_init
 
 if stop_in_cache_write:
-    save_file = kdistill.soft_labels.save_file
+    save_file = kdistill.soft_labels.cache.save_file
     def half_written(tensors, path, metadata=None):
         save_file(tensors, path, metadata=metadata)
         with open(path, "r+b") as fh:
             fh.truncate(os.path.getsize(path) // 2)  # the bytes a kill mid-write leaves in the temp file
         stall()
-    kdistill.soft_labels.save_file = half_written
+    kdistill.soft_labels.cache.save_file = half_written
 
 sys.exit(main(sys.argv[4:]))
 """
