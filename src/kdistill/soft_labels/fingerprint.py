@@ -3,9 +3,10 @@
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-CACHE_FORMAT = "kdistill-soft-labels-v1"
+# Mixed into every fingerprint: a cache written by another format version is never mistaken for this one's.
+CACHE_FORMAT = "kdistill-soft-labels-v2"
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 _HASH_MEMO: dict[tuple, str] = {}
 
@@ -50,10 +51,25 @@ def hash_files(paths: Iterable[str]) -> str:
     return _HASH_MEMO[key]
 
 
-def fingerprint(teacher_dir: str, data_file: str | None, settings: dict) -> str:
-    """Fingerprint of what produces a split's soft labels: teacher files + data bytes + settings (JSON-able)."""
+def fingerprint(teachers: str | Sequence[str], data_file: str | None, settings: dict) -> str:
+    """Fingerprint of what produces a split's soft labels: teachers' files + data bytes + settings.
+
+    digest = SHA-256(CACHE_FORMAT, hash_files([teacher_1]), ..., hash_files([teacher_n]), hash_files([data_file])
+    or nothing, JSON(settings, sorted keys)), as hex.
+
+    Args:
+        teachers: a teacher's directory (or hub name), or a list of them; each one's files are hashed on their own,
+            in the order given (an ensemble in another order is another producer). One name and a list holding
+            only that name give the same fingerprint.
+        data_file: the file the rows come from (its bytes are hashed), or None for data named in `settings`.
+        settings: anything else that changes the outputs (split, rows selected, tokenisation), JSON-able.
+    """
+    names = [teachers] if isinstance(teachers, str) else list(teachers)
+    if not names:
+        raise ValueError("fingerprint needs at least one teacher")
     h = hashlib.sha256(CACHE_FORMAT.encode())
-    h.update(hash_files([teacher_dir]).encode())
+    for name in names:
+        h.update(hash_files([name]).encode())
     h.update(hash_files([data_file]).encode() if data_file else b"")
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
