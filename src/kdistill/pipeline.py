@@ -4,7 +4,7 @@ A run directory (`output_dir`) holds everything a run makes:
 
     labels.json         the label -> id map, shared by teacher and student
     teacher/            the fine-tuned teacher (when teacher_train)
-    soft_labels/        the teacher's logits per split, fingerprinted (see soft_labels.py)
+    soft_labels/        the teacher's logits per split, fingerprinted (see soft_labels/cache.py)
     student/            the trained student, its tokenizer and checkpoints
     eval.json           quality, fidelity, calibration, size and speed
 """
@@ -485,7 +485,8 @@ def _make_soft_labels(config: RunConfig, splits: tuple[str, ...], progress: bool
                             learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
         fp = fingerprint(resolve_model_path(_backbone(config)) if oof else tdir, path, settings)
         file = cache_path(cache, "train-oof" if oof else split, fp)
-        logits = read_cache(file, fp)
+        stored = read_cache(file, fp)
+        logits = None if stored is None else stored.dense()  # in memory, as before the lazy cache (v2)
         cached = _from_first_process(logits is not None, together)  # one decision, so every process takes the same path
         if cached and logits is None:
             raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
