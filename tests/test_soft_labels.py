@@ -482,3 +482,17 @@ def test_a_pickled_cache_carries_its_path_not_its_contents(tmp_path):
     assert len(blob) < 4000 < os.path.getsize(path)
     again = pickle.loads(blob)
     assert torch.equal(again[torch.tensor([4999, 17])], x[[4999, 17]])
+
+
+def test_an_add_that_failed_inside_the_with_block_leaves_no_file(tmp_path):
+    path = tmp_path / "a.safetensors"
+    big = logits(6, 4)
+    big[4, 0] = 7e4  # the largest logit of row 4, too large for float16
+    with pytest.raises(RuntimeError, match="an add failed inside the `with` block"):
+        with CacheWriter(str(path), FP, payload="topk", top_k=2, value_dtype="float16") as writer:
+            writer.add(logits(3, 4))
+            with pytest.raises(UserError, match="logits of row 7 do not fit float16"):
+                writer.add(big)  # caught here: the caller goes on
+            with pytest.raises(RuntimeError, match="an earlier add failed"):
+                writer.add(logits(3, 4))
+    assert os.listdir(tmp_path) == []

@@ -77,7 +77,7 @@ class CacheWriter:
         self.path, self.fingerprint, self.payload, self.top_k = path, fingerprint, payload, top_k
         self.value_dtype, self.classes = value_dtype, classes
         self.rows = self.items = 0
-        self._ragged = False
+        self._ragged = self._broken = False
         self._spools: dict[str, BinaryIO] = {}
 
     def __enter__(self) -> "CacheWriter":
@@ -100,6 +100,32 @@ class CacheWriter:
     def add(self, logits: Rows) -> None:
         """Append rows of full logits: a [rows, classes] tensor (one item per row) or a list of [items_i, classes]
         tensors (ragged). Top-k caches keep per item the top_k logits and the tail, computed here from all of them."""
+        self._guarded(self._add, logits)
+
+    def add_topk(self, values: Rows, indices: Rows, tail: Rows) -> None:
+        """Append rows of precomputed top-k outputs (what a teacher pass over a large vocabulary hands over).
+
+        Args:
+            values: the top_k largest logits per item, largest first: [rows, k], or a list of [items_i, k].
+            indices: their classes, the same shapes as `values`.
+            tail: log of the softmax mass (T = 1) outside the top k: [rows], or a list of [items_i]; <= 0.
+        """
+        self._guarded(self._add_topk, values, indices, tail)
+
+    def _guarded(self, add, *args) -> None:
+        # An add that fails may have spooled part of its rows: the file is then never finished, even if the
+        # caller catches the error inside the `with` block.
+        if not self._spools:
+            raise RuntimeError("CacheWriter writes inside `with CacheWriter(...) as writer:`")
+        if self._broken:
+            raise RuntimeError(f"{self.path}: an earlier add failed; this cache cannot be finished")
+        try:
+            add(*args)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _add(self, logits: Rows) -> None:
         x, lengths = _flatten(logits, 2, "logits")
         if lengths is not None and not lengths:
             return
@@ -125,14 +151,7 @@ class CacheWriter:
                 self._write_topk(values, indices, tail, lengths, start)
         self._end_rows(len(x), lengths)
 
-    def add_topk(self, values: Rows, indices: Rows, tail: Rows) -> None:
-        """Append rows of precomputed top-k outputs (what a teacher pass over a large vocabulary hands over).
-
-        Args:
-            values: the top_k largest logits per item, largest first: [rows, k], or a list of [items_i, k].
-            indices: their classes, the same shapes as `values`.
-            tail: log of the softmax mass (T = 1) outside the top k: [rows], or a list of [items_i]; <= 0.
-        """
+    def _add_topk(self, values: Rows, indices: Rows, tail: Rows) -> None:
         if self.payload != "topk":
             raise ValueError("add_topk writes top-k caches; this one is dense")
         if self.classes is None:
@@ -189,8 +208,6 @@ class CacheWriter:
         self._write("values", self._cast(values.float(), lengths, first))
 
     def _write(self, name: str, tensor: torch.Tensor) -> None:
-        if not self._spools:
-            raise RuntimeError("CacheWriter writes inside `with CacheWriter(...) as writer:`")
         self._spools[name].write(tensor.contiguous().numpy().data)
 
     def _end_rows(self, items: int, lengths: list[int] | None) -> None:
@@ -200,6 +217,8 @@ class CacheWriter:
         self._ragged |= lengths is not None
 
     def _finish(self) -> None:
+        if self._broken:
+            raise RuntimeError(f"{self.path}: an add failed inside the `with` block; the cache is not written")
         classes, k = self.classes or 0, self.top_k or 0
         shapes = {"offsets": ("I64", (self.rows + 1,)), "tail": ("F32", (self.items,)),
                   "indices": ("I32", (self.items, k)),
