@@ -305,6 +305,11 @@ class SoftLabels:
         self._item_bytes = sum(a.itemsize * int(np.prod(a.shape[1:])) for n, a in self._arrays.items() if n != "offsets")
         self._touched = 0
         self._releases = layout.size - start > resident_limit
+        # The training hot path, one index_select and nothing else: dense float32 logits, one row each, small enough
+        # never to be released.
+        values = self._tensors["values"]
+        self._fast = values if (self.payload == "dense" and not self.ragged and values.dtype == torch.float32
+                                and not self._releases) else None
 
     def __len__(self) -> int:
         return self.rows
@@ -367,12 +372,14 @@ class SoftLabels:
         """The logits of `rows` (0..rows-1) as float32: a [len(rows), classes] tensor when every row holds one item
         (one index_select on the mapped file: the training hot path), else a list of [items_i, classes] tensors.
         Dense payloads only."""
+        if self._fast is not None and isinstance(rows, torch.Tensor) and rows.ndim == 1:
+            return self._fast.index_select(0, rows)  # a copy; faster than values[idx], which takes the general path
         self._need("dense", "gather")
         idx, values = _index(rows), self._tensors["values"]
         if not self.ragged:
             if self._releases:
                 self._account(len(idx) * self._item_bytes, len(idx))
-            out = values.index_select(0, idx)  # a copy; faster than values[idx], which takes the general path
+            out = values.index_select(0, idx)
             return out if out.dtype == torch.float32 else out.float()
         return [values[s:e].to(torch.float32, copy=True) for s, e in self._spans(idx)]
 
@@ -396,6 +403,8 @@ class SoftLabels:
 
     def __getitem__(self, rows) -> torch.Tensor | list[torch.Tensor]:
         """cache[idx] == cache.gather(idx) for a LongTensor (or list) of rows; cache[i] is row i alone."""
+        if self._fast is not None and isinstance(rows, torch.Tensor) and rows.ndim == 1:
+            return self._fast.index_select(0, rows)  # what gather does, without a second call
         if isinstance(rows, int | np.integer) or (isinstance(rows, torch.Tensor) and rows.ndim == 0):
             if not -self.rows <= int(rows) < self.rows:
                 raise IndexError(f"row {int(rows)} of a cache of {self.rows} rows")
