@@ -229,7 +229,7 @@ def train_student(
 
 
 def store_soft_labels(config: DemoConfig, name: str, teachers: list[nn.Module], logits: Tensor, settings: dict) -> Tensor:
-    """Save the teacher(s) and their logits under a fingerprint (soft_labels.py), and read the logits back.
+    """Save the teacher(s) and their logits under a fingerprint (soft_labels/), and read the logits back.
 
     The students learn from what was read back: the teacher's outputs are data, as in text distillation.
     """
@@ -243,7 +243,7 @@ def store_soft_labels(config: DemoConfig, name: str, teachers: list[nn.Module], 
     write_cache(path, logits, fp)
     stored = read_cache(path, fp)
     assert stored is not None, path
-    return stored
+    return stored.dense()
 
 
 # ------------------------------------------------------------------------------------------------ statistics
