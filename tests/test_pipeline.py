@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import kdistill
-from kdistill import pipeline, teacher_outputs
+from kdistill import pipeline
+from kdistill.soft_labels import produce
 from conftest import make_tiny_bert, read_sst2_rows, tiny_run_values
 
 EVAL_KEYS = {
@@ -67,7 +68,7 @@ def test_soft_labels_are_cached_and_reused_without_the_teacher(taught, monkeypat
         raise AssertionError("the teacher was loaded or run although the cache was valid")
 
     monkeypatch.setattr(pipeline, "load_classifier", no_teacher)
-    monkeypatch.setattr(teacher_outputs, "predict_logits", no_teacher)
+    monkeypatch.setattr(produce, "predict_logits", no_teacher)
     again = kdistill.make_soft_labels(config)
     for split in first:
         assert torch.equal(first[split], again[split])

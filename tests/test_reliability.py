@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import make_word_tokenizer, tiny_run_values
-from kdistill import pipeline, teacher_outputs
+from kdistill import pipeline
+from kdistill.soft_labels import produce
 from kdistill.cli import main
 from kdistill.config import DataConfig, make_config
 from kdistill.data import load_table
@@ -578,7 +579,7 @@ def test_only_the_first_process_writes_kdistills_files(tmp_path, monkeypatch, va
     cache, distill_results.json or eval.json (the Trainer itself saves on rank 0 only: args.should_save)."""
     from kdistill import evaluation, rundir
 
-    for module in (rundir, pipeline, teacher_outputs, evaluation):  # each asks rundir.is_main, imported by name
+    for module in (rundir, pipeline, produce, evaluation):  # each asks rundir.is_main, imported by name
         monkeypatch.setattr(module, "is_main", lambda config: False)
     config = make_config({**values, "strategy": "soft"})
     pipeline.teach(config)
@@ -596,7 +597,7 @@ def test_soft_labels_computed_in_chunks_equal_one_pass(tmp_path, monkeypatch, va
     """The streaming teacher pass (SOFT_LABEL_CHUNK_ROWS rows at a time) gives the logits of a single pass, in row
     order. Rows are batched by length within a chunk, so padding, and with it float rounding, may differ."""
     whole = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "a")}), ("train",))
-    monkeypatch.setattr(teacher_outputs, "SOFT_LABEL_CHUNK_ROWS", 7)  # 64 rows: 9 chunks, the last of 1 row
+    monkeypatch.setattr(produce, "SOFT_LABEL_CHUNK_ROWS", 7)  # 64 rows: 9 chunks, the last of 1 row
     chunked = pipeline.make_soft_labels(make_config({**values, "soft_label_cache": str(tmp_path / "b")}), ("train",))
     assert chunked["train"].shape == whole["train"].shape == (64, 2)
     torch.testing.assert_close(chunked["train"], whole["train"], atol=1e-5, rtol=1e-5)

@@ -1,7 +1,7 @@
 """The steps a user runs, as plain functions: teach, soft labels, distill (evaluate is in `evaluation`).
 
 Each step asks the task (`kdistill.tasks`) how rows become inputs, labels and batches, the run directory
-(`kdistill.rundir`) where things lie, and `kdistill.teacher_outputs` for the teachers' cached outputs; a
+(`kdistill.rundir`) where things lie, and `kdistill.soft_labels.produce` for the teachers' cached outputs; a
 `DistillationTrainer` does every training, the teacher's, the fold teachers' and the student's (`make_trainer`).
 """
 
@@ -33,7 +33,7 @@ from .rundir import (
 from .soft_labels import hash_files, predict_logits
 from .students import build_student, check_label_count, count_parameters, load_classifier, load_tokenizer
 from .tasks import get_task
-from .teacher_outputs import SPLITS, ConcatSources, backbone, classes, dense, teacher_outputs, teacher_seed
+from .soft_labels.produce import SPLITS, ConcatSources, backbone, classes, dense, teacher_outputs, teacher_seed
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -246,8 +246,8 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
     """The teacher's logits for each configured split, in memory (several teachers: combined at the run's
     temperature by `losses.ensemble_logits`): read from the cache, or computed once and cached.
 
-    Training reads the cache lazily instead (`teacher_outputs`); this whole-split view is for small splits,
-    diagnostics and evaluation. See `teacher_outputs.teacher_outputs` for what happens under torchrun.
+    Training reads the cache lazily instead (`soft_labels.produce.teacher_outputs`); this whole-split view is for
+    small splits, diagnostics and evaluation. See `teacher_outputs` for what happens under torchrun.
     """
     sources = teacher_outputs(config, splits, progress, together, loader=_loader(config))
     weights = [w for _, w in teachers(config)]

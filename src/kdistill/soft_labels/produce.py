@@ -1,8 +1,27 @@
-"""Producing the teacher's outputs: batched inference over tokenised rows."""
+"""Producing the teachers' outputs: one pass per teacher and split, cached under a fingerprint, read lazily after.
 
+For each split the run uses and each of its teachers, the soft-label cache is looked up by a fingerprint of what
+produces it (the teacher's files, the data file's bytes, the rows, the task and the tokenisation settings); a miss
+runs the teacher once and streams its logits into the cache. Out-of-fold soft labels for the training rows come
+from teachers fine-tuned on the other folds (`out_of_fold_logits`). Under torchrun/accelerate the pass is split
+across the processes and the first one writes the cache.
+"""
+
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, UserError
+from ..data import load_split, split_file, split_limit
+from ..files import write_json
+from ..rundir import is_main, paths, teachers
+from ..students import resolve_model_path
+from .cache import cache_path, read_cache
+from .fingerprint import fingerprint
+from .writer import write_cache
 
 
 @torch.inference_mode()
@@ -37,3 +56,200 @@ def predict_logits(
             progress(len(chunk))
     assert out is not None, "no rows to label"
     return out
+
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "transfer", "validation", "test")
+# Rows tokenised and labelled by the teacher at a time in the soft-label pass (memory: one chunk's tokens).
+SOFT_LABEL_CHUNK_ROWS = 10_000
+
+
+def rank_world(together: bool = True) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if together and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _from_first_process(value: Any, together: bool) -> Any:
+    """The first process's `value`, on every process (itself when there is one process)."""
+    import torch.distributed as dist
+
+    if rank_world(together)[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(together: bool) -> None:
+    import torch.distributed as dist
+
+    if rank_world(together)[1] > 1:
+        dist.barrier()
+
+
+def teacher_seed(config: RunConfig) -> int:
+    seed = config.teacher.teacher_seed
+    return seed if seed is not None else config.distill.seed
+
+
+def backbone(config: RunConfig) -> str:
+    """What out-of-fold teachers are fine-tuned from."""
+    return config.teacher.teacher_backbone or config.teacher.teacher_model
+
+
+def _settings(config: RunConfig, split: str, source: str) -> dict:
+    data = config.data
+    settings = {
+        "split": split, "source": source, "text_column": data.text_column, "text_pair_column": data.text_pair_column,
+        "max_length": data.max_length, "limit": split_limit(data, split),
+    }
+    if data.task != "sequence_classification":  # the fingerprints of existing sequence caches stay as they were
+        settings["task"] = data.task
+    return settings
+
+
+def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False,
+                    together: bool = True, loader=None) -> dict[str, list]:
+    """Each configured split's soft labels, one source per teacher (in the config's order): read from the cache,
+    or computed once and cached. A source is indexable by a LongTensor of rows (a lazily read cache).
+
+    The teacher is loaded only if some split is missing from the cache. Under torchrun/accelerate launch, the first
+    process decides what is missing; every process then labels its share of the rows (row r goes to process
+    r mod n), the shares are gathered, the first process writes the cache once, and every process returns the same
+    outputs (output_dir must be on a file system all processes share). `together=False` is for a caller that runs
+    on one process only (evaluation): it labels everything itself.
+
+    Args:
+        loader: `(path) -> (model, tokenizer)` that loads a teacher on demand (the pipeline's, which remembers
+            teachers it has loaded).
+    """
+    progress = progress and is_main(config)
+    cache = paths(config).cache
+    data = config.data
+    out: dict[str, list] = {}
+    for split in splits:
+        path = split_file(data, split)
+        if path is None and not (data.dataset_name and split != "transfer"):
+            continue
+        source = path or f"{data.dataset_name}/{data.dataset_config_name}"
+        oof = split == "train" and config.teacher.teacher_folds >= 2
+        out[split] = []
+        for tdir, _ in ([(resolve_model_path(backbone(config)), 1.0)] if oof else teachers(config)):
+            settings = _settings(config, split, source)
+            if oof:
+                # Labels from teachers fine-tuned from the backbone: what makes them is the backbone, the teacher's
+                # training settings, the folds and the seed, not the run's own teacher.
+                t = config.teacher
+                settings.update(folds=t.teacher_folds, seed=teacher_seed(config), epochs=t.teacher_epochs,
+                                learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
+            fp = fingerprint(tdir, path, settings)
+            file = cache_path(cache, "train-oof" if oof else split, fp)
+            stored = read_cache(file, fp)
+            cached = _from_first_process(stored is not None, together)  # one decision: every process takes one path
+            if cached and stored is None:
+                raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
+                                "soft_label_cache) must be on a file system every process shares")
+            if not cached:
+                if oof:
+                    from ..pipeline import out_of_fold_logits  # fold teachers train through the pipeline's trainer
+
+                    # Every process takes part: the fold teachers train data-parallel like any Trainer run.
+                    logits, record = out_of_fold_logits(config, progress)
+                    if is_main(config):
+                        write_json(file.replace(".safetensors", ".json"), record)
+                else:
+                    model, tokenizer = loader(tdir)
+                    logits = teacher_pass(config, split, model, tokenizer, progress, together)
+                if is_main(config):
+                    write_cache(file, logits, fp)
+                _barrier(together)
+                # Read back lazily (the first process wrote it); a process that cannot see it keeps what it computed.
+                stored = read_cache(file, fp) if is_main(config) else None
+                if stored is None:
+                    stored = logits
+                logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
+            else:
+                logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
+            out[split].append(stored)
+    return out
+
+
+def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True) -> torch.Tensor:
+    """The teacher's logits for one split, tokenised and run SOFT_LABEL_CHUNK_ROWS rows at a time.
+
+    Memory holds one chunk's tokens and the result, not the whole split's tokens (which, as Python lists, cost far
+    more than the text; see benchmarks/softlabel_memory.py). Within a chunk rows run in length-sorted batches; the
+    result is in row order, its size taken from the split (not from the first batch, whose shape may differ).
+    """
+    from ..tasks import get_task
+
+    task = get_task(config.data.task)
+    table = load_split(config.data, split)
+    rows_in_split = len(table)
+    rank, world = rank_world(together)
+    if world > 1:  # this process's share: rows rank, rank + world, ...
+        table = table.select(range(rank, rows_in_split, world))
+    source = split_file(config.data, split) or split
+    chunks: list[torch.Tensor] = []
+    with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
+        for rows in task.teacher_inputs(table, tokenizer, config.data, SOFT_LABEL_CHUNK_ROWS, source, "teacher tokenizer"):
+            chunks.append(predict_logits(teacher, rows, task.pad_inputs(tokenizer),
+                                         batch_size=config.distill.per_device_eval_batch_size, progress=bar.update))
+    if not chunks:
+        raise UserError(f"{source}: no rows to label")
+    out = torch.cat(chunks)
+    if world > 1:
+        import torch.distributed as dist
+
+        shares: list[torch.Tensor | None] = [None] * world
+        dist.all_gather_object(shares, out)
+        full = torch.empty((rows_in_split, *out.shape[1:]), dtype=torch.float32)
+        for r, share in enumerate(shares):
+            if share is not None:
+                full[r::world] = share
+        out = full
+    return out
+
+
+def dense(source: Any) -> torch.Tensor:
+    """A soft-label source as one in-memory tensor (for small splits: diagnostics, evaluation)."""
+    return source if isinstance(source, torch.Tensor) else source.dense()
+
+
+def classes(source: Any) -> int:
+    """The width of a source's logit vectors."""
+    return source.shape[-1] if isinstance(source, torch.Tensor) else source.classes
+
+
+class ConcatSources:
+    """Several splits' soft-label sources as one, indexed by the rows of their splits laid end to end (the
+    collator's one index space: train, then transfer, then validation). In-memory tensors are concatenated once;
+    a lazily read cache stays lazy, each batch reading only its own rows."""
+
+    def __init__(self, sources: list):
+        if all(isinstance(s, torch.Tensor) for s in sources):
+            self.sources, self.whole = sources, torch.cat(sources)
+        else:
+            self.sources, self.whole = sources, None
+        self.starts = torch.tensor([0, *torch.tensor([len(s) for s in sources]).cumsum(0).tolist()])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, idx: torch.Tensor):
+        if self.whole is not None:
+            return self.whole[idx]
+        if len(self.sources) == 1:
+            return self.sources[0][idx]
+        which = torch.searchsorted(self.starts, idx, right=True) - 1
+        got: list = [None] * len(idx)
+        for k in which.unique().tolist():
+            pos = (which == k).nonzero().flatten()
+            rows = self.sources[k][idx[pos] - self.starts[k]]
+            for j, p in enumerate(pos.tolist()):
+                got[p] = rows[j]
+        return torch.stack(got) if all(g.shape == got[0].shape for g in got) else got
