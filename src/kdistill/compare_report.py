@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from .files import atomic_write
+from .files import atomic_write, write_text
 from .metrics import ONE_HOT_TOP_PROB
 from .stats import CONFIDENCE, paired_difference, t_interval
 
@@ -495,14 +495,6 @@ def to_html(blocks: list[tuple], directory: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
-
-
 def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
     """Recompute cells, comparisons and verdict from the runs (what `kdistill report` relies on)."""
     results = dict(results)
@@ -524,10 +516,10 @@ def write_report(directory: str, results: dict) -> dict:
     if plot_accuracy_vs_latency(results, os.path.join(directory, "accuracy_vs_latency.png")):
         plots.append("accuracy_vs_latency.png")
     results["plots"] = plots
-    _write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
+    write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
     blocks = _blocks(results)
-    _write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
-    _write_text(os.path.join(directory, "report.html"), to_html(blocks, directory))
+    write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
+    write_text(os.path.join(directory, "report.html"), to_html(blocks, directory))
     return results
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UserError
+from .errors import UserError, raise_on_usage_error
 from .losses import SOFT_LOSSES, STRATEGIES
 
 
@@ -311,12 +311,7 @@ def parse_config(argv: list[str], config_path: str | None = None, flat: dict[str
     `flat` (a {field: value} dict, e.g. from `flatten_yaml`) stands in for the file when given.
     """
     yaml_values = dict(flat) if flat is not None else load_yaml(config_path) if config_path else {}
-    parser = HfArgumentParser(tuple(SECTIONS.values()))
-
-    def _error(message: str):  # a bad flag value is a user error: one line, not argparse's 150-flag usage dump
-        raise ConfigError(message)
-
-    parser.error = _error
+    parser = raise_on_usage_error(HfArgumentParser(tuple(SECTIONS.values())), error=ConfigError)
     # Lists and mappings from YAML must not pass through argparse's string conversion.
     parser.set_defaults(**{k: v for k, v in yaml_values.items()})
     namespace, remaining = parser.parse_known_args(argv)

@@ -52,7 +52,7 @@ from .config import DataConfig
 from .data import LABELS_FILE, encode_labels, load_split, tokenize
 from .errors import UserError
 from .evaluation import measure_speed, size_on_disk
-from .files import atomic_write, write_json
+from .files import atomic_write, write_json, write_text
 from .model_card import ANCHORS, INT8_AGREEMENT_TARGET, PARITY_BOUND, model_card, pct, summary, summary_text
 from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer, resolve_model_path
@@ -384,14 +384,6 @@ def machine() -> str:
     from .evaluation import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
-def write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------------------- export

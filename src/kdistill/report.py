@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .files import atomic_write
+from .files import atomic_write, write_text
 from .metrics import ONE_HOT_TOP_PROB
 
 FILES = ("report.md", "results.json", "errors_by_strategy.png", "errors_by_temperature.png",
@@ -96,23 +96,15 @@ def format_table(results: dict) -> str:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
-
-
 def write_report(output_dir: str, results: dict) -> None:
     """results.json, the PNG plots and report.md in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    _write_text(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, default=str))
+    write_text(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, default=str))
     plot_strategies(results, os.path.join(output_dir, "errors_by_strategy.png"))
     plot_temperatures(results, os.path.join(output_dir, "errors_by_temperature.png"))
     plot_dark_knowledge(results, os.path.join(output_dir, "dark_knowledge.png"))
     plot_few_labels(results, os.path.join(output_dir, "few_labels.png"))
-    _write_text(os.path.join(output_dir, "report.md"), markdown(results))
+    write_text(os.path.join(output_dir, "report.md"), markdown(results))
 
 
 # ------------------------------------------------------------------------------------------------ plots
