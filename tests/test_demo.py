@@ -11,7 +11,7 @@ from scipy import stats
 
 from kdistill import demo
 from kdistill.cli import main
-from kdistill.report import FILES
+from kdistill.report.demo import FILES
 
 
 @pytest.fixture(scope="module")

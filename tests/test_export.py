@@ -125,7 +125,7 @@ def test_speed_report_has_every_model_and_the_ratios(exported):
 
 
 def test_a_ratio_is_given_round_by_round():
-    from kdistill.model_card import round_ratio_range, spread
+    from kdistill.report.model_card import round_ratio_range, spread
 
     # fp32 latencies over three rounds against int8's: ratios 2.0, 1.5 and 1.2
     assert round_ratio_range([2.0, 3.0, 1.2], [1.0, 2.0, 1.0]) == pytest.approx([1.2, 2.0])

@@ -61,7 +61,8 @@ def _format_table(result: dict) -> str:
 
 
 def _demo(argv: list[str]) -> None:
-    from . import demo, report
+    from . import demo
+    from .report import demo as report
 
     parser = argparse.ArgumentParser(prog="kdistill demo", description="Hinton et al.'s soft-vs-hard experiments on digits.")
     parser.add_argument("--output_dir", default="runs/demo", help="where report.md, plots and results.json go")

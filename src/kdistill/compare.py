@@ -14,8 +14,8 @@ A sweep file is a run config (data / teacher / student / distill sections) plus 
 The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
 cell of the grid runs the same `pipeline.distill` and `pipeline.evaluate` as `kdistill run`, in
 `<output_dir>/runs/<student>/<setting>/seed<k>/`. A cell is finished when its `cell.json` exists; rerunning the
-command skips finished cells and restarts unfinished ones from scratch. `report.py`-style output (results.json,
-report.md, report.html, plots) is written by `write_report`, which needs nothing but the results dict, so
+command skips finished cells and restarts unfinished ones from scratch. The report (results.json, report.md,
+report.html, plots) is written by `report.compare.write_report`, which needs nothing but the results dict, so
 `kdistill report DIR` rebuilds it from `results.json`.
 """
 
@@ -438,7 +438,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
         "sweep_seconds": time.perf_counter() - start,
         "runs": [{k: v for k, v in r.items() if k != "teacher_metrics"} for r in runs],
     }
-    from .compare_report import write_report
+    from .report.compare import write_report
 
     return write_report(out, results)
 
@@ -465,7 +465,7 @@ def compare_main(argv: list[str]) -> int:
     sweep = load_sweep(args.config)
     if args.output_dir:
         sweep.output_dir = args.output_dir
-    from .compare_report import format_summary
+    from .report.compare import format_summary
 
     results = run_sweep(sweep, rest, keep_models=not args.no_keep_models)
     print(format_summary(results))
@@ -493,7 +493,7 @@ def report_main(argv: list[str]) -> int:
         raise UserError(f"report: {path} is not valid JSON ({err})") from None
     if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
         raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
-    from .compare_report import format_summary, write_report
+    from .report.compare import format_summary, write_report
 
     results = write_report(args.out or args.sweep_dir, results)
     print(format_summary(results))

@@ -53,7 +53,7 @@ from .data import LABELS_FILE, encode_labels, load_split, tokenize
 from .errors import UserError
 from .evaluation import measure_speed, size_on_disk
 from .files import atomic_write, write_json, write_text
-from .model_card import ANCHORS, INT8_AGREEMENT_TARGET, PARITY_BOUND, model_card, pct, summary, summary_text
+from .report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, PARITY_BOUND, model_card, pct, summary, summary_text
 from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer, resolve_model_path
 

@@ -16,9 +16,10 @@ import json
 import os
 import re
 
-from .files import atomic_write, write_text
-from .metrics import ONE_HOT_TOP_PROB
-from .stats import CONFIDENCE, paired_difference, t_interval
+from ..files import write_text
+from ..metrics import ONE_HOT_TOP_PROB
+from ..stats import CONFIDENCE, paired_difference, t_interval
+from .common import pyplot, save_figure
 
 METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
 PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
@@ -204,19 +205,6 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-
-
 def _pct(ci: dict) -> tuple[float, list[float]]:
     mean = 100 * ci["mean"]
     if ci.get("low") is None:
@@ -232,7 +220,7 @@ COLORS = {"hard": "black", "scratch": "gray", "soft": "tab:blue", "mixed": "tab:
 
 
 def plot_accuracy_by_strategy(results: dict, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     cells, students = results["cells"], _students(results["cells"])
     teacher = results.get("teacher", {}).get("accuracy")
     n = max(sum(c["student"] == s for c in cells) for s in students)
@@ -254,7 +242,7 @@ def plot_accuracy_by_strategy(results: dict, path: str) -> None:
         ax.set_title(f"{student}: test accuracy, mean and 95% t-interval over seeds", fontsize=10)
         ax.set_xlabel("accuracy (%)")
         ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -262,7 +250,7 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
     cells, students = results["cells"], _students(results["cells"])
     if not any(c.get("temperature") is not None for c in cells):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     teacher = results.get("teacher", {}).get("accuracy")
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False, layout="constrained")
     for ax, student in zip(axes[0], students):
@@ -293,7 +281,7 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
         ax.set_title(student)
         ax.legend(fontsize=8)
     fig.suptitle("Accuracy against temperature, mean and 95% t-interval over seeds")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -312,7 +300,7 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     names = [s for s in _students(cells) if s in speed]
     if not names:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     points, labels = [], []
     teacher_latency = [speed[s]["teacher"]["latency_ms_b1"] for s in names]
     if results.get("teacher", {}).get("accuracy") is not None:
@@ -338,13 +326,13 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Compression trade-off: best setting per model (gray: other settings)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
 def plot_fidelity(results: dict, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     cells = results["cells"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(cells) + 1.8), layout="constrained")
     names = [f"{c['student']}: {c['setting']}" for c in cells]
@@ -358,7 +346,7 @@ def plot_fidelity(results: dict, path: str) -> None:
         ax.invert_yaxis()
         ax.set_xlabel(title)
     fig.suptitle("Fidelity and calibration by setting, mean and 95% t-interval over seeds")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
