@@ -6,7 +6,7 @@ import json
 import torch
 
 import kdistill
-from kdistill.bilstm import BiLSTMConfig, BiLSTMForSequenceClassification, word_tokenizer
+from kdistill.models.bilstm import BiLSTMConfig, BiLSTMForSequenceClassification, word_tokenizer
 from kdistill.cli import main
 from conftest import SST2, read_sst2_sentences, tiny_run_values
 

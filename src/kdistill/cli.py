@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return augment_main(rest)
         if args.verb == "bilstm":
-            from .bilstm import bilstm_main
+            from .models.bilstm import bilstm_main
 
             return bilstm_main(rest)
         if args.verb in ("export", "predict"):

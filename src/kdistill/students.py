@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from . import bilstm
+from .models import bilstm
 from .config import StudentConfig, UserError
 
 bilstm.register()  # saved BiLSTM students load through the Auto classes like any other

@@ -136,9 +136,9 @@ def bilstm_main(argv: list[str]) -> int:
     """`kdistill bilstm`: make a BiLSTM student directory (tokenizer from the training texts, random weights)."""
     import argparse
 
-    from .config import DataConfig
-    from .data import build_label_map, load_table
-    from .errors import UserError
+    from ..config import DataConfig
+    from ..data import build_label_map, load_table
+    from ..errors import UserError
 
     parser = argparse.ArgumentParser(
         prog="kdistill bilstm",
