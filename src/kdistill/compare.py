@@ -21,7 +21,6 @@ report.html, plots) is written by `report.compare.write_report`, which needs not
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -33,8 +32,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 from .errors import UserError
 from .files import write_json
@@ -181,14 +178,9 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
 
 
 def load_sweep(path: str) -> Sweep:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_sweep(raw, source=path)
+    from .config import read_yaml
+
+    return parse_sweep(read_yaml(path, "sweep file"), source=path)
 
 
 # ------------------------------------------------------------------------------------------------ running it
@@ -441,61 +433,3 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     from .report.compare import write_report
 
     return write_report(out, results)
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-
-def compare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kdistill compare",
-        description="Run a grid of strategies, temperatures, alphas and seeds; report whether soft labels pay off.",
-        epilog="Other flags are run-config fields (e.g. --num_train_epochs 2) and apply to every run.",
-    )
-    parser.add_argument("--config", required=True, help="sweep YAML: run-config sections plus 'students' and 'grid'")
-    parser.add_argument("--output_dir", help="the sweep directory (default: the config's output_dir)")
-    parser.add_argument("--no_keep_models", action="store_true",
-                        help="delete each run's weights once it is evaluated, except the first run of each student")
-
-    def _error(message: str):
-        raise UserError(f"compare: {message}")
-
-    parser.error = _error
-    args, rest = parser.parse_known_args(argv)
-    sweep = load_sweep(args.config)
-    if args.output_dir:
-        sweep.output_dir = args.output_dir
-    from .report.compare import format_summary
-
-    results = run_sweep(sweep, rest, keep_models=not args.no_keep_models)
-    print(format_summary(results))
-    print(f"report: {os.path.join(sweep.output_dir, 'report.md')} (and report.html)")
-    return 0
-
-
-def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kdistill report", description="Rebuild a sweep's report from its results.json.")
-    parser.add_argument("sweep_dir", help="a directory holding results.json (written by kdistill compare)")
-    parser.add_argument("--out", help="where the report goes (default: SWEEP_DIR)")
-
-    def _error(message: str):
-        raise UserError(f"report: {message}")
-
-    parser.error = _error
-    args = parser.parse_args(argv)
-    path = os.path.join(args.sweep_dir, "results.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            results = json.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"report: no results.json in {args.sweep_dir} (run kdistill compare first)") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"report: {path} is not valid JSON ({err})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
-        raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
-    from .report.compare import format_summary, write_report
-
-    results = write_report(args.out or args.sweep_dir, results)
-    print(format_summary(results))
-    print(f"report: {os.path.join(args.out or args.sweep_dir, 'report.md')} (and report.html)")
-    return 0

@@ -272,15 +272,19 @@ def flatten_yaml(raw: Any, source: str = "config") -> dict[str, Any]:
     return flat
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The YAML document in `path` (read with `yaml.safe_load`); a missing or malformed file is a ConfigError."""
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return flatten_yaml(raw, source=str(path))
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    return flatten_yaml(read_yaml(path), source=str(path))
 
 
 def _build(cls: type, values: dict[str, Any]):

@@ -27,7 +27,6 @@ same predictions, and was 3-12% faster than opset 20 (fp32 and int8, batch 1 and
 2 cores (benchmarks/onnx_opset.py).
 """
 
-import argparse
 import contextlib
 import datetime
 import importlib.util
@@ -38,7 +37,6 @@ import os
 import platform
 import shlex
 import statistics
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, fields
@@ -389,126 +387,132 @@ def machine() -> str:
 # ---------------------------------------------------------------------------------------------------------- export
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def export_run(
+    run_dir: str,
+    out: str | None = None,
+    int8: bool = False,
+    teacher: bool = False,
+    rows: int = 1000,
+    data_file: str | None = None,
+    speed_batches: int = 20,
+    speed_rounds: int = 3,
+    command: str | None = None,
+) -> dict:
+    """Export a run's student to ONNX, check it against PyTorch, time it, write the model card; returns the report.
 
-    def _error(message: str):  # a bad flag is a user error: one line, as for the other verbs
-        raise UserError(f"{prog.split()[-1]}: {message}")
+    The report (also written to OUT/export_report.json) says whether the export passed: `report["passed"]` is False
+    when the fp32 logits miss PyTorch's by more than PARITY_BOUND (the files are kept for inspection).
 
-    parser.error = _error
-    return parser
-
-
-def export_main(argv: list[str]) -> int:
-    """`kdistill export`: returns 0, or 1 when the fp32 parity check fails (without --no_check)."""
-    parser = _parser("kdistill export", "Export a run's student to ONNX (and int8), check it, time it, write a model card.")
-    parser.add_argument("run_dir", help="a kdistill run directory (holds student/, labels.json, run_config.json)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="export format (onnx)")
-    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
-    parser.add_argument("--teacher", action="store_true",
-                        help="also export the teacher (to OUT/teacher) and time it in ONNX Runtime")
-    parser.add_argument("--out", help="output directory (default RUN_DIR/export)")
-    parser.add_argument("--rows", type=int, default=1000, help="evaluation rows for the parity and int8 checks")
-    parser.add_argument("--data", help="labelled file for the checks, instead of the run's test/validation file")
-    parser.add_argument("--speed_batches", type=int, default=20, help="timed batches per speed measurement (0 skips it)")
-    parser.add_argument("--speed_rounds", type=int, default=3, help="round-robin rounds of the speed measurement")
-    parser.add_argument("--no_check", action="store_true",
-                        help="report a failed fp32 parity check but exit 0 (the default exit is 1)")
-    args = parser.parse_args(argv)
-    if args.rows < 1 or args.speed_batches < 0 or args.speed_rounds < 1:
+    Args:
+        out: the export directory (default RUN_DIR/export).
+        int8: also write model.int8.onnx (dynamic int8 quantisation) and check it against fp32.
+        teacher: also export the teacher (to OUT/teacher) and time it in ONNX Runtime.
+        rows: evaluation rows for the parity and int8 checks.
+        data_file: a labelled file for the checks, instead of the run's test/validation file.
+        speed_batches: timed batches per speed measurement (0 skips timing).
+        speed_rounds: round-robin rounds of the speed measurement.
+        command: the command line recorded in the report and the card (default: the equivalent `kdistill export`).
+    """
+    if rows < 1 or speed_batches < 0 or speed_rounds < 1:
         raise UserError("export: --rows and --speed_rounds must be at least 1, --speed_batches at least 0")
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"export needs {', '.join(missing)}: pip install onnx onnxruntime onnxscript")
+    if command is None:
+        flags = [f"--{name}" for name, on in (("int8", int8), ("teacher", teacher)) if on]
+        command = shlex.join(["kdistill", "export", run_dir, "--format", "onnx", *flags, *(["--out", out] if out else []),
+                              "--rows", str(rows), *(["--data", data_file] if data_file else []),
+                              "--speed_batches", str(speed_batches), "--speed_rounds", str(speed_rounds)])
 
-    run = load_run(args.run_dir)
-    out = args.out or os.path.join(args.run_dir, "export")
+    run = load_run(run_dir)
+    out = out or os.path.join(run_dir, "export")
     os.makedirs(out, exist_ok=True)
-    need_teacher = args.teacher or args.speed_batches > 0
+    need_teacher = teacher or speed_batches > 0
     tdir = teacher_dir(run) if need_teacher else None
 
     student = load_classifier(run.student_dir, "student").eval()
     tokenizer = load_tokenizer(run.student_dir, "student tokenizer")
-    data = data_config(run, args.data)
-    rows, labels, source = eval_rows(data, tokenizer, run.label2id, args.rows)
+    data = data_config(run, data_file)
+    eval_set, labels, source = eval_rows(data, tokenizer, run.label2id, rows)
     collate = pad(tokenizer)
 
     fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
-    names = export_model(student, tokenizer, run.label2id, out, args.int8)
+    names = export_model(student, tokenizer, run.label2id, out, int8)
 
     report: dict = {
-        "format": args.format,
-        "command": "kdistill export " + shlex.join(argv),
+        "format": "onnx",
+        "command": command,
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "versions": versions(),
-        "run_dir": args.run_dir,
+        "run_dir": run_dir,
         "out": out,
         "inputs": names,
         "output": "logits",
         "max_length": data.max_length,
         "labels": run.label2id,
-        "eval": {"source": source, "rows": len(rows)},
+        "eval": {"source": source, "rows": len(eval_set)},
         "parameters": {"student": count_parameters(student)},
         "sizes": {"student PyTorch": size_on_disk(run.student_dir), "student ONNX fp32": os.path.getsize(fp32_path)},
     }
-    pt_logits = predict_logits(student, rows, collate)
+    pt_logits = predict_logits(student, eval_set, collate)
     fp32 = OnnxClassifier(fp32_path)
-    fp32_logits = predict_logits(fp32, rows, collate)
+    fp32_logits = predict_logits(fp32, eval_set, collate)
     report["parity"] = check_parity(pt_logits, fp32_logits)
     report["accuracy_pytorch"] = metrics.accuracy(pt_logits, labels)
-    candidates: dict[str, tuple] = {"student PyTorch": (student, rows, collate), "student ONNX fp32": (fp32, rows, collate)}
-    if args.int8:
-        int8 = OnnxClassifier(int8_path)
-        report["int8"] = int8_fidelity(fp32_logits, predict_logits(int8, rows, collate), labels)
+    candidates: dict[str, tuple] = {"student PyTorch": (student, eval_set, collate),
+                                    "student ONNX fp32": (fp32, eval_set, collate)}
+    if int8:
+        int8_model = OnnxClassifier(int8_path)
+        report["int8"] = int8_fidelity(fp32_logits, predict_logits(int8_model, eval_set, collate), labels)
         report["sizes"]["student ONNX int8"] = os.path.getsize(int8_path)
-        candidates["student ONNX int8"] = (int8, rows, collate)
-
+        candidates["student ONNX int8"] = (int8_model, eval_set, collate)
     if tdir is not None:
-        teacher = load_classifier(tdir, "teacher", run.label2id).eval()
-        teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
-        # The same texts, tokenised the teacher's way (its vocabulary may differ from the student's).
-        teacher_rows, _, _ = eval_rows(data, teacher_tok, run.label2id, args.rows)
-        tcollate = pad(teacher_tok)
-        report["teacher_dir"] = tdir
-        report["parameters"]["teacher"] = count_parameters(teacher)
-        report["sizes"]["teacher PyTorch"] = size_on_disk(tdir)
-        timed_teacher = {"teacher PyTorch": (teacher, teacher_rows, tcollate)}
-        if args.teacher:
-            tout = os.path.join(out, "teacher")
-            t32, t8 = os.path.join(tout, FP32_FILE), os.path.join(tout, INT8_FILE)
-            export_model(teacher, teacher_tok, run.label2id, tout, args.int8)
-            teacher_fp32 = OnnxClassifier(t32)
-            report["teacher_parity"] = check_parity(predict_logits(teacher, teacher_rows, tcollate),
-                                                    predict_logits(teacher_fp32, teacher_rows, tcollate))
-            report["sizes"]["teacher ONNX fp32"] = os.path.getsize(t32)
-            timed_teacher["teacher ONNX fp32"] = (teacher_fp32, teacher_rows, tcollate)
-            if args.int8:
-                report["sizes"]["teacher ONNX int8"] = os.path.getsize(t8)
-                timed_teacher["teacher ONNX int8"] = (OnnxClassifier(t8), teacher_rows, tcollate)
-        candidates = {**timed_teacher, **candidates}
+        candidates = {**_teacher_side(report, tdir, run, data, rows, out, int8, export=teacher), **candidates}
 
-    if args.speed_batches > 0:
-        models = time_models(candidates, args.speed_batches, args.speed_rounds)
+    if speed_batches > 0:
+        models = time_models(candidates, speed_batches, speed_rounds)
         report["speed"] = {"threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                           "batches": args.speed_batches,
-                           "rounds": args.speed_rounds, "batch_size": 64, "models": models}
+                           "batches": speed_batches, "rounds": speed_rounds, "batch_size": 64, "models": models}
     report["anchors"] = ANCHORS
     report["summary"] = summary(report)
-    passed = report["parity"]["passed"] and report.get("teacher_parity", {}).get("passed", True)
-    report["passed"] = passed
+    report["passed"] = report["parity"]["passed"] and report.get("teacher_parity", {}).get("passed", True)
     write_json(os.path.join(out, REPORT_FILE), report)
-    card = model_card(report, run.config, run.evaluation)
-    write_text(os.path.join(out, CARD_FILE), card)
+    write_text(os.path.join(out, CARD_FILE), model_card(report, run.config, run.evaluation))
 
-    print(summary_text(report))
     if "int8" in report and not report["int8"]["agreement_met"]:
         logger.warning("int8 agrees with fp32 on %s of rows, below the %s target; see %s",
                        pct(report["int8"]["agreement_with_fp32"]), pct(INT8_AGREEMENT_TARGET), CARD_FILE)
-    if not passed:
+    if not report["passed"]:
         logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)", PARITY_BOUND, REPORT_FILE)
-        return 0 if args.no_check else 1
-    return 0
+    return report
+
+
+def _teacher_side(report: dict, tdir: str, run: Run, data: DataConfig, rows: int, out: str, int8: bool,
+                  export: bool) -> dict[str, tuple]:
+    """The teacher's entries of the report (and, with `export`, its ONNX files); returns its models to time."""
+    teacher = load_classifier(tdir, "teacher", run.label2id).eval()
+    teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
+    # The same texts, tokenised the teacher's way (its vocabulary may differ from the student's).
+    teacher_rows, _, _ = eval_rows(data, teacher_tok, run.label2id, rows)
+    tcollate = pad(teacher_tok)
+    report["teacher_dir"] = tdir
+    report["parameters"]["teacher"] = count_parameters(teacher)
+    report["sizes"]["teacher PyTorch"] = size_on_disk(tdir)
+    timed = {"teacher PyTorch": (teacher, teacher_rows, tcollate)}
+    if export:
+        tout = os.path.join(out, "teacher")
+        t32, t8 = os.path.join(tout, FP32_FILE), os.path.join(tout, INT8_FILE)
+        export_model(teacher, teacher_tok, run.label2id, tout, int8)
+        teacher_fp32 = OnnxClassifier(t32)
+        report["teacher_parity"] = check_parity(predict_logits(teacher, teacher_rows, tcollate),
+                                                predict_logits(teacher_fp32, teacher_rows, tcollate))
+        report["sizes"]["teacher ONNX fp32"] = os.path.getsize(t32)
+        timed["teacher ONNX fp32"] = (teacher_fp32, teacher_rows, tcollate)
+        if int8:
+            report["sizes"]["teacher ONNX int8"] = os.path.getsize(t8)
+            timed["teacher ONNX int8"] = (OnnxClassifier(t8), teacher_rows, tcollate)
+    return timed
 
 
 # ---------------------------------------------------------------------------------------------------------- predict
@@ -530,6 +534,14 @@ class Predictor:
         rows = [{n: enc[n][i] for n in names} for i in range(len(texts))]
         logits = predict_logits(self.model, rows, pad(self.tokenizer), batch_size=batch_size)
         return metrics.softmax(logits)
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, dict[str, float]]]:
+        """Each text's label and its probability of every label, by label name."""
+        out = []
+        for p in self.probabilities(texts, batch_size):
+            best = int(p.argmax())
+            out.append((self.id2label.get(best, str(best)), {self.id2label.get(i, str(i)): float(v) for i, v in enumerate(p)}))
+        return out
 
 
 def _max_length(model_dir: str, tokenizer) -> int:
@@ -564,37 +576,3 @@ def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
             id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
             return Predictor(model, tokenizer, id2label, _max_length(candidate, tokenizer), "pytorch")
     raise UserError(f"{model_dir}: no model here (no {FP32_FILE}, config.json or student/config.json)")
-
-
-def predict_main(argv: list[str]) -> int:
-    """`kdistill predict`: a label and the probabilities for each text."""
-    parser = _parser("kdistill predict", "Classify texts with an exported (ONNX) or PyTorch model.")
-    parser.add_argument("model_dir", help="an export directory, a model directory (a run's student/) or a run directory")
-    parser.add_argument("texts", nargs="*", help="texts to classify")
-    parser.add_argument("--file", help="a text file, one text per line (blank lines skipped)")
-    parser.add_argument("--int8", action="store_true", help="use model.int8.onnx of an export directory")
-    parser.add_argument("--json", action="store_true", help="one JSON object per text (JSON Lines)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    args = parser.parse_intermixed_args(argv)  # texts may come after flags: predict DIR --int8 "a text"
-    texts = list(args.texts)
-    if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as fh:
-                texts += [line.rstrip("\n") for line in fh if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{args.file}: cannot read ({err})") from None
-    if not texts:
-        raise UserError("predict: give texts to classify, or --file PATH")
-    predictor = load_predictor(args.model_dir, args.int8)
-    probs = predictor.probabilities(texts, args.batch_size)
-    for text, p in zip(texts, probs):
-        best = int(p.argmax())
-        label = predictor.id2label.get(best, str(best))
-        named = {predictor.id2label.get(i, str(i)): float(v) for i, v in enumerate(p)}
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": named}))
-        else:
-            shown = " ".join(f"p({k})={v:.4f}" for k, v in named.items())
-            print(f"{label}\t{shown}\t{text}")
-    sys.stdout.flush()
-    return 0

@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+from ..errors import UserError
 from ..files import write_text
 from ..metrics import ONE_HOT_TOP_PROB
 from ..stats import CONFIDENCE, paired_difference, t_interval
@@ -481,6 +482,21 @@ def to_html(blocks: list[tuple], directory: str) -> str:
              "img{max-width:100%}figcaption{color:#555;font-size:90%}")
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>kdistill compare</title>'
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def read_results(sweep_dir: str) -> dict:
+    """A sweep's results.json, as `kdistill compare` wrote it; a missing or foreign file is a UserError."""
+    path = os.path.join(sweep_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            results = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"report: no results.json in {sweep_dir} (run kdistill compare first)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"report: {path} is not valid JSON ({err})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
+    return results
 
 
 def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
