@@ -157,6 +157,7 @@ def _report(argv: list[str]) -> int:
 def _export(argv: list[str]) -> int:
     """Exit 1 when the fp32 parity check fails (without --no_check)."""
     from . import export
+    from .report.model_card import summary_text
 
     parser = _parser("export", "Export a run's student to ONNX (and int8), check it, time it, write a model card.")
     parser.add_argument("run_dir", help="a kdistill run directory (holds student/, labels.json, run_config.json)")
@@ -175,7 +176,7 @@ def _export(argv: list[str]) -> int:
     report = export.export_run(args.run_dir, args.out, int8=args.int8, teacher=args.teacher, rows=args.rows,
                                data_file=args.data, speed_batches=args.speed_batches, speed_rounds=args.speed_rounds,
                                command="kdistill export " + shlex.join(argv))
-    print(export.summary_text(report))
+    print(summary_text(report))
     return 0 if report["passed"] or args.no_check else 1
 
 
