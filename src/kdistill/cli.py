@@ -31,7 +31,10 @@ logger = logging.getLogger("kdistill")
 # The verbs whose flags are the run config's fields (see config.py).
 PIPELINE_VERBS = ("teach", "distill", "eval", "run")
 # Verbs that were removed, and what replaces them.
-REMOVED: dict[str, str] = {}
+REMOVED = {
+    "bilstm": "`kdistill bilstm` is gone: a run builds its BiLSTM student itself with student_init: bilstm "
+              "(sizes: bilstm_vocab_size, bilstm_embedding_dim, bilstm_hidden_size; see configs/sst2_bilstm.yaml)",
+}
 
 
 def _parser(verb: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -250,7 +253,6 @@ VERBS = {
     "export": _export,
     "predict": _predict,
     "augment": _augment,
-    "bilstm": lambda argv: __import__("kdistill.models.bilstm", fromlist=["bilstm_main"]).bilstm_main(argv),
 }
 
 

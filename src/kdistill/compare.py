@@ -197,7 +197,7 @@ def scratch_spec(spec):
     """The same architecture as `spec`, randomly initialised; None where that is what `spec` is already."""
     from .config import StudentConfig
 
-    if spec.student_init == "from_config":
+    if spec.student_init in ("from_config", "bilstm"):  # a BiLSTM starts from random weights already
         return None
     overrides = spec.overrides()
     if spec.student_init == "from_teacher":
@@ -379,7 +379,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     student_configs = {name: _student_config(sweep, name, argv) for name in sweep.students}
     for name, config in student_configs.items():
         if "scratch" in sweep.strategies and scratch_spec(config.student) is None:
-            logger.warning("student %s is built from a config already: 'scratch' would repeat 'hard', skipped", name)
+            logger.warning("student %s starts from random weights already: 'scratch' would repeat 'hard', skipped", name)
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))

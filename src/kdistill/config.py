@@ -31,7 +31,7 @@ class ConfigError(UserError):
     """A configuration a user wrote is invalid; the message says what to change."""
 
 
-STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained")
+STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained", "bilstm")
 
 
 @dataclass
@@ -140,6 +140,23 @@ class StudentConfig:
     student_tokenizer: str | None = field(
         default=None, metadata={"help": "The student's tokenizer, if not the one of student_model / the teacher."}
     )
+    # student_init: bilstm (models/bilstm.py): a BiLSTM with its own word-level tokenizer (Tang et al. 2019).
+    bilstm_vocab_size: int = field(
+        default=10000,
+        metadata={"help": "bilstm: words in the vocabulary, special tokens included: the most frequent words of every "
+                  "row of train_file's text column (max_train_samples does not narrow it); the rest read as [UNK]."},
+    )
+    bilstm_embedding_dim: int = field(default=128, metadata={"help": "bilstm: size of the word embeddings."})
+    bilstm_hidden_size: int = field(default=150, metadata={"help": "bilstm: LSTM units per direction."})
+    bilstm_classifier_size: int = field(
+        default=200, metadata={"help": "bilstm: width of the ReLU layer between the pooled LSTM output and the logits."}
+    )
+    bilstm_dropout: float = field(default=0.1, metadata={"help": "bilstm: dropout on the embeddings and the ReLU layer."})
+    bilstm_seed: int = field(
+        default=0,
+        metadata={"help": "bilstm: seed of the random initial weights, the same for every run seed (which still sets "
+                  "data order and dropout), so a sweep's seeds start from one student."},
+    )
 
     def __post_init__(self):
         if self.student_init not in STUDENT_INITS:
@@ -152,6 +169,17 @@ class StudentConfig:
             raise ConfigError("student: student_init=from_pretrained needs student_model")
         if self.student_layers is not None and self.student_num_layers is not None:
             raise ConfigError("student: set student_layers or student_num_layers, not both")
+        if self.student_init == "bilstm":
+            if self.student_model or self.student_tokenizer:
+                raise ConfigError("student: student_init=bilstm builds its model and word tokenizer from the training "
+                                  "data; unset student_model and student_tokenizer")
+            # 3 special tokens ([PAD], [UNK], [MASK]) and at least one word.
+            if self.bilstm_vocab_size < 4 or min(self.bilstm_embedding_dim, self.bilstm_hidden_size,
+                                                 self.bilstm_classifier_size) < 1:
+                raise ConfigError("student: bilstm_vocab_size must be at least 4, bilstm_embedding_dim, "
+                                  "bilstm_hidden_size and bilstm_classifier_size at least 1")
+            if not 0.0 <= self.bilstm_dropout < 1.0:
+                raise ConfigError(f"student: bilstm_dropout must be in [0, 1), got {self.bilstm_dropout}")
 
     def overrides(self) -> dict[str, Any]:
         if not self.student_config_overrides:

@@ -45,6 +45,7 @@ from .students import (
     load_classifier,
     load_tokenizer,
     resolve_model_path,
+    vocabulary_texts,
 )
 from .trainer import DistillationTrainer
 
@@ -592,7 +593,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     tdir = teacher_dir(config)
     teacher = (load_classifier(tdir, "teacher", label2id, **_trust(config))
                if config.student.student_init == "from_teacher" else None)
-    student, tokenizer = build_student(config.student, teacher, tdir, label2id, **_trust(config))
+    texts = vocabulary_texts(config.data) if config.student.student_init == "bilstm" else None
+    student, tokenizer = build_student(config.student, teacher, tdir, label2id, texts=texts, **_trust(config))
     del teacher
     _check_vocabulary(student, tokenizer, "student")
     for split, logits in teacher_logits.items():
