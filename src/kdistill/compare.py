@@ -272,11 +272,6 @@ def _check_same_sweep(out: str, record: dict) -> None:
     write_json(path, record)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def run_cell(config, cell: Cell) -> dict:
     """Distil and evaluate one cell; its record, also written to cell.json (the 'finished' mark)."""
     from . import pipeline
@@ -370,6 +365,8 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     With `keep_models=False` only the first run of each student keeps its weights (the speed is timed on it).
     """
     from . import __version__, pipeline
+    # Training's formatter for time left ('42s', '3m05s', '1h02m'), so a sweep's line reads like a run's.
+    from .trainer import _duration as duration
 
     argv = list(argv or [])
     for flag in argv:
@@ -407,7 +404,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
         eta = ""
         if ran:
             per_run = (time.perf_counter() - start) / ran
-            eta = f", about {_duration(per_run * (len(todo) - ran))} left"
+            eta = f", about {duration(per_run * (len(todo) - ran))} left"
         logger.info("[%d/%d] %s: %s, seed %d%s", i, len(cells), cell.student, cell.setting, cell.seed, eta)
         done[cell] = run_cell(cell_config(student_configs[cell.student], cell, sweep, teacher, report_to), cell)
         ran += 1
