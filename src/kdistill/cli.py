@@ -132,14 +132,11 @@ def _compare(argv: list[str]) -> int:
                         help="delete each run's weights once it is evaluated, except the first run of each student")
     args, rest = parser.parse_known_args(argv)
     from .compare import load_sweep, run_sweep
-    from .report.compare import format_summary
 
     sweep = load_sweep(args.config)
     if args.output_dir:
         sweep.output_dir = args.output_dir
-    results = run_sweep(sweep, rest, keep_models=not args.no_keep_models)
-    print(format_summary(results))
-    print(f"report: {os.path.join(sweep.output_dir, 'report.md')} (and report.html)")
+    _print_sweep(run_sweep(sweep, rest, keep_models=not args.no_keep_models), sweep.output_dir)
     return 0
 
 
@@ -148,13 +145,19 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("sweep_dir", help="a directory holding results.json (written by kdistill compare)")
     parser.add_argument("--out", help="where the report goes (default: SWEEP_DIR)")
     args = parser.parse_args(argv)
-    from .report.compare import format_summary, read_results, write_report
+    from .report.compare import read_results, write_report
 
     out = args.out or args.sweep_dir
-    results = write_report(out, read_results(args.sweep_dir))
-    print(format_summary(results))
-    print(f"report: {os.path.join(out, 'report.md')} (and report.html)")
+    _print_sweep(write_report(out, read_results(args.sweep_dir)), out)
     return 0
+
+
+def _print_sweep(results: dict, directory: str) -> None:
+    """What compare and report end with: the verdict, the table and where the report is."""
+    from .report.compare import format_summary
+
+    print(format_summary(results))
+    print(f"report: {os.path.join(directory, 'report.md')} (and report.html)")
 
 
 def _export(argv: list[str]) -> int:

@@ -15,5 +15,6 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    """`fig` as a PNG at `path`, written to a temporary file and renamed."""
+    """`fig` as a PNG at `path`, written to a temporary file and renamed; then the figure is closed."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    pyplot().close(fig)

@@ -244,7 +244,6 @@ def plot_accuracy_by_strategy(results: dict, path: str) -> None:
         ax.set_xlabel("accuracy (%)")
         ax.legend(fontsize=8, loc="best")
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
@@ -283,7 +282,6 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
         ax.legend(fontsize=8)
     fig.suptitle("Accuracy against temperature, mean and 95% t-interval over seeds")
     save_figure(fig, path)
-    plt.close(fig)
     return True
 
 
@@ -328,7 +326,6 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     ax.set_title("Compression trade-off: best setting per model (gray: other settings)")
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
     return True
 
 
@@ -348,7 +345,6 @@ def plot_fidelity(results: dict, path: str) -> None:
         ax.set_xlabel(title)
     fig.suptitle("Fidelity and calibration by setting, mean and 95% t-interval over seeds")
     save_figure(fig, path)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ documents

@@ -138,7 +138,6 @@ def plot_strategies(results: dict, path: str) -> None:
     ax.set_title("Step 3: student MLP by strategy\n(blue: teacher's labels, orange: out-of-fold, gray: short budget)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_temperatures(results: dict, path: str) -> None:
@@ -173,7 +172,6 @@ def plot_temperatures(results: dict, path: str) -> None:
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
     fig.suptitle("Step 3: errors against temperature, mean and 95% t-interval over seeds")
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_dark_knowledge(results: dict, path: str) -> None:
@@ -199,7 +197,6 @@ def plot_dark_knowledge(results: dict, path: str) -> None:
     ax.set_title(f"Step 4: a student that never saw a {s4['digit']} (soft labels, T={s4['chosen_temperature']})")
     ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_few_labels(results: dict, path: str) -> None:
@@ -216,7 +213,6 @@ def plot_few_labels(results: dict, path: str) -> None:
     ax.set_title(f"Step 5: gold labels for {s5['labelled_rows']} of {s5['labelled_rows'] + s5['unlabelled_rows']} rows")
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
