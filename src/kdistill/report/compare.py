@@ -10,17 +10,14 @@ paired differences over the seeds both ran (paired t), since a seed fixes initia
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
-import re
 
 from ..errors import UserError
 from ..files import write_text
 from ..metrics import ONE_HOT_TOP_PROB
 from ..stats import CONFIDENCE, paired_difference, t_interval
-from .common import pyplot, save_figure
+from .common import pyplot, save_figure, to_html, to_markdown
 
 METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
 PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
@@ -426,60 +423,6 @@ def _blocks(results: dict) -> list[tuple]:
     return b
 
 
-_INLINE = [(re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"), (re.compile(r"`(.+?)`"), r"<code>\1</code>")]
-
-
-def _inline_html(text: str) -> str:
-    text = html.escape(text)
-    for pattern, repl in _INLINE:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            out.append(f"# {block[1]}")
-        elif kind == "h2":
-            out.append(f"## {block[1]}")
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(r) + " |" for r in rows]))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
-    return "\n\n".join(out) + "\n"
-
-
-def to_html(blocks: list[tuple], directory: str) -> str:
-    """A self-contained page: the plots are embedded as base64 data URIs."""
-    body = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline_html(block[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            with open(os.path.join(directory, block[1]), "rb") as fh:
-                data = base64.b64encode(fh.read()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 7px}"
-             "img{max-width:100%}figcaption{color:#555;font-size:90%}")
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>kdistill compare</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 def read_results(sweep_dir: str) -> dict:
     """A sweep's results.json, as `kdistill compare` wrote it; a missing or foreign file is a UserError."""
     path = os.path.join(sweep_dir, "results.json")
@@ -519,7 +462,7 @@ def write_report(directory: str, results: dict) -> dict:
     write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
     blocks = _blocks(results)
     write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
-    write_text(os.path.join(directory, "report.html"), to_html(blocks, directory))
+    write_text(os.path.join(directory, "report.html"), to_html(blocks, directory, "kdistill compare"))
     return results
 
 
