@@ -5,7 +5,7 @@
 1. the augmented transfer sets (Tang et al. 2019): `kdistill augment` makes one, and four, new sentences per row;
 2. the 2-layer student of configs/sst2_sweep.yaml, hard vs soft T=2 with each transfer set (configs/sst2_augment.yaml,
    3 seeds; configs/sst2_augment4.yaml, 5 seeds);
-3. the BiLSTM student (`kdistill bilstm`), the same comparison (configs/sst2_bilstm.yaml).
+3. the BiLSTM student (`student_init: bilstm`), the same comparison (configs/sst2_bilstm.yaml).
 
 A sweep resumes: runs already finished in its output directory are read back, not redone, so rerunning this script
 collects what earlier runs measured. It prints a table and writes benchmarks/results/augment.json with a `summary`.
@@ -23,7 +23,6 @@ from bench_env import machine, now_utc, threads, versions
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSFER = "runs/sst2_augment_transfer.tsv"
 TRANSFER4 = "runs/sst2_augment4_transfer.tsv"
-BILSTM = "runs/students/bilstm"
 SWEEPS = {"2-layer": ("configs/sst2_augment.yaml", "runs/sst2_augment"),
           # Four augmented sentences per row and five seeds (the one-sentence interval was too wide to call).
           "2-layer-aug4": ("configs/sst2_augment4.yaml", "runs/sst2_augment4"),
@@ -60,8 +59,6 @@ def main() -> None:
         run([*kd, "augment", "--input", "../shared/data/sst2/train.tsv", "--text_column", "sentence", "--max_rows",
              "8000", "--per_sentence", "4", "--seed", "0", "--pos_corpus", "../shared/data/conll2003/train.txt",
              "--output", TRANSFER4])
-    if not os.path.isfile(os.path.join(ROOT, BILSTM, "config.json")):
-        run([*kd, "bilstm", "--train_file", "../shared/data/sst2/train.tsv", "--text_column", "sentence", "--out", BILSTM])
     results = {}
     for student, (config, out) in SWEEPS.items():
         run([*kd, "compare", "--config", config, "--no_keep_models", *teacher])

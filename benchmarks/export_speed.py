@@ -140,7 +140,7 @@ def _contention(result: dict) -> str:
 
 def section(result: dict) -> str:
     """One thread setting: how it ran, the table, fidelity, ratios and the target."""
-    from kdistill.model_card import speed_table, spread
+    from kdistill.report.model_card import speed_table, spread
 
     report, s, t = result["report"], result["summary"], result["targets"]
     i8, speed, rows = report["int8"], report["speed"], report["eval"]["rows"]
@@ -177,7 +177,7 @@ def section(result: dict) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    from kdistill.model_card import ANCHORS
+    from kdistill.report.model_card import ANCHORS
 
     first = results[0]
     report = first["report"]

@@ -12,9 +12,9 @@ the teacher once, makes its soft labels once and runs every cell through `pipeli
 - Stage 1: every setting (hard; soft at T in {1, 2, 4, 8}; mixed alpha 0.5 at the same T) for the 2- and
   3-layer students taken from the teacher (layers 0, 5 and 0, 2, 5), seeds `--seeds`.
 - Stage 2: for each student, hard labels and its best soft-label setting (soft or mixed, chosen on validation
-  accuracy by `compare_report.best_cell`) again with seeds `--seeds_best`, so the soft - hard difference carries
+  accuracy by `report.compare.best_cell`) again with seeds `--seeds_best`, so the soft - hard difference carries
   a paired 95% t-interval. Finished cells are reused (a cell is its student, setting and seed).
-- The runs of both stages go through `compare_report.write_report` together: its `cells`, `comparisons` and
+- The runs of both stages go through `report.compare.write_report` together: its `cells`, `comparisons` and
   `verdict` are the numbers reported here.
 
 Data: SST-2 trains on `sst2/train.tsv`, selects on `sst2/dev.tsv` and is scored on `sst2/test.tsv` = SST-2 dev
@@ -139,7 +139,7 @@ def run_stage(document: dict, path: str) -> dict:
 
 def run_dataset(name: str, p: dict, out: str, teacher: str | None, args) -> dict:
     """Stage 1, stage 2, and the report over both (kdistill's own aggregation)."""
-    from kdistill.compare_report import best_cell, write_report
+    from kdistill.report.compare import best_cell, write_report
 
     start = time.perf_counter()
     document = sweep_document(name, p, out, teacher, args)
@@ -169,7 +169,7 @@ def run_dataset(name: str, p: dict, out: str, teacher: str | None, args) -> dict
 
 def headline(name: str, report: dict) -> dict:
     """The summary figures of one data set (fractions, not percent)."""
-    from kdistill.compare_report import best_replicated
+    from kdistill.report.compare import best_replicated
 
     out = {"teacher_accuracy": report["teacher"]["accuracy"], "teacher_ece": report["teacher"]["ece"]}
     for student in ("2-layer", "3-layer"):
@@ -252,7 +252,7 @@ def markdown(result: dict, name: str) -> str:
            f"{result['load_end']:.2f} at the end; {result['seconds'] / 60:.1f} minutes.",
            f"- **Engine**: `kdistill.compare.parse_sweep` + `run_sweep` on the sweep files kept in "
            f"`{os.path.relpath(result['out'], ROOT)}/<data set>/sweep-*.yaml`; cells, paired comparisons and verdicts "
-           "from `kdistill.compare_report`. Intervals: Student-t over seeds; differences from hard labels paired by "
+           "from `kdistill.report.compare`. Intervals: Student-t over seeds; differences from hard labels paired by "
            "seed.",
            *[f"- **Reports rebuilt** {r['date']} with `{r['command']}`: cells, comparisons, verdicts, plots and summary "
              f"recomputed from the stored runs by the reporting code of commit {r['git'].get('commit', '?')[:7]}; nothing was "
@@ -383,11 +383,11 @@ def write_results(result: dict, name: str, results_dir: str) -> None:
 
 def rebuild(name: str, results_dir: str) -> int:
     """Recompute every data set's cells, comparisons, verdict, plots and summary from the runs a finished benchmark
-    stored, with the current kdistill.compare_report, keeping the run's own date, command, timings and load.
+    stored, with the current kdistill.report.compare, keeping the run's own date, command, timings and load.
 
     For when the reporting code changes after a run that took hours; nothing is trained or timed again.
     """
-    from kdistill.compare_report import write_report
+    from kdistill.report.compare import write_report
 
     path = os.path.join(results_dir, f"{name}.json")
     with open(path, encoding="utf-8") as fh:

@@ -8,7 +8,8 @@ import os
 import pytest
 import yaml
 
-from kdistill import compare, compare_report
+from kdistill import compare
+from kdistill.report import compare as compare_report
 from kdistill.cli import main
 from kdistill.stats import paired_difference, t_interval
 from conftest import SST2

@@ -12,7 +12,7 @@ from scipy import stats
 from kdistill import demo
 from kdistill.tasks.image import random_shift
 from kdistill.cli import main
-from kdistill.report import FILES
+from kdistill.report.demo import FILES
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 MASK = "[MASK]"
@@ -43,14 +45,14 @@ class AugmentConfig:
     # Draws per wanted sentence before giving up on a short sentence that has few distinct variants.
     max_tries: int = 3
 
-    def __post_init__(self):
+    def __post_init__(self):  # UserError: the fields come from the command line
         for name in ("p_mask", "p_pos", "p_ngram"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"augment: {name} must be in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"augment: {name} must be in [0, 1], got {getattr(self, name)}")
         if self.p_mask + self.p_pos > 1.0:
-            raise ValueError("augment: p_mask + p_pos must be at most 1 (a word is masked, replaced or kept)")
+            raise UserError("augment: p_mask + p_pos must be at most 1 (a word is masked, replaced or kept)")
         if self.max_n < 1 or self.per_sentence < 0 or self.max_tries < 1:
-            raise ValueError("augment: max_n and max_tries must be >= 1, per_sentence >= 0")
+            raise UserError("augment: max_n and max_tries must be >= 1, per_sentence >= 0")
 
 
 class PosLexicon:
@@ -141,53 +143,40 @@ def augment_sentences(
     return out
 
 
-def augment_main(argv: list[str]) -> int:
-    """`kdistill augment`: write an augmented transfer file from a training file."""
-    import argparse
+def augment_file(
+    source: str,
+    output: str,
+    text_column: str = "text",
+    config: AugmentConfig = AugmentConfig(),
+    column_names: list[str] | None = None,
+    max_rows: int | None = None,
+    pos_corpus: str | None = None,
+) -> tuple[int, int]:
+    """Write a transfer file of augmented sentences from a training file; returns (sentences written, rows read).
+
+    Args:
+        output: a .tsv file with one column, `text_column`, ready for data.transfer_file.
+        max_rows: augment only the first `max_rows` rows.
+        pos_corpus: a CoNLL-format tagged corpus for part-of-speech replacement; without it, words are only masked
+            and n-grams sampled.
+    """
     import csv
 
     from .config import DataConfig
     from .data import load_table
-    from .errors import UserError
     from .files import atomic_write
 
-    parser = argparse.ArgumentParser(
-        prog="kdistill augment",
-        description="New unlabelled sentences from a training file (Tang et al. 2019), for data.transfer_file.",
-    )
-    parser.add_argument("--input", required=True, help="the training file (csv/tsv/json/jsonl/parquet)")
-    parser.add_argument("--output", required=True, help="the transfer file to write (.tsv, one text column)")
-    parser.add_argument("--text_column", default="text", help="the input's text column (also the output's)")
-    parser.add_argument("--column_names", nargs="+", help="column names of a csv/tsv file without a header")
-    parser.add_argument("--max_rows", type=int, help="augment only the first N rows")
-    parser.add_argument("--pos_corpus", help="a CoNLL-format tagged corpus for part-of-speech replacement "
-                        "(e.g. conll2003/train.txt); without it, words are only masked and n-grams sampled")
-    for name, value in vars(AugmentConfig()).items():
-        if name != "mask_token":
-            parser.add_argument(f"--{name}", type=type(value), default=value, help=f"default {value}")
-    parser.add_argument("--mask_token", default=MASK, help="the teacher tokenizer's mask token (default [MASK])")
-
-    def _error(message: str):
-        raise UserError(f"augment: {message}")
-
-    parser.error = _error
-    args = parser.parse_args(argv)
-    try:
-        config = AugmentConfig(**{k: getattr(args, k) for k in vars(AugmentConfig())})
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if not args.output.endswith(".tsv"):
+    if not output.endswith(".tsv"):
         raise UserError("augment: --output must be a .tsv file")
-    data = DataConfig(train_file=args.input, text_column=args.text_column, column_names=args.column_names,
-                      max_train_samples=args.max_rows)
-    table = load_table(args.input, data, labelled=False)
-    texts = table[args.text_column][:]
-    if args.max_rows is not None:
-        texts = texts[:args.max_rows]
+    data = DataConfig(train_file=source, text_column=text_column, column_names=column_names,
+                      max_train_samples=max_rows)
+    texts = load_table(source, data, labelled=False)[text_column][:]
+    if max_rows is not None:
+        texts = texts[:max_rows]
     lexicon = None
-    if args.pos_corpus:
+    if pos_corpus:
         try:
-            lexicon = PosLexicon.from_conll(args.pos_corpus)
+            lexicon = PosLexicon.from_conll(pos_corpus)
         except (OSError, ValueError, UnicodeDecodeError) as err:
             raise UserError(f"augment: cannot read --pos_corpus: {err}") from None
     new = augment_sentences([str(t) for t in texts], config, lexicon)
@@ -195,10 +184,9 @@ def augment_main(argv: list[str]) -> int:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
-            writer.writerow([args.text_column])
+            writer.writerow([text_column])
             writer.writerows([t] for t in new)
 
-    atomic_write(args.output, write)
-    logger.info("augment: %d new sentences from %d rows written to %s", len(new), len(texts), args.output)
-    print(f"{len(new)} sentences from {len(texts)} rows -> {args.output}")
-    return 0
+    atomic_write(output, write)
+    logger.info("augment: %d new sentences from %d rows written to %s", len(new), len(texts), output)
+    return len(new), len(texts)

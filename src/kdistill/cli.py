@@ -1,4 +1,4 @@
-"""The `kdistill` command: one thin, linear main() per verb.
+"""The `kdistill` command: every verb's parser, and one short, linear function per verb.
 
     kdistill teach   --config run.yaml [--flag value ...]
     kdistill distill --config run.yaml
@@ -10,23 +10,44 @@
     kdistill export  RUN_DIR --format onnx [--int8] [--out DIR]
     kdistill predict MODEL_DIR "some text" [...]
     kdistill augment --input train.tsv --output transfer.tsv --text_column sentence   # Tang et al. 2019
-    kdistill bilstm  --train_file train.tsv --out students/bilstm    # a BiLSTM student, for from_pretrained
 
-Flags are the config's field names and override the YAML. A user error ends in one line on stderr and exit 2.
+Flags of teach, distill, eval and run are the config's field names and override the YAML. A verb parses its
+arguments, calls library functions with typed arguments and prints what they return; the library prints nothing.
+Heavy modules (torch, transformers) are imported inside the verbs, so `kdistill --help` answers at once. A user
+error ends in one line on stderr and exit 2.
 """
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 
-from .errors import UserError
+from .errors import UserError, raise_on_usage_error
 
 logger = logging.getLogger("kdistill")
 
-VERBS = ("teach", "distill", "eval", "run", "demo", "compare", "report", "export", "predict", "augment", "bilstm")
-# Verbs that parse their own arguments (the others take the run config's flags).
-OWN_PARSER = ("demo", "compare", "report", "export", "predict", "augment", "bilstm")
+# The verbs whose flags are the run config's fields (see config.py).
+PIPELINE_VERBS = ("teach", "distill", "eval", "run")
+# Verbs that were removed, and what replaces them.
+REMOVED = {
+    "bilstm": "`kdistill bilstm` is gone: a run builds its BiLSTM student itself with student_init: bilstm "
+              "(sizes: bilstm_vocab_size, bilstm_embedding_dim, bilstm_hidden_size; see configs/sst2_bilstm.yaml)",
+}
+
+
+def _parser(verb: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A verb's parser: a bad command line is a one-line UserError ('VERB: ...'), not argparse's usage dump."""
+    parser = argparse.ArgumentParser(prog=f"kdistill {verb}", description=description, epilog=epilog)
+    return raise_on_usage_error(parser, verb)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation with honest measurements.")
+    parser.add_argument("verb", choices=list(VERBS))
+    parser.add_argument("--config", help="YAML file with data/teacher/student/distill sections")
+    return parser
 
 
 def _format_table(result: dict) -> str:
@@ -60,94 +81,230 @@ def _format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _demo(argv: list[str]) -> None:
-    from . import demo, report
+# ------------------------------------------------------------------------------------------------ the verbs
 
-    parser = argparse.ArgumentParser(prog="kdistill demo", description="Hinton et al.'s soft-vs-hard experiments on digits.")
+
+def _pipeline(verb: str, argv: list[str]) -> int:
+    """teach, distill, eval and run: the run config from --config and flags, then the pipeline's steps."""
+    args, rest = _top_parser().parse_known_args([verb, *argv])
+    from . import evaluation, pipeline
+    from .config import parse_config
+
+    config = parse_config(rest, args.config)
+    if verb in ("teach", "run"):
+        result = pipeline.teach(config)
+        if result:
+            logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+    if verb in ("distill", "run"):
+        result = pipeline.distill(config, progress=True)
+        logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
+                                    if k not in ("loss_curve", "log_history")})
+    if verb in ("eval", "run"):
+        result = evaluation.evaluate(config, progress=True)
+        if result:  # empty on the replicas of a torchrun launch: the first process evaluates
+            print(_format_table(result))
+            print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    parser = _parser("demo", "Hinton et al.'s soft-vs-hard experiments on digits.")
     parser.add_argument("--output_dir", default="runs/demo", help="where report.md, plots and results.json go")
     parser.add_argument("--seed", type=int, default=0, help="split, teacher and student seeds derive from it")
     parser.add_argument("--quick", action="store_true", help="reduced size: one seed, fewer steps (a smoke test)")
-
-    def _error(message: str):
-        raise UserError(f"demo: {message}")
-
-    parser.error = _error
     args = parser.parse_args(argv)
+    from . import demo
+    from .report.demo import format_table
+
     config = (demo.DemoConfig.reduced if args.quick else demo.DemoConfig)(output_dir=args.output_dir, seed=args.seed)
-    result = demo.run_demo(config)
-    print(report.format_table(result))
+    print(format_table(demo.run_demo(config)))
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation with honest measurements.")
-    parser.add_argument("verb", choices=VERBS)
-    parser.add_argument("--config", help="YAML file with data/teacher/student/distill sections")
-    if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        print("\nEvery config field is also a flag, e.g. --strategy soft --temperature 4 (see configs/*.yaml).")
-        return 0
-    if argv[0] in VERBS and argv[0] not in OWN_PARSER and any(a in ("-h", "--help") for a in argv[1:]):
-        from transformers import HfArgumentParser
+def _compare(argv: list[str]) -> int:
+    parser = _parser(
+        "compare", "Run a grid of strategies, temperatures, alphas and seeds; report whether soft labels pay off.",
+        epilog="Other flags are run-config fields (e.g. --num_train_epochs 2) and apply to every run.",
+    )
+    parser.add_argument("--config", required=True, help="sweep YAML: run-config sections plus 'students' and 'grid'")
+    parser.add_argument("--output_dir", help="the sweep directory (default: the config's output_dir)")
+    parser.add_argument("--no_keep_models", action="store_true",
+                        help="delete each run's weights once it is evaluated, except the first run of each student")
+    args, rest = parser.parse_known_args(argv)
+    from .compare import load_sweep, run_sweep
 
-        from .config import SECTIONS
+    sweep = load_sweep(args.config)
+    if args.output_dir:
+        sweep.output_dir = args.output_dir
+    _print_sweep(run_sweep(sweep, rest, keep_models=not args.no_keep_models), sweep.output_dir)
+    return 0
 
-        HfArgumentParser(tuple(SECTIONS.values()), prog=f"kdistill {argv[0]} [--config FILE]").print_help()
-        return 0
-    # The top-level parser would take a verb's own --help; some verbs parse their arguments themselves.
-    if argv[0] in OWN_PARSER:
-        args, rest = argparse.Namespace(verb=argv[0]), argv[1:]
-    else:
-        args, rest = parser.parse_known_args(argv)
+
+def _report(argv: list[str]) -> int:
+    parser = _parser("report", "Rebuild a sweep's report from its results.json.")
+    parser.add_argument("sweep_dir", help="a directory holding results.json (written by kdistill compare)")
+    parser.add_argument("--out", help="where the report goes (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    from .report.compare import read_results, write_report
+
+    out = args.out or args.sweep_dir
+    _print_sweep(write_report(out, read_results(args.sweep_dir)), out)
+    return 0
+
+
+def _print_sweep(results: dict, directory: str) -> None:
+    """What compare and report end with: the verdict, the table and where the report is."""
+    from .report.compare import format_summary
+
+    print(format_summary(results))
+    print(f"report: {os.path.join(directory, 'report.md')} (and report.html)")
+
+
+def _export(argv: list[str]) -> int:
+    """Exit 1 when the fp32 parity check fails (without --no_check)."""
+    from . import export
+    from .report.model_card import summary_text
+
+    parser = _parser("export", "Export a run's student to ONNX (and int8), check it, time it, write a model card.")
+    parser.add_argument("run_dir", help="a kdistill run directory (holds student/, labels.json, run_config.json)")
+    parser.add_argument("--format", required=True, choices=export.FORMATS, help="export format (onnx)")
+    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    parser.add_argument("--teacher", action="store_true",
+                        help="also export the teacher (to OUT/teacher) and time it in ONNX Runtime")
+    parser.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    parser.add_argument("--rows", type=int, default=1000, help="evaluation rows for the parity and int8 checks")
+    parser.add_argument("--data", help="labelled file for the checks, instead of the run's test/validation file")
+    parser.add_argument("--speed_batches", type=int, default=20, help="timed batches per speed measurement (0 skips it)")
+    parser.add_argument("--speed_rounds", type=int, default=3, help="round-robin rounds of the speed measurement")
+    parser.add_argument("--no_check", action="store_true",
+                        help="report a failed fp32 parity check but exit 0 (the default exit is 1)")
+    args = parser.parse_args(argv)
+    report = export.export_run(args.run_dir, args.out, int8=args.int8, teacher=args.teacher, rows=args.rows,
+                               data_file=args.data, speed_batches=args.speed_batches, speed_rounds=args.speed_rounds,
+                               command="kdistill export " + shlex.join(argv))
+    print(summary_text(report))
+    return 0 if report["passed"] or args.no_check else 1
+
+
+def _read_lines(path: str) -> list[str]:
+    """The non-blank lines of a text file, without their line ends."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [line.rstrip("\n") for line in fh if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+
+
+def _predict(argv: list[str]) -> int:
+    parser = _parser("predict", "Classify texts with an exported (ONNX) or PyTorch model.")
+    parser.add_argument("model_dir", help="an export directory, a model directory (a run's student/) or a run directory")
+    parser.add_argument("texts", nargs="*", help="texts to classify")
+    parser.add_argument("--file", help="a text file, one text per line (blank lines skipped)")
+    parser.add_argument("--int8", action="store_true", help="use model.int8.onnx of an export directory")
+    parser.add_argument("--json", action="store_true", help="one JSON object per text (JSON Lines)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_intermixed_args(argv)  # texts may come after flags: predict DIR --int8 "a text"
+    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    if not texts:
+        raise UserError("predict: give texts to classify, or --file PATH")
+    from .export import load_predictor
+
+    predictions = load_predictor(args.model_dir, args.int8).predict(texts, args.batch_size)
+    for text, (label, probabilities) in zip(texts, predictions):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
+        else:
+            shown = " ".join(f"p({k})={v:.4f}" for k, v in probabilities.items())
+            print(f"{label}\t{shown}\t{text}")
+    sys.stdout.flush()
+    return 0
+
+
+def _augment(argv: list[str]) -> int:
+    from .augment import MASK, AugmentConfig, augment_file
+
+    parser = _parser("augment",
+                     "New unlabelled sentences from a training file (Tang et al. 2019), for data.transfer_file.")
+    parser.add_argument("--input", required=True, help="the training file (csv/tsv/json/jsonl/parquet)")
+    parser.add_argument("--output", required=True, help="the transfer file to write (.tsv, one text column)")
+    parser.add_argument("--text_column", default="text", help="the input's text column (also the output's)")
+    parser.add_argument("--column_names", nargs="+", help="column names of a csv/tsv file without a header")
+    parser.add_argument("--max_rows", type=int, help="augment only the first N rows")
+    parser.add_argument("--pos_corpus", help="a CoNLL-format tagged corpus for part-of-speech replacement "
+                        "(e.g. conll2003/train.txt); without it, words are only masked and n-grams sampled")
+    defaults = vars(AugmentConfig())
+    for name, value in defaults.items():
+        if name != "mask_token":
+            parser.add_argument(f"--{name}", type=type(value), default=value, help=f"default {value}")
+    parser.add_argument("--mask_token", default=MASK, help="the teacher tokenizer's mask token (default [MASK])")
+    args = parser.parse_args(argv)
+    config = AugmentConfig(**{k: getattr(args, k) for k in defaults})
+    made, rows = augment_file(args.input, args.output, args.text_column, config, column_names=args.column_names,
+                              max_rows=args.max_rows, pos_corpus=args.pos_corpus)
+    print(f"{made} sentences from {rows} rows -> {args.output}")
+    return 0
+
+
+VERBS = {
+    "teach": lambda argv: _pipeline("teach", argv),
+    "distill": lambda argv: _pipeline("distill", argv),
+    "eval": lambda argv: _pipeline("eval", argv),
+    "run": lambda argv: _pipeline("run", argv),
+    "demo": _demo,
+    "compare": _compare,
+    "report": _report,
+    "export": _export,
+    "predict": _predict,
+    "augment": _augment,
+}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def _config_help(verb: str) -> None:
+    from transformers import HfArgumentParser
+
+    from .config import SECTIONS
+
+    HfArgumentParser(tuple(SECTIONS.values()), prog=f"kdistill {verb} [--config FILE]").print_help()
+
+
+def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("KDISTILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
     # Bars for loading and saving weights (instant for local models) would stand above a one-line error.
     hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        print("\nEvery config field is also a flag, e.g. --strategy soft --temperature 4 (see configs/*.yaml).")
+        return 0
+    if argv[0] not in VERBS and argv[0] not in REMOVED:
+        # An option before the verb (`kdistill --config run.yaml teach`), or no verb: argparse finds the verb, or
+        # prints its usage and "invalid choice" and exits 2.
+        args, rest = _top_parser().parse_known_args(argv)
+        argv = [args.verb, *(["--config", args.config] if args.config else []), *rest]
+    verb, rest = argv[0], argv[1:]
+    if verb in PIPELINE_VERBS and any(a in ("-h", "--help") for a in rest):
+        _config_help(verb)
+        return 0
+    _setup_logging()
     try:
-        if args.verb == "demo":
-            _demo(rest)
-            return 0
-        if args.verb in ("compare", "report"):
-            from . import compare
-
-            return (compare.compare_main if args.verb == "compare" else compare.report_main)(rest)
-        if args.verb == "augment":
-            from .augment import augment_main
-
-            return augment_main(rest)
-        if args.verb == "bilstm":
-            from .bilstm import bilstm_main
-
-            return bilstm_main(rest)
-        if args.verb in ("export", "predict"):
-            from . import export
-
-            return (export.export_main if args.verb == "export" else export.predict_main)(rest)
-        from . import evaluation, pipeline
-        from .config import parse_config
-
-        config = parse_config(rest, args.config)
-        if args.verb in ("teach", "run"):
-            result = pipeline.teach(config)
-            if result:
-                logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
-        if args.verb in ("distill", "run"):
-            result = pipeline.distill(config, progress=True)
-            logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k not in ("loss_curve", "log_history")})
-        if args.verb in ("eval", "run"):
-            result = evaluation.evaluate(config, progress=True)
-            if result:  # empty on the replicas of a torchrun launch: the first process evaluates
-                print(_format_table(result))
-                print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
+        if verb in REMOVED:
+            raise UserError(REMOVED[verb])
+        return VERBS[verb](rest)
     except UserError as err:
         print(f"kdistill: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdistill: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

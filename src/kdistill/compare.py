@@ -12,16 +12,15 @@ A sweep file is a run config (data / teacher / student / distill sections) plus 
       seeds: [1, 2, 3]
 
 The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
-cell of the grid runs the same `pipeline.distill` and `pipeline.evaluate` as `kdistill run`, in
+cell of the grid runs the same `pipeline.distill` and `evaluation.evaluate` as `kdistill run`, in
 `<output_dir>/runs/<student>/<setting>/seed<k>/`. A cell is finished when its `cell.json` exists; rerunning the
-command skips finished cells and restarts unfinished ones from scratch. `report.py`-style output (results.json,
-report.md, report.html, plots) is written by `write_report`, which needs nothing but the results dict, so
+command skips finished cells and restarts unfinished ones from scratch. The report (results.json, report.md,
+report.html, plots) is written by `report.compare.write_report`, which needs nothing but the results dict, so
 `kdistill report DIR` rebuilds it from `results.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -33,8 +32,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 from .errors import UserError
 from .files import write_json
@@ -181,14 +178,9 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
 
 
 def load_sweep(path: str) -> Sweep:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_sweep(raw, source=path)
+    from .config import read_yaml
+
+    return parse_sweep(read_yaml(path, "sweep file"), source=path)
 
 
 # ------------------------------------------------------------------------------------------------ running it
@@ -205,7 +197,7 @@ def scratch_spec(spec):
     """The same architecture as `spec`, randomly initialised; None where that is what `spec` is already."""
     from .config import StudentConfig
 
-    if spec.student_init == "from_config":
+    if spec.student_init in ("from_config", "bilstm"):  # a BiLSTM starts from random weights already
         return None
     overrides = spec.overrides()
     if spec.student_init == "from_teacher":
@@ -278,11 +270,6 @@ def _check_same_sweep(out: str, record: dict) -> None:
                         "runs would not be comparable: use another output_dir, or delete that one"
                     )
     write_json(path, record)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def run_cell(config, cell: Cell) -> dict:
@@ -378,6 +365,8 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     With `keep_models=False` only the first run of each student keeps its weights (the speed is timed on it).
     """
     from . import __version__, pipeline
+    # Training's formatter for time left ('42s', '3m05s', '1h02m'), so a sweep's line reads like a run's.
+    from .trainer import _duration as duration
 
     argv = list(argv or [])
     for flag in argv:
@@ -387,7 +376,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
     student_configs = {name: _student_config(sweep, name, argv) for name in sweep.students}
     for name, config in student_configs.items():
         if "scratch" in sweep.strategies and scratch_spec(config.student) is None:
-            logger.warning("student %s is built from a config already: 'scratch' would repeat 'hard', skipped", name)
+            logger.warning("student %s starts from random weights already: 'scratch' would repeat 'hard', skipped", name)
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))
@@ -415,7 +404,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
         eta = ""
         if ran:
             per_run = (time.perf_counter() - start) / ran
-            eta = f", about {_duration(per_run * (len(todo) - ran))} left"
+            eta = f", about {duration(per_run * (len(todo) - ran))} left"
         logger.info("[%d/%d] %s: %s, seed %d%s", i, len(cells), cell.student, cell.setting, cell.seed, eta)
         done[cell] = run_cell(cell_config(student_configs[cell.student], cell, sweep, teacher, report_to), cell)
         ran += 1
@@ -438,64 +427,6 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
         "sweep_seconds": time.perf_counter() - start,
         "runs": [{k: v for k, v in r.items() if k != "teacher_metrics"} for r in runs],
     }
-    from .compare_report import write_report
+    from .report.compare import write_report
 
     return write_report(out, results)
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-
-def compare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kdistill compare",
-        description="Run a grid of strategies, temperatures, alphas and seeds; report whether soft labels pay off.",
-        epilog="Other flags are run-config fields (e.g. --num_train_epochs 2) and apply to every run.",
-    )
-    parser.add_argument("--config", required=True, help="sweep YAML: run-config sections plus 'students' and 'grid'")
-    parser.add_argument("--output_dir", help="the sweep directory (default: the config's output_dir)")
-    parser.add_argument("--no_keep_models", action="store_true",
-                        help="delete each run's weights once it is evaluated, except the first run of each student")
-
-    def _error(message: str):
-        raise UserError(f"compare: {message}")
-
-    parser.error = _error
-    args, rest = parser.parse_known_args(argv)
-    sweep = load_sweep(args.config)
-    if args.output_dir:
-        sweep.output_dir = args.output_dir
-    from .compare_report import format_summary
-
-    results = run_sweep(sweep, rest, keep_models=not args.no_keep_models)
-    print(format_summary(results))
-    print(f"report: {os.path.join(sweep.output_dir, 'report.md')} (and report.html)")
-    return 0
-
-
-def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kdistill report", description="Rebuild a sweep's report from its results.json.")
-    parser.add_argument("sweep_dir", help="a directory holding results.json (written by kdistill compare)")
-    parser.add_argument("--out", help="where the report goes (default: SWEEP_DIR)")
-
-    def _error(message: str):
-        raise UserError(f"report: {message}")
-
-    parser.error = _error
-    args = parser.parse_args(argv)
-    path = os.path.join(args.sweep_dir, "results.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            results = json.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"report: no results.json in {args.sweep_dir} (run kdistill compare first)") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"report: {path} is not valid JSON ({err})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
-        raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
-    from .compare_report import format_summary, write_report
-
-    results = write_report(args.out or args.sweep_dir, results)
-    print(format_summary(results))
-    print(f"report: {os.path.join(args.out or args.sweep_dir, 'report.md')} (and report.html)")
-    return 0

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UserError
+from .errors import UserError, raise_on_usage_error
 from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
 from .tasks import TASKS
 
@@ -32,7 +32,7 @@ class ConfigError(UserError):
     """A configuration a user wrote is invalid; the message says what to change."""
 
 
-STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained")
+STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained", "bilstm")
 SOFT_LABEL_SOURCES = ("cache", "online")
 
 
@@ -188,6 +188,23 @@ class StudentConfig:
     student_tokenizer: str | None = field(
         default=None, metadata={"help": "The student's tokenizer, if not the one of student_model / the teacher."}
     )
+    # student_init: bilstm (models/bilstm.py): a BiLSTM with its own word-level tokenizer (Tang et al. 2019).
+    bilstm_vocab_size: int = field(
+        default=10000,
+        metadata={"help": "bilstm: words in the vocabulary, special tokens included: the most frequent words of every "
+                  "row of train_file's text column (max_train_samples does not narrow it); the rest read as [UNK]."},
+    )
+    bilstm_embedding_dim: int = field(default=128, metadata={"help": "bilstm: size of the word embeddings."})
+    bilstm_hidden_size: int = field(default=150, metadata={"help": "bilstm: LSTM units per direction."})
+    bilstm_classifier_size: int = field(
+        default=200, metadata={"help": "bilstm: width of the ReLU layer between the pooled LSTM output and the logits."}
+    )
+    bilstm_dropout: float = field(default=0.1, metadata={"help": "bilstm: dropout on the embeddings and the ReLU layer."})
+    bilstm_seed: int = field(
+        default=0,
+        metadata={"help": "bilstm: seed of the random initial weights, the same for every run seed (which still sets "
+                  "data order and dropout), so a sweep's seeds start from one student."},
+    )
 
     def __post_init__(self):
         if self.student_init not in STUDENT_INITS:
@@ -200,6 +217,17 @@ class StudentConfig:
             raise ConfigError("student: student_init=from_pretrained needs student_model")
         if self.student_layers is not None and self.student_num_layers is not None:
             raise ConfigError("student: set student_layers or student_num_layers, not both")
+        if self.student_init == "bilstm":
+            if self.student_model or self.student_tokenizer:
+                raise ConfigError("student: student_init=bilstm builds its model and word tokenizer from the training "
+                                  "data; unset student_model and student_tokenizer")
+            # 3 special tokens ([PAD], [UNK], [MASK]) and at least one word.
+            if self.bilstm_vocab_size < 4 or min(self.bilstm_embedding_dim, self.bilstm_hidden_size,
+                                                 self.bilstm_classifier_size) < 1:
+                raise ConfigError("student: bilstm_vocab_size must be at least 4, bilstm_embedding_dim, "
+                                  "bilstm_hidden_size and bilstm_classifier_size at least 1")
+            if not 0.0 <= self.bilstm_dropout < 1.0:
+                raise ConfigError(f"student: bilstm_dropout must be in [0, 1), got {self.bilstm_dropout}")
 
     def overrides(self) -> dict[str, Any]:
         if not self.student_config_overrides:
@@ -349,15 +377,19 @@ def flatten_yaml(raw: Any, source: str = "config") -> dict[str, Any]:
     return flat
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The YAML document in `path` (read with `yaml.safe_load`); a missing or malformed file is a ConfigError."""
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return flatten_yaml(raw, source=str(path))
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    return flatten_yaml(read_yaml(path), source=str(path))
 
 
 def _build(cls: type, values: dict[str, Any]):
@@ -388,12 +420,7 @@ def parse_config(argv: list[str], config_path: str | None = None, flat: dict[str
     `flat` (a {field: value} dict, e.g. from `flatten_yaml`) stands in for the file when given.
     """
     yaml_values = dict(flat) if flat is not None else load_yaml(config_path) if config_path else {}
-    parser = HfArgumentParser(tuple(SECTIONS.values()))
-
-    def _error(message: str):  # a bad flag value is a user error: one line, not argparse's 150-flag usage dump
-        raise ConfigError(message)
-
-    parser.error = _error
+    parser = raise_on_usage_error(HfArgumentParser(tuple(SECTIONS.values())), error=ConfigError)
     # Lists and mappings from YAML must not pass through argparse's string conversion.
     parser.set_defaults(**{k: v for k, v in yaml_values.items()})
     namespace, remaining = parser.parse_known_args(argv)

@@ -559,7 +559,7 @@ def few_labels(
 
 def run_demo(config: DemoConfig) -> dict:
     """All five steps; writes report.md, plots and results.json into `config.output_dir`. Returns the results."""
-    from .report import write_report
+    from .report.demo import write_report
 
     start = time.perf_counter()
     threads = torch.get_num_threads()

@@ -31,9 +31,16 @@ from .rundir import (
     teachers,
 )
 from .soft_labels import hash_files, predict_logits
-from .students import build_student, check_label_count, count_parameters, load_classifier, load_tokenizer
-from .tasks import get_task
 from .soft_labels.produce import SPLITS, ConcatSources, backbone, classes, dense, teacher_outputs, teacher_seed
+from .students import (
+    build_student,
+    check_label_count,
+    count_parameters,
+    load_classifier,
+    load_tokenizer,
+    vocabulary_texts,
+)
+from .tasks import get_task
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -303,7 +310,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         if wants_teacher and not online else {}
     tdir = teacher_dir(config)
     teacher = load_teacher(config, tdir, label2id)[0] if config.student.student_init == "from_teacher" else None
-    student, tokenizer = build_student(config.student, teacher, tdir, label2id, **_trust(config))
+    texts = vocabulary_texts(config.data) if config.student.student_init == "bilstm" else None
+    student, tokenizer = build_student(config.student, teacher, tdir, label2id, texts=texts, **_trust(config))
     _check_vocabulary(student, tokenizer, "student")
     for split, parts in sources.items():
         for part in parts:

@@ -4,9 +4,11 @@
   its student from every other teacher layer); the head is copied too.
 - `from_config`: the teacher's (or another) config with fields changed, randomly initialised.
 - `from_pretrained`: any sequence-classification checkpoint, with its own tokenizer.
+- `bilstm`: a randomly initialised BiLSTM (models/bilstm.py) with a word tokenizer built from the training texts.
 """
 
 import copy
+import dataclasses
 import importlib
 import logging
 import os
@@ -21,8 +23,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from . import bilstm
-from .config import StudentConfig, UserError
+from .models import bilstm
+from .config import DataConfig, StudentConfig, UserError
 
 bilstm.register()  # saved BiLSTM students load through the Auto classes like any other
 logger = logging.getLogger(__name__)
@@ -133,15 +135,43 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
     return student
 
 
+def vocabulary_texts(data: DataConfig) -> list[str]:
+    """The texts a `student_init: bilstm` student's vocabulary comes from: the text column of every training row.
+
+    Every row of the file, as `kdistill bilstm` took them before the BiLSTM became a student_init: max_train_samples
+    does not narrow the vocabulary, so a run on a subset and one on the whole file build the same student.
+    """
+    from .data import load_split
+
+    train = load_split(dataclasses.replace(data, max_train_samples=None), "train")
+    if train is None:
+        raise UserError("data: no training data configured")
+    return [str(t) for t in train[data.text_column][:]]
+
+
 def build_student(
     spec: StudentConfig,
     teacher: PreTrainedModel | None,
     teacher_name: str,
     label2id: dict[str, int],
     trust_remote_code: bool = False,
+    texts: list[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The student model and its tokenizer, as `spec` says. `teacher` is needed only for from_teacher."""
+    """The student model and its tokenizer, as `spec` says.
+
+    Args:
+        teacher: needed only for from_teacher.
+        texts: needed only for bilstm: the texts its vocabulary comes from (see `vocabulary_texts`).
+    """
     trust = {"trust_remote_code": trust_remote_code}
+    if spec.student_init == "bilstm":
+        if not texts:
+            raise UserError("student: student_init=bilstm needs the training texts to build its vocabulary")
+        model, tokenizer = bilstm.make_student(
+            texts, label2id, spec.bilstm_vocab_size, spec.bilstm_seed, embedding_dim=spec.bilstm_embedding_dim,
+            hidden_size=spec.bilstm_hidden_size, classifier_size=spec.bilstm_classifier_size, dropout=spec.bilstm_dropout)
+        logger.info("student: BiLSTM, %s parameters, %s words", f"{count_parameters(model):,}", f"{len(tokenizer):,}")
+        return model, tokenizer
     if spec.student_init == "from_teacher":
         if teacher is None:
             raise UserError("student: student_init=from_teacher needs the teacher model")

@@ -10,15 +10,14 @@ paired differences over the seeds both ran (paired t), since a seed fixes initia
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
-import re
 
-from .files import atomic_write
-from .metrics import ONE_HOT_TOP_PROB
-from .stats import CONFIDENCE, paired_difference, t_interval
+from ..errors import UserError
+from ..files import write_text
+from ..metrics import ONE_HOT_TOP_PROB
+from ..stats import CONFIDENCE, paired_difference, t_interval
+from .common import pyplot, save_figure, to_html, to_markdown
 
 METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
 PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
@@ -204,19 +203,6 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-
-
 def _pct(ci: dict) -> tuple[float, list[float]]:
     mean = 100 * ci["mean"]
     if ci.get("low") is None:
@@ -232,7 +218,7 @@ COLORS = {"hard": "black", "scratch": "gray", "soft": "tab:blue", "mixed": "tab:
 
 
 def plot_accuracy_by_strategy(results: dict, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     cells, students = results["cells"], _students(results["cells"])
     teacher = results.get("teacher", {}).get("accuracy")
     n = max(sum(c["student"] == s for c in cells) for s in students)
@@ -254,15 +240,14 @@ def plot_accuracy_by_strategy(results: dict, path: str) -> None:
         ax.set_title(f"{student}: test accuracy, mean and 95% t-interval over seeds", fontsize=10)
         ax.set_xlabel("accuracy (%)")
         ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
     cells, students = results["cells"], _students(results["cells"])
     if not any(c.get("temperature") is not None for c in cells):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     teacher = results.get("teacher", {}).get("accuracy")
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False, layout="constrained")
     for ax, student in zip(axes[0], students):
@@ -293,8 +278,7 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
         ax.set_title(student)
         ax.legend(fontsize=8)
     fig.suptitle("Accuracy against temperature, mean and 95% t-interval over seeds")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -312,7 +296,7 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     names = [s for s in _students(cells) if s in speed]
     if not names:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     points, labels = [], []
     teacher_latency = [speed[s]["teacher"]["latency_ms_b1"] for s in names]
     if results.get("teacher", {}).get("accuracy") is not None:
@@ -338,13 +322,12 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Compression trade-off: best setting per model (gray: other settings)")
     ax.legend(fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
 def plot_fidelity(results: dict, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     cells = results["cells"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(cells) + 1.8), layout="constrained")
     names = [f"{c['student']}: {c['setting']}" for c in cells]
@@ -358,8 +341,7 @@ def plot_fidelity(results: dict, path: str) -> None:
         ax.invert_yaxis()
         ax.set_xlabel(title)
     fig.suptitle("Fidelity and calibration by setting, mean and 95% t-interval over seeds")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ documents
@@ -441,66 +423,19 @@ def _blocks(results: dict) -> list[tuple]:
     return b
 
 
-_INLINE = [(re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"), (re.compile(r"`(.+?)`"), r"<code>\1</code>")]
-
-
-def _inline_html(text: str) -> str:
-    text = html.escape(text)
-    for pattern, repl in _INLINE:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            out.append(f"# {block[1]}")
-        elif kind == "h2":
-            out.append(f"## {block[1]}")
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(r) + " |" for r in rows]))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
-    return "\n\n".join(out) + "\n"
-
-
-def to_html(blocks: list[tuple], directory: str) -> str:
-    """A self-contained page: the plots are embedded as base64 data URIs."""
-    body = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline_html(block[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            with open(os.path.join(directory, block[1]), "rb") as fh:
-                data = base64.b64encode(fh.read()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 7px}"
-             "img{max-width:100%}figcaption{color:#555;font-size:90%}")
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>kdistill compare</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
+def read_results(sweep_dir: str) -> dict:
+    """A sweep's results.json, as `kdistill compare` wrote it; a missing or foreign file is a UserError."""
+    path = os.path.join(sweep_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            results = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"report: no results.json in {sweep_dir} (run kdistill compare first)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"report: {path} is not valid JSON ({err})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise UserError(f"report: {path} is not a kdistill compare results file (no 'runs' list)")
+    return results
 
 
 def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
@@ -524,10 +459,10 @@ def write_report(directory: str, results: dict) -> dict:
     if plot_accuracy_vs_latency(results, os.path.join(directory, "accuracy_vs_latency.png")):
         plots.append("accuracy_vs_latency.png")
     results["plots"] = plots
-    _write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
+    write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
     blocks = _blocks(results)
-    _write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
-    _write_text(os.path.join(directory, "report.html"), to_html(blocks, directory))
+    write_text(os.path.join(directory, "report.md"), to_markdown(blocks))
+    write_text(os.path.join(directory, "report.html"), to_html(blocks, directory, "kdistill compare"))
     return results
 
 

@@ -3,10 +3,10 @@
 Tang et al. (2019), "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks", distil BERT into a
 single-layer BiLSTM. This one is a `transformers` model (config + model registered with the Auto classes under
 `model_type = "kdistill_bilstm"`), so it goes through the same Trainer, soft-label cache (looked up by row index,
-so its tokenizer need not be the teacher's), evaluation and speed measurement as any other student:
+so its tokenizer need not be the teacher's), evaluation and speed measurement as any other student. A run builds
+it with `student_init: bilstm` (sizes: the `bilstm_*` student fields), its vocabulary from the training file:
 
-    kdistill bilstm --train_file ../shared/data/sst2/train.tsv --text_column sentence --out students/bilstm
-    kdistill run --config run.yaml --student_init from_pretrained --student_model students/bilstm
+    kdistill run --config run.yaml --student_init bilstm --bilstm_vocab_size 10000
 
 Architecture: embeddings -> one bidirectional LSTM layer -> max over time of the (masked) outputs -> a ReLU layer ->
 the class logits. Its embeddings start random (no pretrained word vectors ship offline).
@@ -119,54 +119,24 @@ def word_tokenizer(texts: list[str], vocab_size: int = 10000, max_length: int = 
                                    model_max_length=max_length, model_input_names=["input_ids", "attention_mask"])
 
 
-def make_student(texts: list[str], label2id: dict[str, int], out_dir: str, vocab_size: int = 10000,
-                 seed: int = 0, **config) -> BiLSTMForSequenceClassification:
-    """Build the tokenizer from `texts` and a randomly initialised BiLSTM; save both in `out_dir`."""
+def make_student(
+    texts: list[str],
+    label2id: dict[str, int],
+    vocab_size: int = 10000,
+    seed: int = 0,
+    **config,
+) -> tuple[BiLSTMForSequenceClassification, PreTrainedTokenizerFast]:
+    """A randomly initialised BiLSTM and its word tokenizer, built from `texts` (what `student_init: bilstm` makes).
+
+    Args:
+        texts: the texts whose `vocab_size` most frequent words form the vocabulary.
+        seed: the initial weights' seed (the global random state is left as it was).
+        config: further BiLSTMConfig fields (embedding_dim, hidden_size, classifier_size, dropout).
+    """
     tokenizer = word_tokenizer(texts, vocab_size)
-    torch.manual_seed(seed)
-    model = BiLSTMForSequenceClassification(BiLSTMConfig(
-        vocab_size=len(tokenizer), num_labels=len(label2id), label2id=dict(label2id),
-        id2label={i: k for k, i in label2id.items()}, pad_token_id=tokenizer.pad_token_id, **config))
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return model
-
-
-def bilstm_main(argv: list[str]) -> int:
-    """`kdistill bilstm`: make a BiLSTM student directory (tokenizer from the training texts, random weights)."""
-    import argparse
-
-    from .config import DataConfig
-    from .data import build_label_map, load_table
-    from .errors import UserError
-
-    parser = argparse.ArgumentParser(
-        prog="kdistill bilstm",
-        description="Make a BiLSTM student (Tang et al. 2019) for --student_init from_pretrained --student_model OUT.",
-    )
-    parser.add_argument("--train_file", required=True, help="the training file: its texts give the vocabulary")
-    parser.add_argument("--out", required=True, help="the student directory to write")
-    parser.add_argument("--text_column", default="text")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--column_names", nargs="+", help="column names of a csv/tsv file without a header")
-    parser.add_argument("--vocab_size", type=int, default=10000, help="most frequent words kept (default 10000)")
-    parser.add_argument("--embedding_dim", type=int, default=128)
-    parser.add_argument("--hidden_size", type=int, default=150, help="LSTM units per direction")
-    parser.add_argument("--seed", type=int, default=0)
-
-    def _error(message: str):
-        raise UserError(f"bilstm: {message}")
-
-    parser.error = _error
-    args = parser.parse_args(argv)
-    if args.vocab_size < len(SPECIAL_TOKENS) + 1 or args.embedding_dim < 1 or args.hidden_size < 1:
-        raise UserError("bilstm: vocab_size, embedding_dim and hidden_size must be positive (vocab_size > 3)")
-    data = DataConfig(train_file=args.train_file, text_column=args.text_column, label_column=args.label_column,
-                      column_names=args.column_names)
-    table = load_table(args.train_file, data)
-    label2id = build_label_map(table[args.label_column][:])
-    model = make_student([str(t) for t in table[args.text_column][:]], label2id, args.out, args.vocab_size,
-                         args.seed, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"BiLSTM student: {n:,} parameters, {model.config.vocab_size:,} words, labels {label2id} -> {args.out}")
-    return 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BiLSTMForSequenceClassification(BiLSTMConfig(
+            vocab_size=len(tokenizer), num_labels=len(label2id), label2id=dict(label2id),
+            id2label={i: k for k, i in label2id.items()}, pad_token_id=tokenizer.pad_token_id, **config))
+    return model, tokenizer

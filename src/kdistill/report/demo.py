@@ -1,4 +1,4 @@
-"""Tables, plots and the Markdown report of `kdistill demo` (matplotlib is imported here only, and lazily).
+"""Tables, plots and the Markdown report of `kdistill demo` (matplotlib comes lazily, through report.common).
 
 Every sentence of the report is derived from the measured numbers in `results` (see `demo.run_demo`): where the
 data does not show what the paper did, the report says so and shows the diagnostics.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-from .files import atomic_write
-from .metrics import ONE_HOT_TOP_PROB
+from ..files import write_text
+from ..metrics import ONE_HOT_TOP_PROB
+from .common import pyplot, save_figure
 
 FILES = ("report.md", "results.json", "errors_by_strategy.png", "errors_by_temperature.png",
          "dark_knowledge.png", "few_labels.png")
@@ -96,35 +97,18 @@ def format_table(results: dict) -> str:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
-
-
 def write_report(output_dir: str, results: dict) -> None:
     """results.json, the PNG plots and report.md in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    _write_text(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, default=str))
+    write_text(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, default=str))
     plot_strategies(results, os.path.join(output_dir, "errors_by_strategy.png"))
     plot_temperatures(results, os.path.join(output_dir, "errors_by_temperature.png"))
     plot_dark_knowledge(results, os.path.join(output_dir, "dark_knowledge.png"))
     plot_few_labels(results, os.path.join(output_dir, "few_labels.png"))
-    _write_text(os.path.join(output_dir, "report.md"), markdown(results))
+    write_text(os.path.join(output_dir, "report.md"), markdown(results))
 
 
 # ------------------------------------------------------------------------------------------------ plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _err(ci: dict) -> list[float]:
@@ -133,13 +117,9 @@ def _err(ci: dict) -> list[float]:
     return [ci["mean"] - ci["low"], ci["high"] - ci["mean"]]
 
 
-def _save(fig, path: str) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-
-
 def plot_strategies(results: dict, path: str) -> None:
     """Test errors of every step-3 setting with its 95% interval, against the teacher and the hard student."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = results["soft_vs_hard"]["runs"]
     keys = list(runs)
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(keys) + 1.5))
@@ -157,13 +137,12 @@ def plot_strategies(results: dict, path: str) -> None:
     ax.set_xlabel(f"test errors (of {results['split']['test']}), mean and 95% t-interval over seeds")
     ax.set_title("Step 3: student MLP by strategy\n(blue: teacher's labels, orange: out-of-fold, gray: short budget)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_temperatures(results: dict, path: str) -> None:
     """Validation and test errors against temperature, per strategy; the out-of-fold remedy where it was tried."""
-    plt = _pyplot()
+    plt = pyplot()
     runs, temps = results["soft_vs_hard"]["runs"], results["config"]["temperatures"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, split in zip(axes, ("validation", "test")):
@@ -192,15 +171,14 @@ def plot_temperatures(results: dict, path: str) -> None:
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
     fig.suptitle("Step 3: errors against temperature, mean and 95% t-interval over seeds")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_dark_knowledge(results: dict, path: str) -> None:
     """Accuracy against the omitted digit's bias shift, for the validation-chosen temperature, mean over seeds."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     s4 = results["dark_knowledge"]
     chosen = s4["by_temperature"][s4["chosen_temperature"]]
     shifts = np.asarray(s4["shifts"])
@@ -218,12 +196,11 @@ def plot_dark_knowledge(results: dict, path: str) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Step 4: a student that never saw a {s4['digit']} (soft labels, T={s4['chosen_temperature']})")
     ax.legend(fontsize=8, loc="lower left")
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_few_labels(results: dict, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     s5 = results["few_labels"]
     names = list(s5["arms"])
     cis = [s5["arms"][n]["test_errors"] for n in names]
@@ -235,8 +212,7 @@ def plot_few_labels(results: dict, path: str) -> None:
     ax.set_xlabel(f"test errors (of {results['split']['test']}), mean and 95% t-interval over seeds")
     ax.set_title(f"Step 5: gold labels for {s5['labelled_rows']} of {s5['labelled_rows'] + s5['unlabelled_rows']} rows")
     ax.legend(fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ Markdown

@@ -1,0 +1,74 @@
+"""`kdistill predict`: a classifier ready for raw text, from an export directory (ONNX), a model or a run directory."""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics
+from ..data import LABELS_FILE
+from ..errors import UserError
+from ..soft_labels import predict_logits
+from ..students import load_classifier, load_tokenizer
+from .onnx import FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier
+from .run import pad, read_json
+
+
+@dataclass
+class Predictor:
+    """A classifier ready for raw text: a PyTorch model or an ONNX session, its tokenizer and labels."""
+
+    model: object
+    tokenizer: object
+    id2label: dict[int, str]
+    max_length: int
+    kind: str  # "onnx fp32", "onnx int8" or "pytorch"
+
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        names = [n for n in self.tokenizer.model_input_names if n in enc]
+        rows = [{n: enc[n][i] for n in names} for i in range(len(texts))]
+        logits = predict_logits(self.model, rows, pad(self.tokenizer), batch_size=batch_size)
+        return metrics.softmax(logits)
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, dict[str, float]]]:
+        """Each text's label and its probability of every label, by label name."""
+        out = []
+        for p in self.probabilities(texts, batch_size):
+            best = int(p.argmax())
+            out.append((self.id2label.get(best, str(best)), {self.id2label.get(i, str(i)): float(v) for i, v in enumerate(p)}))
+        return out
+
+
+def _max_length(model_dir: str, tokenizer) -> int:
+    """Truncation length: the export's, else the run's (in model_dir or its parent), else the tokenizer's (<= 512)."""
+    # An export's teacher/ reads its parent's report.
+    for report in (os.path.join(model_dir, REPORT_FILE), os.path.join(model_dir, os.pardir, REPORT_FILE)):
+        if os.path.isfile(report):
+            return int(read_json(report).get("max_length", 512))
+    for run_config in (os.path.join(model_dir, "run_config.json"), os.path.join(model_dir, os.pardir, "run_config.json")):
+        if os.path.isfile(run_config):
+            return int(read_json(run_config).get("data", {}).get("max_length", 512))
+    return min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+
+
+def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
+    """An export directory (model.onnx, or model.int8.onnx with `int8`), a model directory, or a run directory."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: no such directory")
+    onnx_file = os.path.join(model_dir, INT8_FILE if int8 else FP32_FILE)
+    if os.path.isfile(onnx_file):
+        tokenizer = load_tokenizer(model_dir, "tokenizer")
+        label2id = read_json(os.path.join(model_dir, LABELS_FILE)) if os.path.isfile(os.path.join(model_dir, LABELS_FILE)) else {}
+        id2label = {int(v): str(k) for k, v in label2id.items()}
+        return Predictor(OnnxClassifier(onnx_file), tokenizer, id2label, _max_length(model_dir, tokenizer),
+                         "onnx int8" if int8 else "onnx fp32")
+    if int8:
+        raise UserError(f"{model_dir}: no {INT8_FILE} (export with --int8, or drop --int8)")
+    for candidate in (model_dir, os.path.join(model_dir, "student")):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            model = load_classifier(candidate, "model").eval()
+            tokenizer = load_tokenizer(candidate, "tokenizer")
+            id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+            return Predictor(model, tokenizer, id2label, _max_length(candidate, tokenizer), "pytorch")
+    raise UserError(f"{model_dir}: no model here (no {FP32_FILE}, config.json or student/config.json)")

@@ -1,0 +1,278 @@
+"""The whole of `kdistill export` as one function, `export_run`, and what it reads from a run directory."""
+
+import datetime
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shlex
+from dataclasses import dataclass, fields
+from importlib import metadata
+
+import torch
+
+from .. import metrics
+from ..config import DataConfig
+from ..data import LABELS_FILE, encode_labels, load_split, tokenize
+from ..errors import UserError
+from ..evaluation import size_on_disk
+from ..files import write_json, write_text
+from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, PARITY_BOUND, model_card, pct, summary
+from ..soft_labels import predict_logits
+from ..students import count_parameters, load_classifier, load_tokenizer, resolve_model_path
+from .onnx import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, check_parity, export_model, \
+    int8_fidelity, time_models
+
+logger = logging.getLogger(__package__)  # "kdistill.export", as before the split
+
+# --------------------------------------------------------------------------------------------------- the run directory
+
+
+@dataclass
+class Run:
+    """What export needs from a kdistill run directory."""
+
+    directory: str
+    config: dict  # run_config.json, by section
+    label2id: dict[str, int]
+    evaluation: dict | None  # eval.json, if the run was evaluated
+
+    @property
+    def student_dir(self) -> str:
+        return os.path.join(self.directory, "student")
+
+
+def load_run(run_dir: str) -> Run:
+    """Read a run directory; a directory that is not a finished kdistill run is a UserError naming what is missing."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such directory")
+    needed = ["run_config.json", LABELS_FILE, os.path.join("student", "config.json")]
+    missing = [n for n in needed if not os.path.isfile(os.path.join(run_dir, n))]
+    if missing:
+        raise UserError(
+            f"{run_dir} is not a kdistill run directory (no {', '.join(missing)}); "
+            "give the output_dir of a finished `kdistill run` or `kdistill distill`"
+        )
+    config = read_json(os.path.join(run_dir, "run_config.json"))
+    label2id = {str(k): int(v) for k, v in read_json(os.path.join(run_dir, LABELS_FILE)).items()}
+    eval_path = os.path.join(run_dir, "eval.json")
+    evaluation = read_json(eval_path) if os.path.isfile(eval_path) else None
+    return Run(run_dir, config, label2id, evaluation)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
+
+
+def locate(path: str, run: Run) -> str:
+    """A path stored in run_config.json, found from here.
+
+    Paths there are relative to the directory the run was started from. When that is not the current directory,
+    it is recovered from where the run directory now lies: RUN_DIR ends with the stored output_dir.
+    """
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    stored = os.path.normpath(run.config.get("distill", {}).get("output_dir") or "")
+    here = os.path.abspath(run.directory)
+    if stored and not os.path.isabs(stored) and here.endswith(os.sep + stored):
+        candidate = os.path.join(here[: -len(stored)], path)
+        if os.path.exists(candidate):
+            return os.path.normpath(candidate)
+    return path
+
+
+def teacher_dir(run: Run) -> str:
+    """The run's teacher, as pipeline.teacher_dir finds it, but from RUN_DIR (the run may have moved)."""
+    teacher = run.config.get("teacher", {})
+    if teacher.get("teacher_train", True):
+        path = os.path.join(run.directory, "teacher")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"no fine-tuned teacher in {path}; the speed report and --teacher need it (or --speed_batches 0)")
+        return path
+    return locate(resolve_model_path(teacher.get("teacher_model", "")), run)
+
+
+def data_config(run: Run, data_file: str | None = None) -> DataConfig:
+    """The run's data section, with its files found from here; `data_file` replaces the evaluation file."""
+    known = {f.name for f in fields(DataConfig)}
+    values = {k: v for k, v in run.config.get("data", {}).items() if k in known}
+    for key in ("train_file", "validation_file", "test_file", "transfer_file"):
+        if values.get(key):
+            values[key] = locate(values[key], run)
+    if data_file is not None:
+        values["test_file"] = data_file
+    return DataConfig(**values)
+
+
+def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int) -> tuple[list[dict], torch.Tensor, str]:
+    """The first `limit` rows of the run's evaluation split, tokenised: (model rows, labels, source)."""
+    table = load_split(data, "test")
+    source = data.test_file or data.validation_file or f"{data.dataset_name}/{data.dataset_config_name}"
+    if table is None:
+        raise UserError("the run has no test_file or validation_file to check the export on; pass --data FILE")
+    table = table.select(range(min(limit, len(table))))
+    labels = encode_labels(table, data, label2id, source)
+    encoded = tokenize(table, tokenizer, data, labels)
+    return model_rows(encoded, tokenizer), torch.tensor(labels), source
+
+
+def model_rows(table, tokenizer) -> list[dict]:
+    """The model-input columns of a tokenised table as a list of row dicts (read column-wise: row access is slow)."""
+    names = [k for k in tokenizer.model_input_names if k in table.column_names]
+    return [dict(zip(names, values)) for values in zip(*(table[k][:] for k in names))]
+
+
+def pad(tokenizer):
+    return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for package in ("kdistill", "torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def machine() -> str:
+    from ..evaluation import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+def export_run(
+    run_dir: str,
+    out: str | None = None,
+    int8: bool = False,
+    teacher: bool = False,
+    rows: int = 1000,
+    data_file: str | None = None,
+    speed_batches: int = 20,
+    speed_rounds: int = 3,
+    command: str | None = None,
+) -> dict:
+    """Export a run's student to ONNX, check it against PyTorch, time it, write the model card; returns the report.
+
+    The report (also written to OUT/export_report.json) says whether the export passed: `report["passed"]` is False
+    when the fp32 logits miss PyTorch's by more than PARITY_BOUND (the files are kept for inspection).
+
+    Args:
+        out: the export directory (default RUN_DIR/export).
+        int8: also write model.int8.onnx (dynamic int8 quantisation) and check it against fp32.
+        teacher: also export the teacher (to OUT/teacher) and time it in ONNX Runtime.
+        rows: evaluation rows for the parity and int8 checks.
+        data_file: a labelled file for the checks, instead of the run's test/validation file.
+        speed_batches: timed batches per speed measurement (0 skips timing).
+        speed_rounds: round-robin rounds of the speed measurement.
+        command: the command line recorded in the report and the card (default: the equivalent `kdistill export`).
+    """
+    if rows < 1 or speed_batches < 0 or speed_rounds < 1:
+        raise UserError("export: --rows and --speed_rounds must be at least 1, --speed_batches at least 0")
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"export needs {', '.join(missing)}: pip install onnx onnxruntime onnxscript")
+    if command is None:
+        flags = [f"--{name}" for name, on in (("int8", int8), ("teacher", teacher)) if on]
+        command = shlex.join(["kdistill", "export", run_dir, "--format", "onnx", *flags, *(["--out", out] if out else []),
+                              "--rows", str(rows), *(["--data", data_file] if data_file else []),
+                              "--speed_batches", str(speed_batches), "--speed_rounds", str(speed_rounds)])
+
+    run = load_run(run_dir)
+    out = out or os.path.join(run_dir, "export")
+    os.makedirs(out, exist_ok=True)
+    need_teacher = teacher or speed_batches > 0
+    tdir = teacher_dir(run) if need_teacher else None
+
+    student = load_classifier(run.student_dir, "student").eval()
+    tokenizer = load_tokenizer(run.student_dir, "student tokenizer")
+    data = data_config(run, data_file)
+    eval_set, labels, source = eval_rows(data, tokenizer, run.label2id, rows)
+    collate = pad(tokenizer)
+
+    fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
+    names = export_model(student, tokenizer, run.label2id, out, int8)
+
+    report: dict = {
+        "format": "onnx",
+        "command": command,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        "run_dir": run_dir,
+        "out": out,
+        "inputs": names,
+        "output": "logits",
+        "max_length": data.max_length,
+        "labels": run.label2id,
+        "eval": {"source": source, "rows": len(eval_set)},
+        "parameters": {"student": count_parameters(student)},
+        "sizes": {"student PyTorch": size_on_disk(run.student_dir), "student ONNX fp32": os.path.getsize(fp32_path)},
+    }
+    pt_logits = predict_logits(student, eval_set, collate)
+    fp32 = OnnxClassifier(fp32_path)
+    fp32_logits = predict_logits(fp32, eval_set, collate)
+    report["parity"] = check_parity(pt_logits, fp32_logits)
+    report["accuracy_pytorch"] = metrics.accuracy(pt_logits, labels)
+    candidates: dict[str, tuple] = {"student PyTorch": (student, eval_set, collate),
+                                    "student ONNX fp32": (fp32, eval_set, collate)}
+    if int8:
+        int8_model = OnnxClassifier(int8_path)
+        report["int8"] = int8_fidelity(fp32_logits, predict_logits(int8_model, eval_set, collate), labels)
+        report["sizes"]["student ONNX int8"] = os.path.getsize(int8_path)
+        candidates["student ONNX int8"] = (int8_model, eval_set, collate)
+    if tdir is not None:
+        candidates = {**_teacher_side(report, tdir, run, data, rows, out, int8, export=teacher), **candidates}
+
+    if speed_batches > 0:
+        models = time_models(candidates, speed_batches, speed_rounds)
+        report["speed"] = {"threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                           "batches": speed_batches, "rounds": speed_rounds, "batch_size": 64, "models": models}
+    report["anchors"] = ANCHORS
+    report["summary"] = summary(report)
+    report["passed"] = report["parity"]["passed"] and report.get("teacher_parity", {}).get("passed", True)
+    write_json(os.path.join(out, REPORT_FILE), report)
+    write_text(os.path.join(out, CARD_FILE), model_card(report, run.config, run.evaluation))
+
+    if "int8" in report and not report["int8"]["agreement_met"]:
+        logger.warning("int8 agrees with fp32 on %s of rows, below the %s target; see %s",
+                       pct(report["int8"]["agreement_with_fp32"]), pct(INT8_AGREEMENT_TARGET), CARD_FILE)
+    if not report["passed"]:
+        logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)", PARITY_BOUND, REPORT_FILE)
+    return report
+
+
+def _teacher_side(report: dict, tdir: str, run: Run, data: DataConfig, rows: int, out: str, int8: bool,
+                  export: bool) -> dict[str, tuple]:
+    """The teacher's entries of the report (and, with `export`, its ONNX files); returns its models to time."""
+    teacher = load_classifier(tdir, "teacher", run.label2id).eval()
+    teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
+    # The same texts, tokenised the teacher's way (its vocabulary may differ from the student's).
+    teacher_rows, _, _ = eval_rows(data, teacher_tok, run.label2id, rows)
+    tcollate = pad(teacher_tok)
+    report["teacher_dir"] = tdir
+    report["parameters"]["teacher"] = count_parameters(teacher)
+    report["sizes"]["teacher PyTorch"] = size_on_disk(tdir)
+    timed = {"teacher PyTorch": (teacher, teacher_rows, tcollate)}
+    if export:
+        tout = os.path.join(out, "teacher")
+        t32, t8 = os.path.join(tout, FP32_FILE), os.path.join(tout, INT8_FILE)
+        export_model(teacher, teacher_tok, run.label2id, tout, int8)
+        teacher_fp32 = OnnxClassifier(t32)
+        report["teacher_parity"] = check_parity(predict_logits(teacher, teacher_rows, tcollate),
+                                                predict_logits(teacher_fp32, teacher_rows, tcollate))
+        report["sizes"]["teacher ONNX fp32"] = os.path.getsize(t32)
+        timed["teacher ONNX fp32"] = (teacher_fp32, teacher_rows, tcollate)
+        if int8:
+            report["sizes"]["teacher ONNX int8"] = os.path.getsize(t8)
+            timed["teacher ONNX int8"] = (OnnxClassifier(t8), teacher_rows, tcollate)
+    return timed
