@@ -18,7 +18,7 @@ from ..data import LABELS_FILE, encode_labels, load_split, tokenize
 from ..errors import UserError
 from ..evaluation import size_on_disk
 from ..files import write_json, write_text
-from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, PARITY_BOUND, model_card, pct, summary
+from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, pct, summary
 from ..soft_labels import predict_logits
 from ..students import count_parameters, load_classifier, load_tokenizer, resolve_model_path
 from .onnx import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, check_parity, export_model, \
@@ -247,7 +247,8 @@ def export_run(
         logger.warning("int8 agrees with fp32 on %s of rows, below the %s target; see %s",
                        pct(report["int8"]["agreement_with_fp32"]), pct(INT8_AGREEMENT_TARGET), CARD_FILE)
     if not report["passed"]:
-        logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)", PARITY_BOUND, REPORT_FILE)
+        logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)",
+                     report["parity"]["bound"], REPORT_FILE)
     return report
 
 

@@ -151,7 +151,7 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
         f"## Export checks ({report['eval']['rows']} rows of `{report['eval']['source']}`)",
         "",
         f"- **fp32 parity**: max |logit(ONNX) − logit(PyTorch)| = {p['max_abs_diff']:.2e} "
-        f"(bound {PARITY_BOUND:g}): **{'passed' if p['passed'] else 'FAILED'}**; top-1 agreement {pct(p['top1_agreement'])}; "
+        f"(bound {p['bound']:g}): **{'passed' if p['passed'] else 'FAILED'}**; top-1 agreement {pct(p['top1_agreement'])}; "
         f"accuracy on these rows {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
     ]
     if "int8" in report:
@@ -225,7 +225,7 @@ def summary_text(report: dict) -> str:
     lines = []
     p = report["parity"]
     lines.append(f"fp32 parity: max |ONNX - PyTorch| = {p['max_abs_diff']:.2e} on {report['eval']['rows']} rows "
-                 f"({'passed' if p['passed'] else 'FAILED'}, bound {PARITY_BOUND:g})")
+                 f"({'passed' if p['passed'] else 'FAILED'}, bound {p['bound']:g})")
     if "int8" in report:
         i8 = report["int8"]
         lines.append(f"int8: agreement with fp32 {pct(i8['agreement_with_fp32'])} (target {pct(INT8_AGREEMENT_TARGET)}, "
