@@ -184,3 +184,22 @@ def test_student_with_another_tokenizer_distils_from_the_cache(taught, tmp_path)
     # these 200 test rows, where the teacher says 1 on 47%; this student agreed on 0.735).
     teacher_says_1 = float(_logits(out / "teacher", read_sst2_rows("test", 200)[0]).argmax(-1).double().mean())
     assert evaluation["student"]["agreement"] > max(teacher_says_1, 1 - teacher_says_1)
+
+
+def test_one_run_loads_the_teacher_once_and_reads_each_data_file_once(tmp_path, tiny_bert, monkeypatch):
+    """`kdistill run` = teach + soft labels + a from_teacher student + evaluation (speed included): the fine-tuned
+    teacher's weights are read from disk once, and so is each data file, however many steps use them."""
+    from kdistill import data as data_module
+    from kdistill.cli import main
+
+    loads, reads = [], []
+    real_load, real_read = pipeline.load_classifier, data_module._read_table
+    monkeypatch.setattr(pipeline, "load_classifier", lambda name, *a, **k: loads.append(name) or real_load(name, *a, **k))
+    monkeypatch.setattr(data_module, "_read_table", lambda path, *a, **k: reads.append(path) or real_read(path, *a, **k))
+    values = tiny_run_values(tmp_path / "run", tiny_bert, strategy="soft", teacher_epochs=1, num_train_epochs=1)
+    flags = [f"--{k}={v}" for k, v in values.items() if k not in ("student_num_layers",)]
+    assert main(["run", *flags, "--student_num_layers=1"]) == 0
+    teacher = str(tmp_path / "run" / "teacher")
+    assert loads.count(tiny_bert) == 1  # the backbone, fine-tuned by teach
+    assert loads.count(teacher) == 1  # the fine-tuned teacher: soft labels, the student's layers, evaluation
+    assert sorted(reads) == sorted({values["train_file"], values["validation_file"], values["test_file"]})

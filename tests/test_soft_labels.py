@@ -496,3 +496,29 @@ def test_an_add_that_failed_inside_the_with_block_leaves_no_file(tmp_path):
             with pytest.raises(RuntimeError, match="an earlier add failed"):
                 writer.add(logits(3, 4))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_run_finds_and_reads_the_v1_cache_an_earlier_kdistill_made(tmp_path, tiny_bert, monkeypatch, caplog):
+    """kdistill before format v2 filed a split's cache under sha256(v1, teacher files, data bytes, settings); a run
+    with the same inputs reads that file as it is (one log line) and runs no teacher."""
+    import kdistill
+    from kdistill.soft_labels import produce
+    from conftest import tiny_run_values
+
+    config = kdistill.make_config(tiny_run_values(tmp_path, tiny_bert, teacher_train=False, max_train_samples=40))
+    data = config.data
+    settings = {"split": "train", "source": data.train_file, "text_column": data.text_column,
+                "text_pair_column": None, "max_length": data.max_length, "limit": 40}
+    old = hashlib.sha256(b"kdistill-soft-labels-v1")  # the v1 formula, written out here as v1 wrote it
+    old.update(hash_files([tiny_bert]).encode())
+    old.update(hash_files([data.train_file]).encode())
+    old.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    fp = old.hexdigest()
+    x = logits(40, 2)
+    (tmp_path / "soft_labels").mkdir()
+    write_v1(tmp_path / "soft_labels" / f"train-{fp[:16]}.safetensors", x, fp)
+    monkeypatch.setattr(produce, "teacher_pass", lambda *a, **k: pytest.fail("the v1 cache was not read"))
+    with caplog.at_level(logging.INFO):
+        got = kdistill.make_soft_labels(config, ("train",))["train"]
+    assert torch.equal(got, x)
+    assert any(m.endswith("is a v1 cache (dense, one row each); read as it is") for m in caplog.messages)

@@ -91,7 +91,7 @@ def _load_student(config, sdir: str):
     """The trained student in `sdir`, its tokenizer and its label map."""
     if not os.path.isfile(os.path.join(sdir, "config.json")):
         raise UserError(f"no student in {sdir}: run `kdistill distill` first")
-    student = load_classifier(sdir, "student", **_trust(config))
+    student = load_classifier(sdir, "student", **_trust(config), auto_model=task_of(config).auto_model)
     tokenizer = load_tokenizer(sdir, "student tokenizer", **_trust(config))
     return student, tokenizer, {str(k): int(v) for k, v in student.config.label2id.items()}
 

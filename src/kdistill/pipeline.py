@@ -74,7 +74,7 @@ def load_teacher(config: RunConfig, path: str, label2id: dict[str, int] | None =
     """The teacher model at `path` (loaded once per process and content) and its tokenizer."""
     key = (hash_files([path]), tuple(sorted((label2id or {}).items())))
     if key not in _TEACHERS:
-        model = load_classifier(path, "teacher", label2id, **_trust(config))
+        model = load_classifier(path, "teacher", label2id, **_trust(config), auto_model=task_of(config).auto_model)
         tokenizer = load_tokenizer(path, "teacher tokenizer", **_trust(config))
         _check_vocabulary(model, tokenizer, "teacher")
         model.to(config.distill.device)
@@ -163,7 +163,7 @@ def fold_assignment(rows: int, folds: int, seed: int) -> list[int]:
 
 def _train_fold_teacher(config: RunConfig, label2id, tokenizer, train, fold: int) -> torch.nn.Module:
     """Fine-tune one out-of-fold teacher from the backbone on `train` (the other folds' rows); returns it."""
-    model = load_classifier(backbone(config), "teacher", label2id, **_trust(config))
+    model = load_classifier(backbone(config), "teacher", label2id, **_trust(config), auto_model=task_of(config).auto_model)
     out = os.path.join(paths(config).cache, f"fold-{fold}")
     trainer = make_trainer(task_of(config), model, _teacher_args(config, out), train, tokenizer=tokenizer)
     trainer.train()
@@ -222,7 +222,8 @@ def teach(config: RunConfig) -> dict[str, float]:
         logger.info("teacher: reusing the one fine-tuned in %s (pass --overwrite to train it again)", p.teacher)
         with open(done, encoding="utf-8") as fh:
             return json.load(fh)
-    model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config))
+    model = load_classifier(config.teacher.teacher_model, "teacher", label2id, **_trust(config),
+                            auto_model=task_of(config).auto_model)
     tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer", **_trust(config))
     _check_vocabulary(model, tokenizer, "teacher")
     train = prepare_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
@@ -311,7 +312,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     tdir = teacher_dir(config)
     teacher = load_teacher(config, tdir, label2id)[0] if config.student.student_init == "from_teacher" else None
     texts = vocabulary_texts(config.data) if config.student.student_init == "bilstm" else None
-    student, tokenizer = build_student(config.student, teacher, tdir, label2id, texts=texts, **_trust(config))
+    student, tokenizer = build_student(config.student, teacher, tdir, label2id, texts=texts, **_trust(config),
+                                       auto_model=task.auto_model)
     _check_vocabulary(student, tokenizer, "student")
     for split, parts in sources.items():
         for part in parts:

@@ -16,21 +16,22 @@ import logging
 import os
 import pickle
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import RunConfig, config_to_dict, teacher_list
+from .config import DataConfig, RunConfig, config_to_dict, teacher_list
+from .data import LABELS_FILE
 from .errors import UserError
 from .files import write_json
+from .students import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
-LABELS_FILE = "labels.json"
 EVAL_FILE = "eval.json"
 
 
@@ -74,8 +75,6 @@ def paths(config: RunConfig) -> RunPaths:
 def teachers(config: RunConfig) -> list[tuple[str, float]]:
     """Where the teachers the student learns from live, with their weights: this run's fine-tuned teacher, or
     the fine-tuned one(s) given (teacher_model, or the `teachers` list)."""
-    from .students import resolve_model_path
-
     if config.teacher.teacher_train:
         path = paths(config).teacher
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -258,3 +257,88 @@ def resume_point(config: RunConfig, student_dir: str) -> str | bool | None:
 def checkpoint_step(path: str) -> int:
     tail = os.path.basename(os.path.normpath(path)).rpartition("-")[2]
     return int(tail) if tail.isdigit() else 0
+
+
+# ------------------------------------------------------------------------------- reading a finished run back
+
+
+@dataclass
+class Run:
+    """What export needs from a kdistill run directory."""
+
+    directory: str
+    config: dict  # run_config.json, by section
+    label2id: dict[str, int]
+    evaluation: dict | None  # eval.json, if the run was evaluated
+
+    @property
+    def student_dir(self) -> str:
+        return os.path.join(self.directory, "student")
+
+
+def load_run(run_dir: str) -> Run:
+    """Read a run directory; a directory that is not a finished kdistill run is a UserError naming what is missing."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such directory")
+    needed = [RUN_CONFIG, LABELS_FILE, os.path.join("student", "config.json")]
+    missing = [n for n in needed if not os.path.isfile(os.path.join(run_dir, n))]
+    if missing:
+        raise UserError(
+            f"{run_dir} is not a kdistill run directory (no {', '.join(missing)}); "
+            "give the output_dir of a finished `kdistill run` or `kdistill distill`"
+        )
+    config = read_json(os.path.join(run_dir, RUN_CONFIG))
+    label2id = {str(k): int(v) for k, v in read_json(os.path.join(run_dir, LABELS_FILE)).items()}
+    eval_path = os.path.join(run_dir, EVAL_FILE)
+    evaluation = read_json(eval_path) if os.path.isfile(eval_path) else None
+    return Run(run_dir, config, label2id, evaluation)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
+
+
+def locate(path: str, run: Run) -> str:
+    """A path stored in run_config.json, found from here.
+
+    Paths there are relative to the directory the run was started from. When that is not the current directory,
+    it is recovered from where the run directory now lies: RUN_DIR ends with the stored output_dir.
+    """
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    stored = os.path.normpath(run.config.get("distill", {}).get("output_dir") or "")
+    here = os.path.abspath(run.directory)
+    if stored and not os.path.isabs(stored) and here.endswith(os.sep + stored):
+        candidate = os.path.join(here[: -len(stored)], path)
+        if os.path.exists(candidate):
+            return os.path.normpath(candidate)
+    return path
+
+
+def run_teacher_dir(run: Run) -> str:
+    """The run's teacher, as `teacher_dir` finds it, but from RUN_DIR (the run may have moved)."""
+    teacher = run.config.get("teacher", {})
+    if teacher.get("teacher_train", True):
+        path = os.path.join(run.directory, "teacher")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"no fine-tuned teacher in {path}; the speed report and --teacher need it (or --speed_batches 0)")
+        return path
+    listed = json.loads(teacher["teachers"]) if teacher.get("teachers") else None
+    model = listed[0]["model"] if listed else teacher.get("teacher_model", "")
+    return locate(resolve_model_path(model), run)
+
+
+def data_config(run: Run, data_file: str | None = None) -> DataConfig:
+    """The run's data section, with its files found from here; `data_file` replaces the evaluation file."""
+    known = {f.name for f in fields(DataConfig)}
+    values = {k: v for k, v in run.config.get("data", {}).items() if k in known}
+    for key in ("train_file", "validation_file", "test_file", "transfer_file"):
+        if values.get(key):
+            values[key] = locate(values[key], run)
+    if data_file is not None:
+        values["test_file"] = data_file
+    return DataConfig(**values)

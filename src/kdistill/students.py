@@ -17,7 +17,6 @@ import re
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -65,18 +64,31 @@ def _from_pretrained(cls, name: str, what: str, **kwargs):
         raise UserError(f"{what} {name} could not be loaded: {first}") from None
 
 
+DEFAULT_AUTO_MODEL = "AutoModelForSequenceClassification"
+
+
+def auto_class(auto_model: str):
+    """The transformers Auto class a task names (e.g. 'AutoModelForSequenceClassification')."""
+    import transformers
+
+    return getattr(transformers, auto_model)
+
+
 def load_classifier(
-    name: str, what: str, label2id: dict[str, int] | None = None, trust_remote_code: bool = False
+    name: str, what: str, label2id: dict[str, int] | None = None, trust_remote_code: bool = False,
+    auto_model: str = DEFAULT_AUTO_MODEL,
 ) -> PreTrainedModel:
-    """A sequence-classification model. A bare backbone gets a new head sized for `label2id`; a checkpoint that
-    already is a classifier keeps its head, and its label count must match.
+    """A classifier of the task's kind (`auto_model`, the task's transformers Auto class). A bare backbone gets a
+    new head sized for `label2id`; a checkpoint that already has this kind of head keeps it, and its label count
+    must match.
 
     Args:
         trust_remote_code: run Python code shipped with the model (its `auto_map`); off unless the user sets it.
     """
     trust = {"trust_remote_code": trust_remote_code}
     config = _from_pretrained(AutoConfig, name, what, **trust)
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    head = auto_model.removeprefix("AutoModel")  # "ForSequenceClassification", "ForTokenClassification", ...
+    is_classifier = any(a.endswith(head) for a in (config.architectures or []))
     kwargs = {}
     if label2id is not None:
         if is_classifier and config.num_labels != len(label2id):
@@ -85,7 +97,7 @@ def load_classifier(
                 f"({', '.join(label2id)}); use a model with the same labels"
             )
         kwargs = {"num_labels": len(label2id), "label2id": label2id, "id2label": {i: k for k, i in label2id.items()}}
-    return _from_pretrained(AutoModelForSequenceClassification, name, what, **kwargs, **trust)
+    return _from_pretrained(auto_class(auto_model), name, what, **kwargs, **trust)
 
 
 def load_tokenizer(name: str, what: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -156,10 +168,12 @@ def build_student(
     label2id: dict[str, int],
     trust_remote_code: bool = False,
     texts: list[str] | None = None,
+    auto_model: str = DEFAULT_AUTO_MODEL,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The student model and its tokenizer, as `spec` says.
 
     Args:
+        auto_model: the task's transformers Auto class (from_config and from_pretrained students).
         teacher: needed only for from_teacher.
         texts: needed only for bilstm: the texts its vocabulary comes from (see `vocabulary_texts`).
     """
@@ -188,10 +202,10 @@ def build_student(
             setattr(config, key, value)
         config.num_labels = len(label2id)
         config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
-        model = AutoModelForSequenceClassification.from_config(config, **trust)
+        model = auto_class(auto_model).from_config(config, **trust)
         tokenizer_name = spec.student_tokenizer or base
     else:
-        model = load_classifier(spec.student_model, "student", label2id, **trust)
+        model = load_classifier(spec.student_model, "student", label2id, **trust, auto_model=auto_model)
         tokenizer_name = spec.student_tokenizer or spec.student_model
     check_label_count(model, len(label2id), "student")
     tokenizer = load_tokenizer(tokenizer_name, "student tokenizer", **trust)

@@ -44,4 +44,5 @@ from .onnx import (
     time_models,
 )
 from .predict import Predictor, load_predictor
-from .run import Run, data_config, eval_rows, export_run, load_run, locate, machine, model_rows, pad, teacher_dir, versions
+from ..rundir import locate, read_json  # noqa: F401 - the run directory's readers, as benchmarks and tests use them
+from .run import Run, data_config, eval_rows, export_run, load_run, machine, model_rows, pad, teacher_dir, versions

@@ -26,12 +26,14 @@ from ..errors import UserError
 from ..evaluation import measure_speed
 from ..files import atomic_write, write_json
 from ..report.model_card import INT8_AGREEMENT_TARGET, PARITY_BOUND
+from ..tasks.sequence import SequenceClassification
 
 logger = logging.getLogger(__package__)  # "kdistill.export", as before the split (benchmarks/export_speed.py reads it)
 
 FORMATS = ("onnx",)
 FP32_FILE, INT8_FILE, REPORT_FILE, CARD_FILE = "model.onnx", "model.int8.onnx", "export_report.json", "README.md"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# The export signature is the task's (tasks/*.py `export_inputs`); sequence classification's, by default.
+INPUT_NAMES = SequenceClassification.export_inputs
 OPSET = 23  # the first opset with a standard Attention operator
 # --int8 quantises every operator type ONNX Runtime's dynamic quantiser knows (MatMul, Gather, LSTM, ...) except
 # "Attention": the quantiser takes the standard opset-23 Attention node for its own com.microsoft Attention and writes
@@ -55,13 +57,12 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
 
-def input_names(model: torch.nn.Module, tokenizer) -> list[str]:
-    """The inputs the exported graph takes: those the tokenizer makes and the model accepts (attention_mask always)."""
+def input_names(model: torch.nn.Module, tokenizer, candidates: tuple[str, ...] = INPUT_NAMES) -> list[str]:
+    """The inputs the exported graph takes: of the task's `candidates`, input_ids and attention_mask always, the
+    others when the tokenizer makes them and the model accepts them."""
     accepted = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in accepted:
-        names.append("token_type_ids")
-    return names
+    return [n for n in candidates
+            if n in ("input_ids", "attention_mask") or (n in tokenizer.model_input_names and n in accepted)]
 
 
 @contextlib.contextmanager

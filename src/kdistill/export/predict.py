@@ -11,7 +11,8 @@ from ..errors import UserError
 from ..soft_labels import predict_logits
 from ..students import load_classifier, load_tokenizer
 from .onnx import FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier
-from .run import pad, read_json
+from ..rundir import read_json
+from .run import pad
 
 
 @dataclass

@@ -2,133 +2,54 @@
 
 import datetime
 import importlib.util
-import json
 import logging
 import os
 import platform
 import shlex
-from dataclasses import dataclass, fields
 from importlib import metadata
 
 import torch
 
 from .. import metrics
 from ..config import DataConfig
-from ..data import LABELS_FILE, encode_labels, load_split, tokenize
+from ..data import load_split, split_file
 from ..errors import UserError
+from ..rundir import Run, data_config, load_run, run_teacher_dir as teacher_dir
+from ..tasks import get_task
+from ..tasks.base import stack_labels
 from ..evaluation import size_on_disk
 from ..files import write_json, write_text
 from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, pct, summary
 from ..soft_labels import predict_logits
-from ..students import count_parameters, load_classifier, load_tokenizer, resolve_model_path
+from ..students import count_parameters, load_classifier, load_tokenizer
 from .onnx import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, check_parity, export_model, \
     int8_fidelity, time_models
 
 logger = logging.getLogger(__package__)  # "kdistill.export", as before the split
 
-# --------------------------------------------------------------------------------------------------- the run directory
-
-
-@dataclass
-class Run:
-    """What export needs from a kdistill run directory."""
-
-    directory: str
-    config: dict  # run_config.json, by section
-    label2id: dict[str, int]
-    evaluation: dict | None  # eval.json, if the run was evaluated
-
-    @property
-    def student_dir(self) -> str:
-        return os.path.join(self.directory, "student")
-
-
-def load_run(run_dir: str) -> Run:
-    """Read a run directory; a directory that is not a finished kdistill run is a UserError naming what is missing."""
-    if not os.path.isdir(run_dir):
-        raise UserError(f"{run_dir}: no such directory")
-    needed = ["run_config.json", LABELS_FILE, os.path.join("student", "config.json")]
-    missing = [n for n in needed if not os.path.isfile(os.path.join(run_dir, n))]
-    if missing:
-        raise UserError(
-            f"{run_dir} is not a kdistill run directory (no {', '.join(missing)}); "
-            "give the output_dir of a finished `kdistill run` or `kdistill distill`"
-        )
-    config = read_json(os.path.join(run_dir, "run_config.json"))
-    label2id = {str(k): int(v) for k, v in read_json(os.path.join(run_dir, LABELS_FILE)).items()}
-    eval_path = os.path.join(run_dir, "eval.json")
-    evaluation = read_json(eval_path) if os.path.isfile(eval_path) else None
-    return Run(run_dir, config, label2id, evaluation)
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
-
-
-def locate(path: str, run: Run) -> str:
-    """A path stored in run_config.json, found from here.
-
-    Paths there are relative to the directory the run was started from. When that is not the current directory,
-    it is recovered from where the run directory now lies: RUN_DIR ends with the stored output_dir.
-    """
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    stored = os.path.normpath(run.config.get("distill", {}).get("output_dir") or "")
-    here = os.path.abspath(run.directory)
-    if stored and not os.path.isabs(stored) and here.endswith(os.sep + stored):
-        candidate = os.path.join(here[: -len(stored)], path)
-        if os.path.exists(candidate):
-            return os.path.normpath(candidate)
-    return path
-
-
-def teacher_dir(run: Run) -> str:
-    """The run's teacher, as pipeline.teacher_dir finds it, but from RUN_DIR (the run may have moved)."""
-    teacher = run.config.get("teacher", {})
-    if teacher.get("teacher_train", True):
-        path = os.path.join(run.directory, "teacher")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"no fine-tuned teacher in {path}; the speed report and --teacher need it (or --speed_batches 0)")
-        return path
-    return locate(resolve_model_path(teacher.get("teacher_model", "")), run)
-
-
-def data_config(run: Run, data_file: str | None = None) -> DataConfig:
-    """The run's data section, with its files found from here; `data_file` replaces the evaluation file."""
-    known = {f.name for f in fields(DataConfig)}
-    values = {k: v for k, v in run.config.get("data", {}).items() if k in known}
-    for key in ("train_file", "validation_file", "test_file", "transfer_file"):
-        if values.get(key):
-            values[key] = locate(values[key], run)
-    if data_file is not None:
-        values["test_file"] = data_file
-    return DataConfig(**values)
-
-
 def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int) -> tuple[list[dict], torch.Tensor, str]:
-    """The first `limit` rows of the run's evaluation split, tokenised: (model rows, labels, source)."""
+    """The first `limit` rows of the run's evaluation split, prepared by the run's task: (model rows, labels, source)."""
+    task = get_task(data.task)
     table = load_split(data, "test")
-    source = data.test_file or data.validation_file or f"{data.dataset_name}/{data.dataset_config_name}"
+    source = split_file(data, "test") or f"{data.dataset_name}/{data.dataset_config_name}"
     if table is None:
         raise UserError("the run has no test_file or validation_file to check the export on; pass --data FILE")
     table = table.select(range(min(limit, len(table))))
-    labels = encode_labels(table, data, label2id, source)
-    encoded = tokenize(table, tokenizer, data, labels)
-    return model_rows(encoded, tokenizer), torch.tensor(labels), source
+    labels = task.encode_labels(table, data, label2id, source)
+    encoded = task.prepare(table, tokenizer, data, labels)
+    return task.model_rows(encoded, tokenizer), stack_labels(labels), source
 
 
 def model_rows(table, tokenizer) -> list[dict]:
-    """The model-input columns of a tokenised table as a list of row dicts (read column-wise: row access is slow)."""
-    names = [k for k in tokenizer.model_input_names if k in table.column_names]
-    return [dict(zip(names, values)) for values in zip(*(table[k][:] for k in names))]
+    """The model-input columns of a prepared sequence-classification split as row dicts (the task's)."""
+    return get_task("sequence_classification").model_rows(table, tokenizer)
 
 
 def pad(tokenizer):
-    return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
+    """Pads rows into a batch, as the sequence-classification task does."""
+    return get_task("sequence_classification").pad_inputs(tokenizer)
+
+
 
 
 def versions() -> dict[str, str]:

@@ -51,7 +51,8 @@ def hash_files(paths: Iterable[str]) -> str:
     return _HASH_MEMO[key]
 
 
-def fingerprint(teachers: str | Sequence[str], data_file: str | None, settings: dict) -> str:
+def fingerprint(teachers: str | Sequence[str], data_file: str | None, settings: dict,
+                cache_format: str = CACHE_FORMAT) -> str:
     """Fingerprint of what produces a split's soft labels: teachers' files + data bytes + settings.
 
     digest = SHA-256(CACHE_FORMAT, hash_files([teacher_1]), ..., hash_files([teacher_n]), hash_files([data_file])
@@ -63,11 +64,13 @@ def fingerprint(teachers: str | Sequence[str], data_file: str | None, settings: 
             only that name give the same fingerprint.
         data_file: the file the rows come from (its bytes are hashed), or None for data named in `settings`.
         settings: anything else that changes the outputs (split, rows selected, tokenisation), JSON-able.
+        cache_format: the format mixed in; "kdistill-soft-labels-v1" gives the digest a v1 cache of the same inputs
+            was filed under (v1 took one teacher), so that cache can still be found and read.
     """
     names = [teachers] if isinstance(teachers, str) else list(teachers)
     if not names:
         raise ValueError("fingerprint needs at least one teacher")
-    h = hashlib.sha256(CACHE_FORMAT.encode())
+    h = hashlib.sha256(cache_format.encode())
     for name in names:
         h.update(hash_files([name]).encode())
     h.update(hash_files([data_file]).encode() if data_file else b"")

@@ -19,7 +19,7 @@ from ..data import load_split, split_file, split_limit
 from ..files import write_json
 from ..rundir import is_main, paths, teachers
 from ..students import resolve_model_path
-from .cache import cache_path, read_cache
+from .cache import FORMAT_V1, cache_path, read_cache
 from .fingerprint import fingerprint
 from .writer import write_cache
 
@@ -149,6 +149,8 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
             fp = fingerprint(tdir, path, settings)
             file = cache_path(cache, "train-oof" if oof else split, fp)
             stored = read_cache(file, fp)
+            if stored is None and data.task == "sequence_classification":
+                stored = _v1_cache(cache, "train-oof" if oof else split, tdir, path, settings)
             cached = _from_first_process(stored is not None, together)  # one decision: every process takes one path
             if cached and stored is None:
                 raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
@@ -176,6 +178,13 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                 logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
             out[split].append(stored)
     return out
+
+
+def _v1_cache(cache: str, name: str, tdir: str, path: str | None, settings: dict):
+    """A cache an earlier kdistill (format v1) made from these same inputs, read as it is (read_cache logs that), or
+    None: then the split is computed again into a v2 cache."""
+    fp = fingerprint(tdir, path, settings, cache_format=FORMAT_V1)
+    return read_cache(cache_path(cache, name, fp), fp)
 
 
 def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True) -> torch.Tensor:
