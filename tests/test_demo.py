@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from kdistill import demo
+from kdistill import demo, demo_transfer
+from kdistill.stats import gap_closed, t_interval
 from kdistill.tasks.image import random_shift
 from kdistill.cli import main
 from kdistill.report.demo import FILES
@@ -60,22 +61,22 @@ def test_collator_attaches_teacher_logits_by_row(setup):
 
 def test_t_interval_matches_scipy():
     values = [16.0, 15.0, 14.0, 17.0, 15.0]
-    ci = demo.t_interval(values)
+    ci = t_interval(values)
     low, high = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
     assert ci["low"] == pytest.approx(low) and ci["high"] == pytest.approx(high)
-    assert demo.t_interval([3.0])["low"] is None
+    assert t_interval([3.0])["low"] is None
 
 
 def test_gap_closed_share_and_interval():
     hard, teacher = [20.0, 22.0, 19.0, 21.0, 23.0], 10.0
-    assert demo.gap_closed(hard, hard, teacher)["share"] == pytest.approx(0.0)
-    assert demo.gap_closed(hard, [10.0] * 5, teacher)["share"] == pytest.approx(1.0)
+    assert gap_closed(hard, hard, teacher)["share"] == pytest.approx(0.0)
+    assert gap_closed(hard, [10.0] * 5, teacher)["share"] == pytest.approx(1.0)
     soft = [15.0, 17.0, 13.0, 16.0, 19.0]
-    gap = demo.gap_closed(hard, soft, teacher)
+    gap = gap_closed(hard, soft, teacher)
     assert gap["share"] == pytest.approx((np.mean(hard) - np.mean(soft)) / (np.mean(hard) - teacher))
     assert gap["low"] < gap["share"] < gap["high"]
     # A student already as good as the teacher leaves no gap: no share rather than a division by ~0.
-    assert demo.gap_closed([10.0, 9.0], [12.0, 11.0], 10.0)["share"] is None
+    assert gap_closed([10.0, 9.0], [12.0, 11.0], 10.0)["share"] is None
 
 
 def test_models_learn_at_reduced_size(setup):
@@ -109,7 +110,7 @@ def test_soft_label_confidence_falls_as_temperature_rises(setup):
 
 def test_dark_knowledge_student_recognises_the_digit_it_never_saw(setup):
     config, digits, teacher = setup
-    result = demo.dark_knowledge(config, digits, teacher.logits)
+    result = demo_transfer.dark_knowledge(config, digits, teacher.logits)
     chosen = result["by_temperature"][result["chosen_temperature"]]
     # Chance is 10%; at this size a net that never saw a 3 gets roughly half to three quarters of them.
     assert chosen["digit_accuracy_after"]["mean"] > 0.10
@@ -119,7 +120,7 @@ def test_dark_knowledge_student_recognises_the_digit_it_never_saw(setup):
 
 def test_soft_student_on_unlabelled_rows_beats_the_few_label_hard_student(setup):
     config, digits, teacher = setup
-    result = demo.few_labels(config, digits, teacher, temperature=2.0)
+    result = demo_transfer.few_labels(config, digits, teacher, temperature=2.0)
     hard = result["arms"]["hard, labelled few"]["test_errors"]["mean"]
     soft = result["arms"]["soft, all rows, full teacher"]["test_errors"]["mean"]
     assert result["labelled_rows"] == 44
@@ -167,7 +168,7 @@ def test_prior_matching_shift_matches_the_teachers_rate_without_labels():
     teacher = torch.tensor([[0.0, 0, 0, 5], [0.0, 0, 0, 5], [5.0, 0, 0, 0], [5.0, 0, 0, 0]])
     student = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0.6], [3.0, 0, 0, 0], [4.0, 0, 0, 0]])
     shifts = np.arange(0.0, 3.01, 0.5)
-    index, rate = demo.prior_matching_shift(student, teacher, 3, shifts)
+    index, rate = demo_transfer.prior_matching_shift(student, teacher, 3, shifts)
     assert rate == 0.5 and shifts[index] == 1.5
     # A student that never gets there takes the largest shift.
-    assert demo.prior_matching_shift(student - 100 * torch.eye(4)[3], teacher, 3, shifts)[0] == len(shifts) - 1
+    assert demo_transfer.prior_matching_shift(student - 100 * torch.eye(4)[3], teacher, 3, shifts)[0] == len(shifts) - 1

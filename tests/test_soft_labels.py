@@ -522,3 +522,17 @@ def test_a_run_finds_and_reads_the_v1_cache_an_earlier_kdistill_made(tmp_path, t
         got = kdistill.make_soft_labels(config, ("train",))["train"]
     assert torch.equal(got, x)
     assert any(m.endswith("is a v1 cache (dense, one row each); read as it is") for m in caplog.messages)
+
+
+def test_splits_laid_end_to_end_are_read_by_their_rows(tmp_path):
+    """The collator's one index space (train, then transfer, then validation) over lazily read caches."""
+    from kdistill.soft_labels.produce import ConcatSources
+
+    a, b = logits(5, 3), logits(4, 3) + 10.0
+    write_cache(str(tmp_path / "a.safetensors"), a, FP)
+    write_cache(str(tmp_path / "b.safetensors"), b, FP)
+    both = ConcatSources([read_cache(str(tmp_path / "a.safetensors"), FP), read_cache(str(tmp_path / "b.safetensors"), FP)])
+    idx = torch.tensor([7, 0, 4, 5, 8, 2])
+    assert len(both) == 9
+    assert torch.equal(both[idx], torch.cat([a, b])[idx])
+    assert torch.equal(ConcatSources([a, b])[idx], torch.cat([a, b])[idx])  # in memory: concatenated once

@@ -31,7 +31,16 @@ from .rundir import (
     teachers,
 )
 from .soft_labels import hash_files, predict_logits
-from .soft_labels.produce import SPLITS, ConcatSources, backbone, classes, dense, teacher_outputs, teacher_seed
+from .soft_labels.produce import (
+    SPLITS,
+    ConcatSources,
+    backbone,
+    classes,
+    dense,
+    out_of_fold,
+    teacher_outputs,
+    teacher_seed,
+)
 from .students import (
     build_student,
     check_label_count,
@@ -182,24 +191,14 @@ def out_of_fold_logits(config: RunConfig, progress: bool = False) -> tuple[torch
     tokenizer = load_tokenizer(backbone(config), "teacher tokenizer", **_trust(config))
     train = prepare_split(config, "train", tokenizer, label2id, who="teacher tokenizer")
     fold_of = fold_assignment(len(train), k, seed)
-    logits: torch.Tensor | None = None
-    record = {"folds": k, "seed": seed, "fold_of_row": fold_of, "per_fold": []}
-    for fold in range(k):
-        start = time.perf_counter()
-        held_out = [i for i, f in enumerate(fold_of) if f == fold]
-        teacher = _train_fold_teacher(config, label2id, tokenizer, train.select([i for i, f in enumerate(fold_of) if f != fold]), fold)
-        rows = task.model_rows(train.select(held_out), tokenizer)
-        fold_logits = predict_logits(teacher, rows, task.pad_inputs(tokenizer), batch_size=config.distill.per_device_eval_batch_size)
-        if logits is None:
-            logits = torch.empty((len(train), *fold_logits.shape[1:]), dtype=torch.float32)
-        logits[held_out] = fold_logits
-        seconds = time.perf_counter() - start
-        record["per_fold"].append({"fold": fold, "trained_on": len(train) - len(held_out), "labelled": len(held_out),
-                                   "seconds": seconds})
-        logger.info("out-of-fold soft labels: fold %d of %d (%d rows) labelled in %.0f s", fold + 1, k, len(held_out),
-                    seconds)
-    assert logits is not None
-    return logits, record
+    logits, per_fold, _ = out_of_fold(
+        fold_of,
+        lambda fold, rows: _train_fold_teacher(config, label2id, tokenizer, train.select(rows), fold),
+        lambda teacher, rows: predict_logits(teacher, task.model_rows(train.select(rows), tokenizer),
+                                             task.pad_inputs(tokenizer),
+                                             batch_size=config.distill.per_device_eval_batch_size),
+    )
+    return logits, {"folds": k, "seed": seed, "fold_of_row": fold_of, "per_fold": per_fold}
 
 
 def teach(config: RunConfig) -> dict[str, float]:

@@ -33,3 +33,31 @@ def paired_difference(a: dict, b: dict, confidence: float = CONFIDENCE) -> dict 
     out = t_interval([a[s] - b[s] for s in seeds], confidence)
     out["seeds"] = seeds
     return out
+
+
+def gap_closed(hard: list[float], soft: list[float], teacher: float, confidence: float = CONFIDENCE) -> dict:
+    """Share of the hard-student-to-teacher gap that soft labels close, with a Fieller interval.
+
+    share = mean(hard - soft) / mean(hard - teacher) over paired seeds (the same seed starts both students).
+    Fieller's interval for a ratio of means holds every r for which a t-test does not reject
+    mean(d - r g) = 0, with d = hard - soft and g = hard - teacher; it is unbounded when the gap itself is
+    not clearly above zero (bounds None).
+    """
+    d = np.asarray(hard, dtype=np.float64) - np.asarray(soft, dtype=np.float64)
+    g = np.asarray(hard, dtype=np.float64) - teacher
+    n = len(d)
+    if g.mean() <= 0:  # the hard student is already as good as the teacher: there is no gap to close
+        return {"share": None, "low": None, "high": None, "gap_errors": float(g.mean())}
+    out = {"share": float(d.mean() / g.mean()), "low": None, "high": None, "gap_errors": float(g.mean())}
+    if n < 2:
+        return out
+    t2 = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) ** 2
+    cov = np.cov(np.stack([d, g]), ddof=1) / n
+    a = g.mean() ** 2 - t2 * cov[1, 1]
+    b = d.mean() * g.mean() - t2 * cov[0, 1]
+    c = d.mean() ** 2 - t2 * cov[0, 0]
+    disc = b * b - a * c
+    if a > 0 and disc >= 0:
+        root = math.sqrt(disc)
+        out["low"], out["high"] = float((b - root) / a), float((b + root) / a)
+    return out

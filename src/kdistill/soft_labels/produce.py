@@ -8,7 +8,7 @@ across the processes and the first one writes the cache.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -180,6 +180,39 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
     return out
 
 
+def out_of_fold(fold_of: Sequence[int], fit: Callable[[int, list[int]], Any], label: Callable[[Any, list[int]], torch.Tensor],
+                keep_teachers: bool = False) -> tuple[torch.Tensor, list[dict], list]:
+    """Out-of-fold soft labels: for each fold k in turn, `fit(k, rows of the other folds)` makes a teacher and
+    `label(teacher, rows of fold k)` gives its logits on the rows it never saw.
+
+    Returns the logits in row order, per fold its bookkeeping (fold, rows trained on and labelled, seconds), and the
+    fold teachers if `keep_teachers` (else an empty list: a text teacher per fold is too large to keep).
+    """
+    import time
+
+    folds = sorted(set(fold_of))
+    logits: torch.Tensor | None = None
+    record, kept = [], []
+    for k in folds:
+        start = time.perf_counter()
+        held_out = [i for i, f in enumerate(fold_of) if f == k]
+        teacher = fit(k, [i for i, f in enumerate(fold_of) if f != k])
+        fold_logits = label(teacher, held_out)
+        if logits is None:
+            logits = torch.empty((len(fold_of), *fold_logits.shape[1:]), dtype=torch.float32)
+        logits[held_out] = fold_logits
+        if keep_teachers:
+            kept.append(teacher)
+        seconds = time.perf_counter() - start
+        record.append({"fold": k, "trained_on": len(fold_of) - len(held_out), "labelled": len(held_out),
+                       "seconds": seconds})
+        logger.info("out-of-fold soft labels: fold %d of %d (%d rows) labelled in %.0f s", k + 1, len(folds),
+                    len(held_out), seconds)
+    if logits is None:
+        raise UserError("out-of-fold soft labels: no rows")
+    return logits, record, kept
+
+
 def _v1_cache(cache: str, name: str, tdir: str, path: str | None, settings: dict):
     """A cache an earlier kdistill (format v1) made from these same inputs, read as it is (read_cache logs that), or
     None: then the split is computed again into a v2 cache."""
@@ -255,10 +288,18 @@ class ConcatSources:
         if len(self.sources) == 1:
             return self.sources[0][idx]
         which = torch.searchsorted(self.starts, idx, right=True) - 1
-        got: list = [None] * len(idx)
+        parts = []
         for k in which.unique().tolist():
             pos = (which == k).nonzero().flatten()
-            rows = self.sources[k][idx[pos] - self.starts[k]]
+            parts.append((pos, self.sources[k][idx[pos] - self.starts[k]]))
+        first = parts[0][1]
+        if isinstance(first, torch.Tensor):  # one item per row: one tensor, rows put back in batch order
+            out = first.new_empty((len(idx), *first.shape[1:]))
+            for pos, rows in parts:
+                out[pos] = rows
+            return out
+        got: list = [None] * len(idx)  # ragged rows: a list in batch order
+        for pos, rows in parts:
             for j, p in enumerate(pos.tolist()):
                 got[p] = rows[j]
-        return torch.stack(got) if all(g.shape == got[0].shape for g in got) else got
+        return got
