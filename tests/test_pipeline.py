@@ -203,3 +203,33 @@ def test_one_run_loads_the_teacher_once_and_reads_each_data_file_once(tmp_path, 
     assert loads.count(tiny_bert) == 1  # the backbone, fine-tuned by teach
     assert loads.count(teacher) == 1  # the fine-tuned teacher: soft labels, the student's layers, evaluation
     assert sorted(reads) == sorted({values["train_file"], values["validation_file"], values["test_file"]})
+
+
+def test_online_teacher_trains_the_student_the_cache_does(tmp_path, tiny_bert):
+    """soft_label_source: online runs the teacher inside the trainer on each batch; the student it trains matches
+    the one trained from the cache (the teacher sees other padding there, hence a tolerance, not equality)."""
+    common = dict(teacher_train=False, strategy="mixed", max_train_samples=120, num_train_epochs=1, speed_batches=0,
+                  report_to="none", validation_file=None)
+    cached = kdistill.distill(kdistill.make_config(tiny_run_values(tmp_path / "cache", tiny_bert, **common)))
+    online = kdistill.distill(kdistill.make_config(tiny_run_values(tmp_path / "online", tiny_bert, **common,
+                                                                   soft_label_source="online")))
+    assert not list((tmp_path / "online").glob("soft_labels/*"))  # no cache was made
+    assert online["train_loss"] == pytest.approx(cached["train_loss"], rel=1e-4)
+    assert [e["loss_soft_kl"] for e in online["log_history"] if "loss_soft_kl" in e] == pytest.approx(
+        [e["loss_soft_kl"] for e in cached["log_history"] if "loss_soft_kl" in e], rel=1e-3)
+
+
+def test_several_teachers_each_have_a_cache_and_combine_by_weight(tmp_path, tiny_bert, word_tokenizer):
+    from kdistill.losses import ensemble_logits
+
+    other = make_tiny_bert(tmp_path / "other", word_tokenizer, seed=5)
+    base = dict(teacher_train=False, max_train_samples=60, temperature=2.0)
+    one = kdistill.make_soft_labels(kdistill.make_config(tiny_run_values(tmp_path / "a", tiny_bert, **base)), ("train",))
+    two = kdistill.make_soft_labels(kdistill.make_config(tiny_run_values(tmp_path / "b", other, **base)), ("train",))
+    config = kdistill.make_config(tiny_run_values(tmp_path / "ens", tiny_bert, **base,
+                                                  teachers=[{"model": tiny_bert, "weight": 1}, {"model": other, "weight": 3}]))
+    both = kdistill.make_soft_labels(config, ("train",))
+    assert len(list((tmp_path / "ens" / "soft_labels").glob("train-*.safetensors"))) == 2
+    torch.testing.assert_close(both["train"], ensemble_logits([one["train"], two["train"]], [1, 3], 2.0))
+    result = kdistill.distill(config)
+    assert result["train_rows"] == 60 and result["objective"] == {"soft_kl": 1.0}
