@@ -35,6 +35,7 @@ from typing import Any
 
 from .errors import UserError
 from .files import write_json
+from .rundir import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
         temperature=cell.temperature if cell.temperature is not None else d.temperature,
         alpha=cell.alpha if cell.alpha is not None else d.alpha,
         seed=cell.seed,
-        soft_label_cache=os.path.join(sweep.output_dir, "soft_labels"),
+        soft_label_cache=paths_of_sweep(sweep).cache,
         speed_batches=0,  # timed once per student spec, after the grid (see `measure_speeds`)
         report_to=report_to,
     )
@@ -245,6 +246,11 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
     teacher_cfg = dataclasses.replace(t, teacher_train=False, teacher_model=teacher, teacher_backbone=backbone,
                                       teacher_seed=teacher_seed)
     return RunConfig(data=student_config.data, teacher=teacher_cfg, student=spec, distill=distill)
+
+
+def paths_of_sweep(sweep: "Sweep") -> RunPaths:
+    """A sweep's directory holds a run's shared parts: teacher/ and soft_labels/ (each cell's run lies below)."""
+    return RunPaths.of(sweep.output_dir)
 
 
 def _fingerprint(config) -> dict:
@@ -353,7 +359,7 @@ def _machine() -> dict:
 
 def _drop_weights(run_dir: str) -> None:
     """Delete a finished run's model weights (its metrics, logs and config stay)."""
-    student = os.path.join(run_dir, "student")
+    student = RunPaths(run_dir).student
     for name in os.listdir(student) if os.path.isdir(student) else ():
         if name.endswith((".safetensors", ".bin")):
             os.remove(os.path.join(student, name))
@@ -384,13 +390,14 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
                             for section, values in _fingerprint(config).items()})
 
     # The teacher, once. A teacher this sweep fine-tuned lives in <out>/teacher and is reused when the sweep resumes.
-    if first.teacher.teacher_train and os.path.isfile(os.path.join(out, "teacher", "config.json")):
-        logger.info("teacher: reusing the one fine-tuned in %s", os.path.join(out, "teacher"))
+    shared_paths = paths_of_sweep(sweep)  # the sweep's own teacher and cache
+    if first.teacher.teacher_train and os.path.isfile(os.path.join(shared_paths.teacher, "config.json")):
+        logger.info("teacher: reusing the one fine-tuned in %s", shared_paths.teacher)
     else:
         pipeline.teach(first)
     teacher = pipeline.teacher_dir(first)
     shared = dataclasses.replace(first, distill=dataclasses.replace(
-        first.distill, soft_label_cache=os.path.join(out, "soft_labels")))
+        first.distill, soft_label_cache=shared_paths.cache))
     diagnostics = soft_label_diagnostics(shared, sweep.temperatures)
 
     report_to = _tensorboard()

@@ -37,10 +37,16 @@ EVAL_FILE = "eval.json"
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run's parts lie, from its output_dir (and soft_label_cache, which may lie elsewhere)."""
+    """Where a run's parts lie, from its output_dir (and soft_label_cache, which may lie elsewhere; empty where
+    the caller needs no cache)."""
 
     out: str
-    cache: str
+    cache: str = ""
+
+    @classmethod
+    def of(cls, out: str, cache: str | None = None) -> "RunPaths":
+        """The layout of a run in `out`, its cache in `cache` or, by default, `out`/soft_labels."""
+        return cls(out, cache or os.path.join(out, "soft_labels"))
 
     @property
     def teacher(self) -> str:
@@ -69,7 +75,7 @@ class RunPaths:
 
 def paths(config: RunConfig) -> RunPaths:
     out = config.output_dir
-    return RunPaths(out, config.distill.soft_label_cache or os.path.join(out, "soft_labels"))
+    return RunPaths.of(out, config.distill.soft_label_cache)
 
 
 def teachers(config: RunConfig) -> list[tuple[str, float]]:
@@ -273,7 +279,7 @@ class Run:
 
     @property
     def student_dir(self) -> str:
-        return os.path.join(self.directory, "student")
+        return RunPaths(self.directory).student
 
 
 def load_run(run_dir: str) -> Run:
@@ -323,7 +329,7 @@ def run_teacher_dir(run: Run) -> str:
     """The run's teacher, as `teacher_dir` finds it, but from RUN_DIR (the run may have moved)."""
     teacher = run.config.get("teacher", {})
     if teacher.get("teacher_train", True):
-        path = os.path.join(run.directory, "teacher")
+        path = RunPaths(run.directory).teacher
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"no fine-tuned teacher in {path}; the speed report and --teacher need it (or --speed_batches 0)")
         return path

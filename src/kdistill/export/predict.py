@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..soft_labels import predict_logits
 from ..students import load_classifier, load_tokenizer
 from .onnx import FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier
-from ..rundir import read_json
+from ..rundir import RUN_CONFIG, RunPaths, read_json
 from .run import pad
 
 
@@ -47,7 +47,7 @@ def _max_length(model_dir: str, tokenizer) -> int:
     for report in (os.path.join(model_dir, REPORT_FILE), os.path.join(model_dir, os.pardir, REPORT_FILE)):
         if os.path.isfile(report):
             return int(read_json(report).get("max_length", 512))
-    for run_config in (os.path.join(model_dir, "run_config.json"), os.path.join(model_dir, os.pardir, "run_config.json")):
+    for run_config in (os.path.join(model_dir, RUN_CONFIG), os.path.join(model_dir, os.pardir, RUN_CONFIG)):
         if os.path.isfile(run_config):
             return int(read_json(run_config).get("data", {}).get("max_length", 512))
     return min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
@@ -66,7 +66,7 @@ def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
                          "onnx int8" if int8 else "onnx fp32")
     if int8:
         raise UserError(f"{model_dir}: no {INT8_FILE} (export with --int8, or drop --int8)")
-    for candidate in (model_dir, os.path.join(model_dir, "student")):
+    for candidate in (model_dir, RunPaths(model_dir).student):
         if os.path.isfile(os.path.join(candidate, "config.json")):
             model = load_classifier(candidate, "model").eval()
             tokenizer = load_tokenizer(candidate, "tokenizer")

@@ -40,6 +40,11 @@ def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int)
     return task.model_rows(encoded, tokenizer), stack_labels(labels), source
 
 
+def run_task(run: Run):
+    """The task the run was made for (its run_config.json's data.task)."""
+    return get_task(run.config.get("data", {}).get("task", "sequence_classification"))
+
+
 def model_rows(table, tokenizer) -> list[dict]:
     """The model-input columns of a prepared sequence-classification split as row dicts (the task's)."""
     return get_task("sequence_classification").model_rows(table, tokenizer)
@@ -114,11 +119,12 @@ def export_run(
     need_teacher = teacher or speed_batches > 0
     tdir = teacher_dir(run) if need_teacher else None
 
-    student = load_classifier(run.student_dir, "student").eval()
+    task = run_task(run)
+    student = load_classifier(run.student_dir, "student", auto_model=task.auto_model).eval()
     tokenizer = load_tokenizer(run.student_dir, "student tokenizer")
     data = data_config(run, data_file)
     eval_set, labels, source = eval_rows(data, tokenizer, run.label2id, rows)
-    collate = pad(tokenizer)
+    collate = task.pad_inputs(tokenizer)
 
     fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
     names = export_model(student, tokenizer, run.label2id, out, int8)
@@ -176,11 +182,12 @@ def export_run(
 def _teacher_side(report: dict, tdir: str, run: Run, data: DataConfig, rows: int, out: str, int8: bool,
                   export: bool) -> dict[str, tuple]:
     """The teacher's entries of the report (and, with `export`, its ONNX files); returns its models to time."""
-    teacher = load_classifier(tdir, "teacher", run.label2id).eval()
+    task = run_task(run)
+    teacher = load_classifier(tdir, "teacher", run.label2id, auto_model=task.auto_model).eval()
     teacher_tok = load_tokenizer(tdir, "teacher tokenizer")
     # The same texts, tokenised the teacher's way (its vocabulary may differ from the student's).
     teacher_rows, _, _ = eval_rows(data, teacher_tok, run.label2id, rows)
-    tcollate = pad(teacher_tok)
+    tcollate = task.pad_inputs(teacher_tok)
     report["teacher_dir"] = tdir
     report["parameters"]["teacher"] = count_parameters(teacher)
     report["sizes"]["teacher PyTorch"] = size_on_disk(tdir)
