@@ -193,6 +193,8 @@ def test_one_run_loads_the_teacher_once_and_reads_each_data_file_once(tmp_path, 
     from kdistill.cli import main
 
     loads, reads = [], []
+    monkeypatch.setattr(data_module, "_TABLES", {})  # what earlier tests in this process read is not this run's
+    monkeypatch.setattr(pipeline, "_TEACHERS", {})
     real_load, real_read = pipeline.load_classifier, data_module._read_table
     monkeypatch.setattr(pipeline, "load_classifier", lambda name, *a, **k: loads.append(name) or real_load(name, *a, **k))
     monkeypatch.setattr(data_module, "_read_table", lambda path, *a, **k: reads.append(path) or real_read(path, *a, **k))

@@ -536,3 +536,40 @@ def test_splits_laid_end_to_end_are_read_by_their_rows(tmp_path):
     assert len(both) == 9
     assert torch.equal(both[idx], torch.cat([a, b])[idx])
     assert torch.equal(ConcatSources([a, b])[idx], torch.cat([a, b])[idx])  # in memory: concatenated once
+
+
+def test_per_token_outputs_come_back_per_row_cut_to_each_rows_length():
+    from kdistill.soft_labels.produce import predict_logits
+
+    class PerToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids, attention_mask):
+            return {"logits": torch.stack([input_ids.float(), -input_ids.float()], -1) * self.w}
+
+    rows = [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [4], "attention_mask": [1]},
+            {"input_ids": [5, 6], "attention_mask": [1, 1]}]
+
+    def pad(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch])
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+    out = predict_logits(PerToken(), rows, pad, batch_size=2)  # batches of unequal width: [4], [5, 6] then [1, 2, 3]
+    assert isinstance(out, list) and [tuple(o.shape) for o in out] == [(3, 2), (1, 2), (2, 2)]
+    assert out[0][:, 0].tolist() == [1.0, 2.0, 3.0] and out[2][:, 1].tolist() == [-5.0, -6.0]
+    class PerRow(PerToken):
+        def forward(self, input_ids, attention_mask):
+            return {"logits": super().forward(input_ids, attention_mask)["logits"][:, 0]}
+
+    flat = predict_logits(PerRow(), rows, pad, batch_size=2)
+    assert flat.shape == (3, 2) and flat[:, 0].tolist() == [1.0, 4.0, 5.0]  # one vector per row: one tensor
+
+
+def test_round_robin_shares_are_put_back_in_row_order():
+    from kdistill.soft_labels.produce import _interleave
+
+    shares = [torch.tensor([[0.0], [3.0], [6.0]]), torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [5.0]])]
+    assert _interleave(shares, 3).flatten().tolist() == [0, 1, 2, 3, 4, 5, 6]

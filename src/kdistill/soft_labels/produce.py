@@ -8,7 +8,7 @@ across the processes and the first one writes the cache.
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from ..rundir import is_main, paths, teachers
 from ..students import resolve_model_path
 from .cache import FORMAT_V1, cache_path, read_cache
 from .fingerprint import fingerprint
-from .writer import write_cache
+from .writer import CacheWriter, write_cache
 
 
 @torch.inference_mode()
@@ -31,8 +31,10 @@ def predict_logits(
     collate: Callable[[list[dict]], dict],
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Run a model over tokenised rows in length-sorted batches (little padding); logits come back in row order.
+) -> torch.Tensor | list[torch.Tensor]:
+    """Run a model over tokenised rows in length-sorted batches (little padding); logits come back in row order:
+    one tensor when every row gives the same shape (a vector per row), else a list of per-row tensors (per-token
+    outputs, cut to each row's length). The result is sized from the rows, never from one batch.
 
     Args:
         rows: dicts with the model's input fields (input_ids, attention_mask, ...), unpadded.
@@ -43,19 +45,22 @@ def predict_logits(
     device = next(model.parameters()).device
     # Text rows go shortest first, so each batch pads little; other rows keep their order.
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].get("input_ids", ())))
-    out: torch.Tensor | None = None
+    per_row: list[torch.Tensor | None] = [None] * len(rows)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
         outputs = model(**batch)
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float().cpu()
-        if out is None:
-            out = torch.empty((len(rows), *logits.shape[1:]), dtype=torch.float32)
-        out[torch.tensor(chunk)] = logits
+        for j, i in enumerate(chunk):
+            # Per-position outputs ([B, L, C]) are cut to the row's own length: padding is not an item.
+            per_row[i] = logits[j, : len(rows[i]["input_ids"])] if logits.dim() > 2 else logits[j]
         if progress is not None:
             progress(len(chunk))
-    assert out is not None, "no rows to label"
-    return out
+    if not per_row:
+        raise ValueError("no rows to label")
+    if all(r.shape == per_row[0].shape for r in per_row):
+        return torch.stack(per_row)  # one vector (or equal-length block) per row
+    return per_row  # ragged: a [items_i, C] tensor per row, in row order
 
 
 logger = logging.getLogger(__name__)
@@ -163,17 +168,19 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                     logits, record = out_of_fold_logits(config, progress)
                     if is_main(config):
                         write_json(file.replace(".safetensors", ".json"), record)
+                        write_cache(file, logits, fp)
                 else:
                     model, tokenizer = loader(tdir)
-                    logits = teacher_pass(config, split, model, tokenizer, progress, together)
-                if is_main(config):
-                    write_cache(file, logits, fp)
+                    logits = _stream_to_cache(config, file, fp, split, model, tokenizer, progress, together)
                 _barrier(together)
                 # Read back lazily (the first process wrote it); a process that cannot see it keeps what it computed.
-                stored = read_cache(file, fp) if is_main(config) else None
+                stored = read_cache(file, fp) if is_main(config) or logits is None else None
                 if stored is None:
+                    if logits is None:
+                        raise UserError(f"{file} was written by the first process but is unreadable here: output_dir "
+                                        "(or soft_label_cache) must be on a file system every process shares")
                     stored = logits
-                logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(logits), file)
+                logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(stored), file)
             else:
                 logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
             out[split].append(stored)
@@ -213,6 +220,23 @@ def out_of_fold(fold_of: Sequence[int], fit: Callable[[int, list[int]], Any], la
     return logits, record, kept
 
 
+def _stream_to_cache(config: RunConfig, file: str, fp: str, split: str, model, tokenizer, progress: bool,
+                     together: bool):
+    """Run the teacher over a split chunk by chunk; the first process streams the chunks into the cache file (so
+    memory holds one chunk), and returns None; another process keeps them and returns them (it reads the file once
+    the first has written it, if it can)."""
+    chunks = teacher_pass_chunks(config, split, model, tokenizer, progress, together)
+    if not is_main(config):
+        kept = list(chunks)
+        if all(isinstance(c, torch.Tensor) for c in kept):
+            return torch.cat(kept)
+        return [row for c in kept for row in c]
+    with CacheWriter(file, fp) as writer:
+        for chunk in chunks:
+            writer.add(chunk)
+    return None
+
+
 def _v1_cache(cache: str, name: str, tdir: str, path: str | None, settings: dict):
     """A cache an earlier kdistill (format v1) made from these same inputs, read as it is (read_cache logs that), or
     None: then the split is computed again into a v2 cache."""
@@ -220,12 +244,22 @@ def _v1_cache(cache: str, name: str, tdir: str, path: str | None, settings: dict
     return read_cache(cache_path(cache, name, fp), fp)
 
 
-def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True) -> torch.Tensor:
-    """The teacher's logits for one split, tokenised and run SOFT_LABEL_CHUNK_ROWS rows at a time.
+def _interleave(shares: list, world: int):
+    """Rows dealt round-robin to `world` processes, put back in row order (shares differ in length by at most 1)."""
+    rows = [share[j] for j in range(max(len(s) for s in shares)) for share in shares if j < len(share)]
+    return torch.stack(rows) if all(r.shape == rows[0].shape for r in rows) else rows
 
-    Memory holds one chunk's tokens and the result, not the whole split's tokens (which, as Python lists, cost far
-    more than the text; see benchmarks/softlabel_memory.py). Within a chunk rows run in length-sorted batches; the
-    result is in row order, its size taken from the split (not from the first batch, whose shape may differ).
+
+def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progress: bool,
+                        together: bool = True) -> Iterator:
+    """The teacher's logits for one split, SOFT_LABEL_CHUNK_ROWS rows at a time, in row order: each item is a
+    tensor [rows, C] or a list of per-row tensors (ragged outputs).
+
+    Memory holds one chunk's tokens and logits, not the whole split's (as Python lists, a split's tokens cost far
+    more than its text; see benchmarks/softlabel_memory.py). Within a chunk rows run in length-sorted batches.
+    Under torchrun each process labels rows rank, rank + n, ...; chunk c of every process together covers one
+    contiguous block of rows, so each chunk is gathered and interleaved as it comes, and every process yields the
+    same chunks.
     """
     from ..tasks import get_task
 
@@ -236,25 +270,34 @@ def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bo
     if world > 1:  # this process's share: rows rank, rank + world, ...
         table = table.select(range(rank, rows_in_split, world))
     source = split_file(config.data, split) or split
-    chunks: list[torch.Tensor] = []
-    with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
-        for rows in task.teacher_inputs(table, tokenizer, config.data, SOFT_LABEL_CHUNK_ROWS, source, "teacher tokenizer"):
-            chunks.append(predict_logits(teacher, rows, task.pad_inputs(tokenizer),
-                                         batch_size=config.distill.per_device_eval_batch_size, progress=bar.update))
-    if not chunks:
+    if rows_in_split == 0:
         raise UserError(f"{source}: no rows to label")
-    out = torch.cat(chunks)
-    if world > 1:
-        import torch.distributed as dist
+    # Every process takes part in every gather, also after its own (shorter) share ran out.
+    chunks_needed = -(-(-(-rows_in_split // world)) // SOFT_LABEL_CHUNK_ROWS)
+    inputs = task.teacher_inputs(table, tokenizer, config.data, SOFT_LABEL_CHUNK_ROWS, source, "teacher tokenizer")
+    with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
+        for _ in range(chunks_needed):
+            rows = next(inputs, [])
+            logits = predict_logits(teacher, rows, task.pad_inputs(tokenizer),
+                                    batch_size=config.distill.per_device_eval_batch_size,
+                                    progress=bar.update) if rows else []
+            if world > 1:
+                import torch.distributed as dist
 
-        shares: list[torch.Tensor | None] = [None] * world
-        dist.all_gather_object(shares, out)
-        full = torch.empty((rows_in_split, *out.shape[1:]), dtype=torch.float32)
-        for r, share in enumerate(shares):
-            if share is not None:
-                full[r::world] = share
-        out = full
-    return out
+                shares: list = [None] * world
+                dist.all_gather_object(shares, logits)
+                logits = _interleave(shares, world)
+            yield logits
+    if next(inputs, None) is not None:  # runs the task's end of pass too (it reports truncation once, at the end)
+        raise RuntimeError("the soft-label pass left rows unlabelled")
+
+
+def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True):
+    """The whole split's logits in memory (`teacher_pass_chunks` joined): for small splits and tests."""
+    chunks = list(teacher_pass_chunks(config, split, teacher, tokenizer, progress, together))
+    if all(isinstance(c, torch.Tensor) for c in chunks):
+        return torch.cat(chunks)
+    return [row for c in chunks for row in c]
 
 
 def dense(source: Any) -> torch.Tensor:
@@ -267,12 +310,22 @@ def classes(source: Any) -> int:
     return source.shape[-1] if isinstance(source, torch.Tensor) else source.classes
 
 
+class RowList(list):
+    """Ragged per-row tensors kept in memory, indexable by a LongTensor of rows like a cache."""
+
+    def __getitem__(self, idx):
+        if isinstance(idx, torch.Tensor):
+            return [list.__getitem__(self, i) for i in idx.tolist()]
+        return list.__getitem__(self, idx)
+
+
 class ConcatSources:
     """Several splits' soft-label sources as one, indexed by the rows of their splits laid end to end (the
     collator's one index space: train, then transfer, then validation). In-memory tensors are concatenated once;
     a lazily read cache stays lazy, each batch reading only its own rows."""
 
     def __init__(self, sources: list):
+        sources = [RowList(s) if isinstance(s, list) else s for s in sources]
         if all(isinstance(s, torch.Tensor) for s in sources):
             self.sources, self.whole = sources, torch.cat(sources)
         else:
