@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill import schedules
 from kdistill.losses import (
     TERMS,
     TermInputs,
@@ -161,14 +160,6 @@ def test_logit_mse_hand_computed():
     expected = ((0 + 4 + 9) / 3 + (1 + 1 + 1) / 3) / 2
     assert logit_mse(s, t).item() == pytest.approx(expected, abs=1e-6)
     assert TERMS["logit_mse"].fn(TermInputs(s, teacher_logits=t, temperature=7.0)).item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_schedules_endpoints():
-    ramp = schedules.linear(2.0, 6.0)
-    assert (ramp(0, 100), ramp(50, 100), ramp(100, 100), ramp(150, 100)) == (2.0, 4.0, 6.0, 6.0)
-    assert schedules.value_at(3.5, 7, 10) == 3.5 and schedules.value_at(schedules.constant(1.5), 0, 0) == 1.5
-
-
 
 
 def test_ensemble_of_teachers_is_the_weighted_mixture_of_their_softened_probabilities():
