@@ -1,12 +1,20 @@
-"""Shared fixtures: real SST-2 rows from ../shared/data and tiny BERTs built from a config, all offline."""
+"""Shared fixtures: real SST-2 rows from ../shared/data and tiny BERTs built from a config, all offline; the CLI
+helpers and the finished tiny run that the error, reliability, student and run-directory tests share."""
 
+import dataclasses
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+from kdistill.cli import main
+from kdistill.config import SECTIONS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SST2 = SHARED / "sst2"
@@ -103,3 +111,89 @@ def tiny_run_values(out: Path, teacher: str, **overrides) -> dict:
     )
     values.update(overrides)
     return values
+
+
+# --- the CLI as a user meets it (test_errors, test_reliability, test_students, test_rundir) -----------------------
+
+
+def write_config(path: Path, values: dict) -> str:
+    """A sectioned YAML file from a flat {field: value} dict."""
+    doc = {}
+    for section, cls in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        part = {k: v for k, v in values.items() if k in names}
+        if part:
+            doc[section] = part
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return str(path)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_user_error(code: int, err: str, fragment: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    assert lines[-1].startswith("kdistill: error: "), err
+    assert fragment in lines[-1]
+    assert code == 2
+
+
+def one_line_error(capfd, caplog, *argv: str) -> str:
+    """Run the CLI in-process; assert exit 2, one line on stderr (the file descriptor: progress bars and library
+    handlers included) and no warning or error logged by anyone; return that line."""
+    code, err = run_cli(capfd, *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert_user_error(code, err, "")
+    noisy = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
+    assert not noisy, noisy
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory`, by relative path."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tsv(path: Path, rows: list[str], header: str = "sentence\tlabel") -> str:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def values(tmp_path, tiny_bert) -> dict:
+    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
+    return tiny_run_values(
+        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
+        num_train_epochs=1, speed_batches=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
+    """A complete soft-label `kdistill run` (soft labels, student, eval.json) to copy: tests change the copy
+    (`run_copy`), never this."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    values = tiny_run_values(
+        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
+        speed_batches=0, strategy="soft",
+    )
+    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
+    assert (out / "eval.json").is_file()
+    return out, values
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> tuple[Path, dict]:
+    out, values = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    return copy, {**values, "output_dir": str(copy)}

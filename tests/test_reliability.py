@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-from conftest import make_word_tokenizer, tiny_run_values
+from conftest import make_word_tokenizer, one_line_error, snapshot, tiny_run_values, tsv, write_config
 from kdistill import pipeline
 from kdistill.soft_labels import produce
 from kdistill.cli import main
@@ -29,7 +29,6 @@ from kdistill.config import DataConfig, make_config
 from kdistill.data import load_table
 from kdistill.tasks.base import ItemCollator
 from kdistill.soft_labels import write_cache
-from test_errors import assert_user_error, run_cli, snapshot, tsv, write_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -42,47 +41,6 @@ def one_thread_like_the_children():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def one_line_error(capfd, caplog, *argv: str) -> str:
-    """Run the CLI in-process; assert exit 2, one line on stderr (the file descriptor: progress bars and library
-    handlers included) and no warning or error logged by anyone; return that line."""
-    code, err = run_cli(capfd, *argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert_user_error(code, err, "")
-    noisy = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
-    assert not noisy, noisy
-    return lines[0]
-
-
-@pytest.fixture
-def values(tmp_path, tiny_bert) -> dict:
-    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
-    return tiny_run_values(
-        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
-        num_train_epochs=1, speed_batches=0,
-    )
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
-    """A complete soft-label `kdistill run` to copy: tests change the copy, never this."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    values = tiny_run_values(
-        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
-        speed_batches=0, strategy="soft",
-    )
-    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
-    return out, values
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path) -> tuple[Path, dict]:
-    out, values = finished
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    return copy, {**values, "output_dir": str(copy)}
 
 
 # --- data files --------------------------------------------------------------------------------------------------
