@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, make_tiny_bert, run_cli, snapshot, tsv, write_config
+from conftest import assert_user_error, run_cli, snapshot, tsv, write_config
 
 
 # --- data files ----------------------------------------------------------------------------------------------
@@ -54,30 +54,6 @@ def test_eval_label_the_model_does_not_know_leaves_eval_json(capsys, tmp_path, r
     code, err = run_cli(capsys, "eval", "--config", config)
     assert_user_error(code, err, f"{test_file}: label(s) '7' are not among the model's labels (0, 1)")
     assert snapshot(out) == before
-
-
-# --- models --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def three_label_classifier(tmp_path_factory, word_tokenizer) -> str:
-    return make_tiny_bert(tmp_path_factory.mktemp("three_labels"), word_tokenizer, num_labels=3)
-
-
-def test_student_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
-    config = write_config(tmp_path / "c.yaml", {
-        **values, "strategy": "hard", "student_init": "from_pretrained", "student_model": three_label_classifier,
-        "student_num_layers": None,
-    })
-    code, err = run_cli(capsys, "distill", "--config", config)
-    assert_user_error(code, err, f"student {three_label_classifier} has 3 output labels but the data has 2")
-    assert not (tmp_path / "run" / "student").exists()
-
-
-def test_teacher_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
-    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": three_label_classifier})
-    code, err = run_cli(capsys, "teach", "--config", config)
-    assert_user_error(code, err, f"teacher {three_label_classifier} has 3 output labels but the data has 2")
 
 
 # --- config and flags ----------------------------------------------------------------------------------------
