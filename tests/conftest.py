@@ -113,7 +113,7 @@ def tiny_run_values(out: Path, teacher: str, **overrides) -> dict:
     return values
 
 
-# --- the CLI as a user meets it (test_errors, test_reliability, test_students, test_rundir) -----------------------
+# --- the CLI as a user meets it (test_errors, test_reliability, test_students, test_rundir, test_export) ----------
 
 
 def write_config(path: Path, values: dict) -> str:
@@ -152,6 +152,14 @@ def one_line_error(capfd, caplog, *argv: str) -> str:
     noisy = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
     assert not noisy, noisy
     return lines[0]
+
+
+def one_error_line(capsys) -> str:
+    """The one line on stderr (what capsys caught since it was last read), which must be a kdistill error."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("kdistill: error: ")
+    return err[0]
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -197,3 +205,44 @@ def run_copy(finished_run, tmp_path) -> tuple[Path, dict]:
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     return copy, {**values, "output_dir": str(copy)}
+
+
+# --- a run with checkpoints (test_reliability, test_rundir) ---------------------------------------------------------
+
+
+def checkpoint_values(tmp_path: Path, tiny_bert: str, out: Path) -> dict:
+    """16 steps of 8 rows (64 rows, 2 epochs), a checkpoint every 5 steps (all kept), dropout on: RNG state matters."""
+    return tiny_run_values(
+        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=2,
+        per_device_train_batch_size=8, save_strategy="steps", save_steps=5, logging_steps=1, speed_batches=0,
+        strategy="mixed", soft_label_cache=str(tmp_path / "cache"), save_total_limit=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
+    """An uninterrupted run: the result a killed and resumed run must reproduce (test_reliability), with its
+    checkpoints (test_rundir poisons one). Made on one thread, as the child processes test_reliability compares it
+    with bit for bit run (see one_thread_like_the_children there), whichever file asks for it first."""
+    tmp = tmp_path_factory.mktemp("reference")
+    values = checkpoint_values(tmp, tiny_bert, tmp / "run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["distill", "--config", write_config(tmp / "c.yaml", values)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return tmp / "run", values
+
+
+# --- a malicious pickle (test_reliability, test_rundir) -------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this creates `marker`: what a malicious pickle would do with anything it likes."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
