@@ -1,8 +1,6 @@
 """Bad input through the real CLI: one line `kdistill: error: ...` on stderr, exit 2, no traceback, and nothing
 already on disk (eval.json, the soft-label cache, the student) changed."""
 
-import dataclasses
-import hashlib
 import os
 import shutil
 import subprocess
@@ -12,79 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_tiny_bert, tiny_run_values
-from kdistill.cli import main
-from kdistill.config import SECTIONS
-
-
-def write_config(path: Path, values: dict) -> str:
-    """A sectioned YAML file from a flat {field: value} dict."""
-    doc = {}
-    for section, cls in SECTIONS.items():
-        names = {f.name for f in dataclasses.fields(cls)}
-        part = {k: v for k, v in values.items() if k in names}
-        if part:
-            doc[section] = part
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return str(path)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
-def assert_user_error(code: int, err: str, fragment: str) -> None:
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    assert lines[-1].startswith("kdistill: error: "), err
-    assert fragment in lines[-1]
-    assert code == 2
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file under `directory`, by relative path."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def tsv(path: Path, rows: list[str], header: str = "sentence\tlabel") -> str:
-    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def values(tmp_path, tiny_bert) -> dict:
-    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
-    return tiny_run_values(
-        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
-        num_train_epochs=1, speed_batches=0,
-    )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
-    """A complete `kdistill run` (soft labels, student, eval.json) to check failures leave alone."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    values = tiny_run_values(
-        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
-        speed_batches=0, strategy="soft",
-    )
-    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
-    assert (out / "eval.json").is_file()
-    return out, values
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path) -> tuple[Path, dict]:
-    out, values = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    return copy, {**values, "output_dir": str(copy)}
+from conftest import assert_user_error, run_cli, snapshot, tsv, write_config
 
 
 # --- data files ----------------------------------------------------------------------------------------------
@@ -128,30 +54,6 @@ def test_eval_label_the_model_does_not_know_leaves_eval_json(capsys, tmp_path, r
     code, err = run_cli(capsys, "eval", "--config", config)
     assert_user_error(code, err, f"{test_file}: label(s) '7' are not among the model's labels (0, 1)")
     assert snapshot(out) == before
-
-
-# --- models --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def three_label_classifier(tmp_path_factory, word_tokenizer) -> str:
-    return make_tiny_bert(tmp_path_factory.mktemp("three_labels"), word_tokenizer, num_labels=3)
-
-
-def test_student_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
-    config = write_config(tmp_path / "c.yaml", {
-        **values, "strategy": "hard", "student_init": "from_pretrained", "student_model": three_label_classifier,
-        "student_num_layers": None,
-    })
-    code, err = run_cli(capsys, "distill", "--config", config)
-    assert_user_error(code, err, f"student {three_label_classifier} has 3 output labels but the data has 2")
-    assert not (tmp_path / "run" / "student").exists()
-
-
-def test_teacher_with_other_label_count(capsys, tmp_path, values, three_label_classifier):
-    config = write_config(tmp_path / "c.yaml", {**values, "teacher_model": three_label_classifier})
-    code, err = run_cli(capsys, "teach", "--config", config)
-    assert_user_error(code, err, f"teacher {three_label_classifier} has 3 output labels but the data has 2")
 
 
 # --- config and flags ----------------------------------------------------------------------------------------

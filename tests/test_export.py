@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import kdistill
 from kdistill import export
 from kdistill.cli import main
-from conftest import make_tiny_bert, read_sst2_rows, tiny_run_values
+from conftest import make_tiny_bert, one_error_line, read_sst2_rows, tiny_run_values
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés from start to finish",
          "bad"]
@@ -267,35 +267,10 @@ def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsy
     assert not (out / "model.int8.onnx").exists()  # this export has no --int8: a stale int8 model must not stay
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("kdistill: error: ")
-    return err[0]
-
-
-def test_exporting_a_directory_that_is_not_a_run_fails_with_one_line(tmp_path, capsys):
-    (tmp_path / "student").mkdir()
-    assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
-    line = _one_error_line(capsys)
-    assert f"{tmp_path} is not a kdistill run directory (no run_config.json, labels.json, student/config.json)" in line
-
-
 def test_unknown_format_and_missing_model_fail_with_one_line(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--format", "tflite"]) == 2
-    assert "argument --format: invalid choice: 'tflite'" in _one_error_line(capsys)
+    assert "argument --format: invalid choice: 'tflite'" in one_error_line(capsys)
     assert main(["predict", str(tmp_path), "some text"]) == 2
-    assert "no model here" in _one_error_line(capsys)
+    assert "no model here" in one_error_line(capsys)
     assert main(["predict", str(run_dir), "some text", "--int8"]) == 2
-    assert "no model.int8.onnx" in _one_error_line(capsys)
-
-
-def test_paths_in_run_config_are_found_from_where_the_run_now_lies(tmp_path, monkeypatch):
-    # A run made in base/ with output_dir runs/x and data ../data/f.tsv, read from another directory.
-    (tmp_path / "base" / "runs" / "x").mkdir(parents=True)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "f.tsv").write_text("sentence\tlabel\na\t0\n")
-    run = export.Run(str(tmp_path / "base" / "runs" / "x"), {"distill": {"output_dir": "runs/x"}}, {}, None)
-    monkeypatch.chdir(tmp_path / "base" / "runs")
-    assert export.locate("../data/f.tsv", run) == str(tmp_path / "data" / "f.tsv")
-    assert export.locate("../nowhere.tsv", run) == "../nowhere.tsv"  # left as given; the loader names it
+    assert "no model.int8.onnx" in one_error_line(capsys)

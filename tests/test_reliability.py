@@ -2,7 +2,8 @@
 or while writing soft labels) are survived; the same seed gives the same run; pickles in a run are never executed.
 
 Input errors already covered by test_errors.py (missing file or column, empty or header-only file, unknown label,
-bad flags, tampered cache) are not repeated here.
+bad flags, tampered cache) are not repeated here; the output directory's refusals and the check of a checkpoint's
+pickles are in test_rundir.py.
 """
 
 import json
@@ -21,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-from conftest import make_word_tokenizer, tiny_run_values
+from conftest import Payload, make_word_tokenizer, one_line_error, snapshot, tiny_run_values, tsv, write_config
 from kdistill import pipeline
 from kdistill.soft_labels import produce
 from kdistill.cli import main
@@ -29,7 +30,6 @@ from kdistill.config import DataConfig, make_config
 from kdistill.data import load_table
 from kdistill.tasks.base import ItemCollator
 from kdistill.soft_labels import write_cache
-from test_errors import assert_user_error, run_cli, snapshot, tsv, write_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -42,47 +42,6 @@ def one_thread_like_the_children():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def one_line_error(capfd, caplog, *argv: str) -> str:
-    """Run the CLI in-process; assert exit 2, one line on stderr (the file descriptor: progress bars and library
-    handlers included) and no warning or error logged by anyone; return that line."""
-    code, err = run_cli(capfd, *argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert_user_error(code, err, "")
-    noisy = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")]
-    assert not noisy, noisy
-    return lines[0]
-
-
-@pytest.fixture
-def values(tmp_path, tiny_bert) -> dict:
-    """A tiny run whose teacher is a ready BERT classifier (no teaching)."""
-    return tiny_run_values(
-        tmp_path / "run", tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32,
-        num_train_epochs=1, speed_batches=0,
-    )
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
-    """A complete soft-label `kdistill run` to copy: tests change the copy, never this."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    values = tiny_run_values(
-        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=1,
-        speed_batches=0, strategy="soft",
-    )
-    assert main(["run", "--config", write_config(out.parent / "run.yaml", values)]) == 0
-    return out, values
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path) -> tuple[Path, dict]:
-    out, values = finished
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    return copy, {**values, "output_dir": str(copy)}
 
 
 # --- data files --------------------------------------------------------------------------------------------------
@@ -210,55 +169,6 @@ def test_cache_with_other_row_count_is_refused(capfd, caplog, tmp_path, run_copy
     assert snapshot(out) == before
 
 
-# --- the output directory ----------------------------------------------------------------------------------------
-
-
-def test_output_dir_with_another_run_is_refused_then_overwritten(capfd, caplog, tmp_path, run_copy):
-    out, values = run_copy
-    before = snapshot(out)
-    config = write_config(tmp_path / "c.yaml", {**values, "strategy": "hard"})
-    line = one_line_error(capfd, caplog, "distill", "--config", config)
-    assert line == (f"kdistill: error: output_dir {out}: it holds a run made with distill.strategy='soft', not 'hard'; "
-                    "use another output_dir, or pass --overwrite to replace that run")
-    assert snapshot(out) == before
-    assert main(["distill", "--config", config, "--overwrite"]) == 0
-    assert not (out / "eval.json").exists()  # the old run's evaluation went with its student
-    assert json.loads((out / "run_config.json").read_text())["distill"]["strategy"] == "hard"
-    assert json.loads((out / "student" / "distill_results.json").read_text())["strategy"] == "hard"
-
-
-def test_output_dir_with_other_data_for_its_teacher_is_refused(capfd, caplog, tmp_path, values):
-    """A fine-tuned teacher in output_dir/teacher was taught on other rows: distilling from it would mix runs."""
-    run = {**values, "teacher_train": True, "teacher_epochs": 1, "strategy": "soft"}
-    assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0
-    taught = snapshot(tmp_path / "run")
-    assert main(["teach", "--config", write_config(tmp_path / "a.yaml", run)]) == 0  # the same config: reused
-    assert snapshot(tmp_path / "run") == taught
-    capfd.readouterr()
-    caplog.clear()
-    config = write_config(tmp_path / "b.yaml", {**run, "max_train_samples": 32})
-    line = one_line_error(capfd, caplog, "distill", "--config", config)
-    assert "it holds a run made with data.max_train_samples=64, not 32" in line
-
-
-def test_rerunning_a_finished_run_reuses_it(caplog, tmp_path, run_copy):
-    out, values = run_copy
-    before = snapshot(out)
-    caplog.set_level("INFO", logger="kdistill")
-    assert main(["distill", "--config", write_config(tmp_path / "c.yaml", values)]) == 0
-    assert snapshot(out) == before
-    assert any(r.getMessage().startswith(f"student: reusing the one trained in {out / 'student'}") for r in caplog.records)
-
-
-def test_output_dir_that_is_a_file(capfd, caplog, tmp_path, values):
-    path = tmp_path / "afile"
-    path.write_text("keep me")
-    config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(path), "strategy": "hard"})
-    line = one_line_error(capfd, caplog, "distill", "--config", config)
-    assert line.endswith(f"output_dir {path} is a file, not a directory; give a directory (it is created if missing)")
-    assert path.read_text() == "keep me"
-
-
 # --- faults: kill -9, with real processes ------------------------------------------------------------------------
 
 # Runs the real CLI in a child process that stops dead (sleeps) at a chosen point, so the test can SIGKILL it there:
@@ -324,27 +234,12 @@ def kill_at(tmp_path: Path, argv: list[str], stop_step: int = -1, in_cache_write
     assert child.returncode == -signal.SIGKILL
 
 
-def checkpoint_values(tmp_path: Path, tiny_bert: str, out: Path) -> dict:
-    """16 steps of 8 rows (64 rows, 2 epochs), a checkpoint every 5 steps (all kept), dropout on: RNG state matters."""
-    return tiny_run_values(
-        out, tiny_bert, teacher_train=False, max_train_samples=64, max_eval_samples=32, num_train_epochs=2,
-        per_device_train_batch_size=8, save_strategy="steps", save_steps=5, logging_steps=1, speed_batches=0,
-        strategy="mixed", soft_label_cache=str(tmp_path / "cache"), save_total_limit=None,
-    )
+# `reference`, the uninterrupted run the tests below compare with, is a conftest.py fixture (test_rundir uses it too).
 
 
 def distilled(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
     results = json.loads((out / "student" / "distill_results.json").read_text())
     return load_file(out / "student" / "model.safetensors"), results
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_bert) -> tuple[Path, dict]:
-    """An uninterrupted run: the result a killed and resumed run must reproduce."""
-    tmp = tmp_path_factory.mktemp("reference")
-    values = checkpoint_values(tmp, tiny_bert, tmp / "run")
-    assert main(["distill", "--config", write_config(tmp / "c.yaml", values)]) == 0
-    return tmp / "run", values
 
 
 def test_same_config_and_seed_give_the_same_run(tmp_path, monkeypatch, reference):
@@ -420,47 +315,12 @@ def test_killed_soft_label_write_leaves_no_cache_and_the_next_run_recomputes_it(
 # --- security: nothing in a run directory or a model directory is executed ---------------------------------------
 
 
-class Payload:
-    """Unpickling this creates `marker`: what a malicious pickle would do with anything it likes."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_the_payload_is_live(tmp_path):
-    """The control for the tests below: loading such a file the unsafe way does run it."""
+    """The control for the tests below (and test_rundir's poisoned checkpoint): loading such a file the unsafe way
+    does run it."""
     torch.save(Payload(tmp_path / "ran"), tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert (tmp_path / "ran").exists()
-
-
-@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"])
-def test_poisoned_checkpoint_file_is_not_executed_on_resume(capfd, caplog, tmp_path, reference, name):
-    ref_out, values = reference
-    out = tmp_path / "run"
-    shutil.copytree(ref_out, out)
-    student = out / "student"
-    # Resume from the middle of the run (step 10 of 16, mid-epoch), where every state file is read.
-    for checkpoint in student.glob("checkpoint-*"):
-        if checkpoint.name != "checkpoint-10":
-            shutil.rmtree(checkpoint)
-    (student / "model.safetensors").unlink()  # as a run killed after step 10 leaves it
-    (student / "distill_results.json").unlink()
-    marker = tmp_path / "ran"
-    torch.save(Payload(marker), student / "checkpoint-10" / name)
-    config = write_config(tmp_path / "c.yaml", {**values, "output_dir": str(out)})
-    if name == "training_args.bin":
-        # The Trainer writes this file but never reads it back on resume.
-        assert main(["distill", "--config", config]) == 0
-    else:
-        line = one_line_error(capfd, caplog, "distill", "--config", config)
-        assert line == (f"kdistill: error: checkpoint {student / 'checkpoint-10'}: {name} holds objects other than "
-                        "tensors, which kdistill does not unpickle (it was not loaded); delete that checkpoint, or pass "
-                        "--overwrite to start over")
-    assert not marker.exists()
 
 
 def test_poisoned_teacher_weights_are_not_executed(capfd, caplog, tmp_path, values, tiny_bert):
