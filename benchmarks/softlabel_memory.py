@@ -2,19 +2,21 @@
 
     python benchmarks/softlabel_memory.py                      # 10k, 100k, 1M rows; both modes
     python benchmarks/softlabel_memory.py --rows 10000 100000  # fewer sizes
+    python benchmarks/softlabel_memory.py --rows 1000 --modes streaming whole --results_dir /tmp/x  # a smoke run
 
 Each measurement is a fresh child process (peak RSS, `ru_maxrss`, cannot be reset inside one) that loads a tiny
 teacher (a 2-layer, 32-wide BERT with a word-level vocabulary trained on SST-2) and labels an unlabelled transfer
 file of N SST-2 sentences (cycled):
 
-- streaming: `pipeline._teacher_pass`, what `kdistill` runs: SOFT_LABEL_CHUNK_ROWS rows tokenised and labelled at
-  a time;
+- streaming: `soft_labels.produce.teacher_pass`, what `kdistill` runs: SOFT_LABEL_CHUNK_ROWS rows tokenised and
+  labelled at a time;
 - whole: the pass as it was before it streamed: the whole split tokenised into a Dataset, turned into a list of
-  rows, then labelled.
+  rows, then labelled (`pipeline.prepare_split`, then the task's `model_rows` and `pad_inputs`).
 
 "before" is the child's peak RSS once torch, the teacher and the memory-mapped transfer table are loaded; "peak"
-is after the pass; the pass costs about peak - before. Writes benchmarks/results/softlabel_memory.json; prints a
-table. One run per cell on a shared machine: the times are rough, the memory figures are not.
+is after the pass; the pass costs about peak - before. Writes softlabel_memory.json in --results_dir (default
+benchmarks/results); prints a table. One run per cell on a shared machine: the times are rough, the memory figures
+are not.
 
 The cache mode (`--modes cache`; the other modes' numbers already in the JSON are kept) writes and then reads a
 soft-label cache (soft_labels.CacheWriter / read_cache), each case in a fresh child process, its file under /tmp
@@ -46,7 +48,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SST2 = os.path.join(os.path.dirname(ROOT), "shared", "data", "sst2", "train.tsv")
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "softlabel_memory.json")
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 MODES = ("streaming", "whole", "cache")
 CACHE_CASES = ("topk64_5M_tokens", "dense_1M_rows_4_classes")
 TARGET_MIB = 1024
@@ -105,7 +107,11 @@ def child(mode: str, work: str, rows: int) -> None:
 
     from kdistill import pipeline
     from kdistill.config import make_config
+    from kdistill.data import load_split
+    from kdistill.soft_labels import predict_logits
+    from kdistill.soft_labels.produce import teacher_pass
     from kdistill.students import load_classifier, load_tokenizer
+    from kdistill.tasks import get_task
 
     torch.set_num_threads(1)
     config = make_config(
@@ -116,15 +122,16 @@ def child(mode: str, work: str, rows: int) -> None:
     label2id = pipeline.label_map(config)
     teacher = load_classifier(config.teacher.teacher_model, "teacher", label2id)
     tokenizer = load_tokenizer(config.teacher.teacher_model, "teacher tokenizer")
-    table = pipeline.load_split(config.data, "transfer")  # the Arrow cache, made once per file, memory-mapped
+    task = get_task(config.data.task)
+    table = load_split(config.data, "transfer")  # the Arrow cache, made once per file, memory-mapped
     before = peak_mb()
     start = time.perf_counter()
     if mode == "streaming":
-        logits = pipeline._teacher_pass(config, "transfer", teacher, tokenizer, progress=False)
+        logits = teacher_pass(config, "transfer", teacher, tokenizer, progress=False)
     else:
-        encoded = pipeline._tokenized_split(config, "transfer", tokenizer, label2id, who="teacher tokenizer")
-        logits = pipeline.predict_logits(teacher, pipeline._model_rows(encoded, tokenizer), pipeline._pad(tokenizer),
-                                         batch_size=config.distill.per_device_eval_batch_size)
+        encoded = pipeline.prepare_split(config, "transfer", tokenizer, label2id, who="teacher tokenizer")
+        logits = predict_logits(teacher, task.model_rows(encoded, tokenizer), task.pad_inputs(tokenizer),
+                                batch_size=config.distill.per_device_eval_batch_size)
     seconds = time.perf_counter() - start
     assert logits.shape == (len(table), 2)
     print(json.dumps({"mode": mode, "rows": rows, "before_mb": round(before, 1), "peak_mb": round(peak_mb(), 1),
@@ -246,6 +253,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--work_dir", help="keeps the teacher and transfer files (default: a temporary directory)")
     parser.add_argument("--keep_pages", action="store_true", help="cache mode: also read without releasing pages")
+    parser.add_argument("--results_dir", default=RESULTS_DIR,
+                        help="where softlabel_memory.json goes (default benchmarks/results; a trial run: elsewhere)")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "WORK", "ROWS"), help=argparse.SUPPRESS)
     parser.add_argument("--cache_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,9 +266,10 @@ def main() -> int:
         return 0
 
     # What this run does not measure again stays as the last run left it.
+    results = os.path.join(args.results_dir, "softlabel_memory.json")
     result = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS, encoding="utf-8") as fh:
+    if os.path.exists(results):
+        with open(results, encoding="utf-8") as fh:
             result = json.load(fh)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}"
     command = "python benchmarks/softlabel_memory.py " + " ".join(sys.argv[1:])
@@ -283,12 +293,12 @@ def main() -> int:
                 print(f"{rows:>10,} {mode:>10} {m['before_mb']:>10.0f} {m['peak_mb']:>9.0f} {m['pass_mb']:>8.0f} "
                       f"{m['seconds']:>8.1f}", flush=True)
 
-        import kdistill.pipeline as pipeline
+        from kdistill.soft_labels.produce import SOFT_LABEL_CHUNK_ROWS
 
         result.update({
             "date": datetime.date.today().isoformat(), "machine": machine, "command": command,
             "teacher": "BERT, 2 layers, hidden 32, word-level vocabulary of 2,000; max_length 64; eval batch 256",
-            "chunk_rows": pipeline.SOFT_LABEL_CHUNK_ROWS,
+            "chunk_rows": SOFT_LABEL_CHUNK_ROWS,
             "measurements": measurements,
         })
     if "cache" in args.modes:
@@ -305,10 +315,10 @@ def main() -> int:
                 (m["gather_us_per_batch"] for m in cache if "gather_us_per_batch" in m), None),
         }
 
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w", encoding="utf-8") as fh:
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(results, "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=2)
-    print(f"written: {RESULTS}")
+    print(f"written: {results}")
     return 0
 
 

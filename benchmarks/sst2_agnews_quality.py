@@ -7,7 +7,7 @@
 
 Built on `kdistill compare`, not beside it: for each data set the script writes a sweep file (kept in the run
 directory), loads it with `kdistill.compare.parse_sweep` and runs it with `run_sweep`, which fine-tunes (or checks)
-the teacher once, makes its soft labels once and runs every cell through `pipeline.distill` and `pipeline.evaluate`.
+the teacher once, makes its soft labels once and runs every cell through `pipeline.distill` and `evaluation.evaluate`.
 
 - Stage 1: every setting (hard; soft at T in {1, 2, 4, 8}; mixed alpha 0.5 at the same T) for the 2- and
   3-layer students taken from the teacher (layers 0, 5 and 0, 2, 5), seeds `--seeds`.

@@ -31,20 +31,22 @@ def score(teacher: str) -> dict:
     """Accuracy and ECE of a teacher on sst2/test.tsv (SST-2 dev (GLUE)) and sst2/dev.tsv, kdistill's own code."""
     from kdistill import metrics
     from kdistill.config import parse_config
-    from kdistill.pipeline import _model_rows, _pad, _tokenized_split, label_map
+    from kdistill.pipeline import label_map, prepare_split
     from kdistill.soft_labels import predict_logits
     from kdistill.students import load_classifier, load_tokenizer
+    from kdistill.tasks import get_task
 
     config = parse_config(["--teacher_model", teacher, "--teacher_train", "false", "--output_dir", "/tmp/unused"],
                           os.path.join(ROOT, "configs", "sst2_minilm.yaml"))
     label2id = label_map(config)
     model = load_classifier(teacher, "teacher", label2id).eval()
     tokenizer = load_tokenizer(teacher, "teacher tokenizer")
+    task = get_task(config.data.task)
     out = {}
     for split in ("test", "validation"):
-        table = _tokenized_split(config, split, tokenizer, label2id, who="teacher tokenizer")
-        rows = _model_rows(table, tokenizer)
-        logits = predict_logits(model, rows, _pad(tokenizer), batch_size=128)
+        table = prepare_split(config, split, tokenizer, label2id, who="teacher tokenizer")
+        rows = task.model_rows(table, tokenizer)
+        logits = predict_logits(model, rows, task.pad_inputs(tokenizer), batch_size=128)
         labels = table["labels"][:]
         out[split] = {"rows": len(rows), "accuracy": metrics.accuracy(logits, labels),
                       "ece": metrics.expected_calibration_error(logits, labels)}
