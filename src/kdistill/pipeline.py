@@ -37,6 +37,7 @@ from .soft_labels.produce import (
     backbone,
     classes,
     dense,
+    leading,
     out_of_fold,
     teacher_outputs,
     teacher_seed,
@@ -265,14 +266,21 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
     return out
 
 
+# The soft-label diagnostics read this many of a split's first rows (all of them in smaller splits).
+DIAGNOSTIC_ROWS = 200_000
+
+
 def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict, temperature: float) -> dict:
     """How informative the soft labels the student trains on are, at its temperature; logged, with a warning when
     they are nearly one-hot."""
     out = {}
     for split in ("train", "transfer"):
         if split in teacher_logits and split in parts:
-            labels = torch.tensor(parts[split]["labels"][:]) if "labels" in parts[split].column_names else None
+            rows = min(len(parts[split]), DIAGNOSTIC_ROWS)
+            labels = torch.tensor(parts[split]["labels"][:rows]) if "labels" in parts[split].column_names else None
             out[split] = metrics.soft_label_stats(teacher_logits[split], temperature, labels)
+            if rows < len(parts[split]):
+                out[split]["rows"] = rows
             stats = out[split]
             logger.info("soft labels (%s, T=%g): mean top probability %.3f, normalised entropy %.2f%s", split,
                         temperature, stats["mean_top_prob"], stats["normalized_entropy"],
@@ -344,8 +352,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     teacher_weights = [w for _, w in teachers(config)]
     diagnostics = {}
     if sources:
-        in_memory = {s: dense(v[0]) if len(v) == 1 else ensemble_logits([dense(x) for x in v], teacher_weights,
-                                                                         args.temperature)
+        # On a split's first DIAGNOSTIC_ROWS rows: a large cache is never read whole into memory.
+        in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature)
                      for s, v in sources.items() if s in ("train", "transfer")}
         diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature)
     online_teachers = teacher_tokenizers = None

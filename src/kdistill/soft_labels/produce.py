@@ -305,6 +305,13 @@ def dense(source: Any) -> torch.Tensor:
     return source if isinstance(source, torch.Tensor) else source.dense()
 
 
+def leading(source: Any, rows: int) -> torch.Tensor:
+    """The first `rows` rows of a source in memory, their items stacked ([items, C]): for diagnostics on a split
+    too large to hold whole."""
+    got = source[torch.arange(min(rows, len(source)))]
+    return torch.cat(list(got)) if isinstance(got, list) else got
+
+
 def classes(source: Any) -> int:
     """The width of a source's logit vectors."""
     return source.shape[-1] if isinstance(source, torch.Tensor) else source.classes
