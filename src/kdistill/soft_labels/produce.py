@@ -106,15 +106,18 @@ def backbone(config: RunConfig) -> str:
     return config.teacher.teacher_backbone or config.teacher.teacher_model
 
 
+# What the pass writes (a dense float32 payload); part of every v2 fingerprint, so a top-k or fp16 cache of the same
+# split is another file.
+PAYLOAD = {"payload": "dense", "top_k": None, "value_dtype": "float32"}
+
+
 def _settings(config: RunConfig, split: str, source: str) -> dict:
+    """The settings a v1 cache was fingerprinted with (rows and tokenisation); v2 adds the task and the payload."""
     data = config.data
-    settings = {
+    return {
         "split": split, "source": source, "text_column": data.text_column, "text_pair_column": data.text_pair_column,
         "max_length": data.max_length, "limit": split_limit(data, split),
     }
-    if data.task != "sequence_classification":  # the fingerprints of existing sequence caches stay as they were
-        settings["task"] = data.task
-    return settings
 
 
 def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False,
@@ -151,7 +154,7 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                 t = config.teacher
                 settings.update(folds=t.teacher_folds, seed=teacher_seed(config), epochs=t.teacher_epochs,
                                 learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
-            fp = fingerprint(tdir, path, settings)
+            fp = fingerprint(tdir, path, {**settings, "task": data.task, **PAYLOAD})
             file = cache_path(cache, "train-oof" if oof else split, fp)
             stored = read_cache(file, fp)
             if stored is None and data.task == "sequence_classification":
@@ -168,7 +171,7 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                     logits, record = out_of_fold_logits(config, progress)
                     if is_main(config):
                         write_json(file.replace(".safetensors", ".json"), record)
-                        write_cache(file, logits, fp)
+                        write_cache(file, logits, fp, **PAYLOAD)
                 else:
                     model, tokenizer = loader(tdir)
                     logits = _stream_to_cache(config, file, fp, split, model, tokenizer, progress, together)
@@ -231,7 +234,7 @@ def _stream_to_cache(config: RunConfig, file: str, fp: str, split: str, model, t
         if all(isinstance(c, torch.Tensor) for c in kept):
             return torch.cat(kept)
         return [row for c in kept for row in c]
-    with CacheWriter(file, fp) as writer:
+    with CacheWriter(file, fp, **PAYLOAD) as writer:
         for chunk in chunks:
             writer.add(chunk)
     return None
