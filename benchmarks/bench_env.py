@@ -19,12 +19,26 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# The CPU features that change floating-point kernels and int8 speed (figures differ between such CPUs).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni", "fma")
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS this CPU has (Linux: /proc/cpuinfo; elsewhere an empty list)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in CPU_FLAGS if f in flags]
+
+
 def machine() -> dict:
-    """CPU model, core count, OS and Python: the 'where' of a number."""
+    """CPU model and flags, core count, OS and Python: the 'where' of a number."""
     from kdistill.evaluation import cpu_model
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(), "os": platform.platform(),
-            "python": platform.python_version()}
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "arch": platform.machine(),
+            "os": platform.platform(), "python": platform.python_version()}
 
 
 def versions() -> dict:

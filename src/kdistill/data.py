@@ -1,4 +1,5 @@
-"""Loading labelled and unlabelled text, one stable label map, tokenisation and collation.
+"""Loading labelled and unlabelled text, one stable label map, and tokenisation (batches are the task's:
+`kdistill.tasks`).
 
 Rows keep their position in the file as their identity (`idx`): the soft-label cache is indexed by it, so a
 student may tokenise the text however it likes and still find its teacher's logits.

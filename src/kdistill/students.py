@@ -1,9 +1,10 @@
-"""Building models: resolving where a model lives, and the three ways to make a student.
+"""Building models: resolving where a model lives, loading it with its task's model class, and the four ways to
+make a student.
 
 - `from_teacher`: the teacher's embeddings plus a chosen list of its layers (DistilBERT, Sanh et al. 2019, initialises
   its student from every other teacher layer); the head is copied too.
 - `from_config`: the teacher's (or another) config with fields changed, randomly initialised.
-- `from_pretrained`: any sequence-classification checkpoint, with its own tokenizer.
+- `from_pretrained`: any checkpoint of the task's kind (a sequence classifier today), with its own tokenizer.
 - `bilstm`: a randomly initialised BiLSTM (models/bilstm.py) with a word tokenizer built from the training texts.
 """
 
