@@ -246,3 +246,9 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def seeded_randn(*shape, seed: int = 0, std: float = 3.0) -> torch.Tensor:
+    """Random logits of a given shape, the same for the same seed (loss-term tests)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * std

@@ -16,10 +16,7 @@ from kdistill.losses import (
     soft_kl,
 )
 
-
-def _rand(*shape, seed=0, std=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g) * std
+from conftest import seeded_randn as _rand
 
 
 # --- distillation_loss -------------------------------------------------------
