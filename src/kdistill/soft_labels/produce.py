@@ -8,6 +8,7 @@ across the processes and the first one writes the cache.
 """
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -190,7 +191,8 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
     return out
 
 
-def out_of_fold(fold_of: Sequence[int], fit: Callable[[int, list[int]], Any], label: Callable[[Any, list[int]], torch.Tensor],
+def out_of_fold(fold_of: Sequence[int], fit: Callable[[int, list[int]], Any],
+                label: Callable[[Any, list[int]], torch.Tensor],
                 keep_teachers: bool = False) -> tuple[torch.Tensor, list[dict], list]:
     """Out-of-fold soft labels: for each fold k in turn, `fit(k, rows of the other folds)` makes a teacher and
     `label(teacher, rows of fold k)` gives its logits on the rows it never saw.
@@ -198,8 +200,6 @@ def out_of_fold(fold_of: Sequence[int], fit: Callable[[int, list[int]], Any], la
     Returns the logits in row order, per fold its bookkeeping (fold, rows trained on and labelled, seconds), and the
     fold teachers if `keep_teachers` (else an empty list: a text teacher per fold is too large to keep).
     """
-    import time
-
     folds = sorted(set(fold_of))
     logits: torch.Tensor | None = None
     record, kept = [], []
