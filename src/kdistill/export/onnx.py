@@ -84,9 +84,10 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, tokenizer, path: str, opset: int = OPSET) -> list[str]:
+def export_onnx(model: torch.nn.Module, tokenizer, path: str, opset: int = OPSET,
+                inputs: tuple[str, ...] = INPUT_NAMES) -> list[str]:
     """Write `model` to `path` as ONNX with dynamic batch and sequence axes; returns the graph's input names."""
-    names = input_names(model, tokenizer)
+    names = input_names(model, tokenizer, inputs)
     # Example sizes of 0 or 1 would be specialised by torch.export, so the example is 2 rows of unequal length.
     example = tokenizer(["an example sentence of several words", "short"], padding=True, return_tensors="pt")
     kwargs = {n: example[n] for n in names}
@@ -133,14 +134,17 @@ def quantize_int8(src: str, dst: str) -> None:
     logger.info("quantised %s (%.1f MB)", dst, os.path.getsize(dst) / 1e6)
 
 
-def export_model(model: torch.nn.Module, tokenizer, label2id: dict[str, int], out: str, int8: bool) -> list[str]:
+def export_model(model: torch.nn.Module, tokenizer, label2id: dict[str, int], out: str, int8: bool,
+                 inputs: tuple[str, ...] = INPUT_NAMES) -> list[str]:
     """An export directory: model.onnx (+ model.int8.onnx), config.json, tokenizer files, labels.json.
+
+    `inputs` are the graph's candidate inputs, the task's export signature (`export_inputs`).
 
     Returns the graph's input names. A model.int8.onnx left by an earlier export with --int8 is removed when
     this one has no --int8, so `predict --int8` never runs a model other than the one model.onnx came from.
     """
     fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
-    names = export_onnx(model, tokenizer, fp32_path)
+    names = export_onnx(model, tokenizer, fp32_path, inputs=inputs)
     if int8:
         quantize_int8(fp32_path, int8_path)
     elif os.path.exists(int8_path):

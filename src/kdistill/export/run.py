@@ -127,7 +127,7 @@ def export_run(
     collate = task.pad_inputs(tokenizer)
 
     fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
-    names = export_model(student, tokenizer, run.label2id, out, int8)
+    names = export_model(student, tokenizer, run.label2id, out, int8, inputs=task.export_inputs)
 
     report: dict = {
         "format": "onnx",
@@ -195,7 +195,7 @@ def _teacher_side(report: dict, tdir: str, run: Run, data: DataConfig, rows: int
     if export:
         tout = os.path.join(out, "teacher")
         t32, t8 = os.path.join(tout, FP32_FILE), os.path.join(tout, INT8_FILE)
-        export_model(teacher, teacher_tok, run.label2id, tout, int8)
+        export_model(teacher, teacher_tok, run.label2id, tout, int8, inputs=task.export_inputs)
         teacher_fp32 = OnnxClassifier(t32)
         report["teacher_parity"] = check_parity(predict_logits(teacher, teacher_rows, tcollate),
                                                 predict_logits(teacher_fp32, teacher_rows, tcollate))
