@@ -262,12 +262,10 @@ VERBS = {
 # ------------------------------------------------------------------------------------------------ main
 
 
-def _config_help(verb: str) -> None:
-    from transformers import HfArgumentParser
+def _config_help(verb: str, show_all: bool) -> None:
+    from .config import help_text
 
-    from .config import SECTIONS
-
-    HfArgumentParser(tuple(SECTIONS.values()), prog=f"kdistill {verb} [--config FILE]").print_help()
+    print(help_text(verb, show_all), end="")
 
 
 def _setup_logging() -> None:
@@ -291,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = _top_parser().parse_known_args(argv)
         argv = [args.verb, *(["--config", args.config] if args.config else []), *rest]
     verb, rest = argv[0], argv[1:]
-    if verb in PIPELINE_VERBS and any(a in ("-h", "--help") for a in rest):
-        _config_help(verb)
+    if verb in PIPELINE_VERBS and any(a in ("-h", "--help", "--help-all") for a in rest):
+        _config_help(verb, show_all="--help-all" in rest)
         return 0
     _setup_logging()
     try:
