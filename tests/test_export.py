@@ -252,6 +252,22 @@ def test_predict_reads_a_file_and_prints_a_line_per_text(exported, tmp_path, cap
     assert [a["text"] for a in expected] == TEXTS[:2]
 
 
+def test_predict_reads_a_latin1_file_with_encoding_and_names_an_empty_one(exported, tmp_path, capsys):
+    out, _ = exported
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("un film très réussi\n".encode("latin-1"))
+    assert main(["predict", str(out), "--file", str(latin)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kdistill: error: {latin}: not valid utf-8 text (line 1, byte 10: invalid continuation byte); give its encoding "
+        "with --encoding (e.g. --encoding latin-1)")
+    assert main(["predict", str(out), "--file", str(latin), "--encoding", "latin-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "un film très réussi"
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    assert main(["predict", str(out), "--file", str(blank)]) == 2
+    assert capsys.readouterr().err.strip() == f"kdistill: error: predict: {blank} holds no text (only blank lines)"
+
+
 def test_failed_parity_exits_1_and_says_so(run_dir, tmp_path, monkeypatch, capsys, caplog):
     # No real export misses 1e-4, so the bound is made impossible to meet.
     monkeypatch.setattr(export.onnx, "PARITY_BOUND", -1.0)  # where check_parity reads it

@@ -186,13 +186,23 @@ def _export(argv: list[str]) -> int:
     return 0 if report["passed"] or args.no_check else 1
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str, encoding: str = "utf-8") -> list[str]:
     """The non-blank lines of a text file, without their line ends."""
+    import codecs
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return [line.rstrip("\n") for line in fh if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from None
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"predict: unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    try:
+        with open(path, encoding=encoding) as fh:
+            return [line.rstrip("\r\n") for line in fh if line.strip()]
+    except UnicodeDecodeError as err:
+        from .data import decode_error
+
+        raise decode_error(path, encoding, err, "give its encoding with --encoding (e.g. --encoding latin-1)") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def _predict(argv: list[str]) -> int:
@@ -200,13 +210,15 @@ def _predict(argv: list[str]) -> int:
     parser.add_argument("model_dir", help="an export directory, a model directory (a run's student/) or a run directory")
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--file", help="a text file, one text per line (blank lines skipped)")
+    parser.add_argument("--encoding", default="utf-8", help="the --file's text encoding (default utf-8; e.g. latin-1)")
     parser.add_argument("--int8", action="store_true", help="use model.int8.onnx of an export directory")
     parser.add_argument("--json", action="store_true", help="one JSON object per text (JSON Lines)")
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_intermixed_args(argv)  # texts may come after flags: predict DIR --int8 "a text"
-    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    texts = list(args.texts) + (_read_lines(args.file, args.encoding) if args.file else [])
     if not texts:
-        raise UserError("predict: give texts to classify, or --file PATH")
+        raise UserError(f"predict: {args.file} holds no text (only blank lines)" if args.file else
+                        "predict: give texts to classify, or --file PATH")
     from .export import load_predictor
 
     predictions = load_predictor(args.model_dir, args.int8).predict(texts, args.batch_size)

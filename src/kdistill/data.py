@@ -57,7 +57,9 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> UserError:
+def decode_error(path: str, encoding: str, err: UnicodeDecodeError,
+                 hint: str = "set the data option encoding to the file's encoding (e.g. encoding: latin-1)") -> UserError:
+    """A one-line error naming the first line and byte of `path` that is not valid `encoding`, and `hint`."""
     # The error's offset is into the parser's buffer, not the file: find the first bad line again (error path only).
     where = err.reason
     with open(path, "rb") as fh:
@@ -69,10 +71,7 @@ def _decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> UserErro
                 where = f"line {number}, byte {offset + bad.start}: {bad.reason}"
                 break
             offset += len(line)
-    return UserError(
-        f"{path}: not valid {encoding} text ({where}); "
-        "set the data option encoding to the file's encoding (e.g. encoding: latin-1)"
-    )
+    return UserError(f"{path}: not valid {encoding} text ({where}); {hint}")
 
 
 # Tables read in this process, by file identity and the options that shape them: one `kdistill run` (teach, the
@@ -125,11 +124,11 @@ def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset
         with _quiet_datasets():
             table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
     except UnicodeDecodeError as err:
-        raise _decode_error(path, data.encoding, err) from None
+        raise decode_error(path, data.encoding, err) from None
     except Exception as err:  # datasets wraps parser errors in many types; the user needs the first line only
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError):
-            raise _decode_error(path, data.encoding, cause) from None
+            raise decode_error(path, data.encoding, cause) from None
         raise UserError(f"{path}: could not be read as {FORMATS[ext]}: {str(cause).splitlines()[0]}") from None
     if len(table) == 0:
         raise UserError(f"{path}: the file holds no rows")
