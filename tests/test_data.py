@@ -91,3 +91,23 @@ def test_max_train_samples_does_not_cap_the_transfer_file(tmp_path):
     assert len(load_split(data, "train")) == 4 and len(load_split(data, "transfer")) == 30
     data = DataConfig(train_file=str(train), transfer_file=str(transfer), max_transfer_samples=7)
     assert len(load_split(data, "train")) == 10 and len(load_split(data, "transfer")) == 7
+
+
+def test_a_seeded_random_subset_of_training_rows_instead_of_the_first(tmp_path):
+    from kdistill.config import ConfigError, make_config
+    from kdistill.data import sample_rows
+
+    assert sample_rows(10, 4) == range(4) and sample_rows(3, 5, seed=1) == range(3)
+    drawn = sample_rows(1000, 50, seed=7)
+    assert drawn == sorted(drawn) and len(set(drawn)) == 50 and drawn == sample_rows(1000, 50, seed=7)
+    assert drawn != sample_rows(1000, 50, seed=8) and max(drawn) > 50
+    path = tmp_path / "sorted.tsv"  # a file sorted by label: the first rows are all one class
+    path.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{int(i >= 100)}\n" for i in range(200)))
+    first = make_config(train_file=str(path), text_column="sentence", max_train_samples=40)
+    seeded = make_config(train_file=str(path), text_column="sentence", max_train_samples=40, train_sample_seed=0)
+    assert set(load_split(first.data, "train")["label"]) == {0}
+    table = load_split(seeded.data, "train")
+    assert len(table) == 40 and set(table["label"]) == {0, 1}
+    assert table["sentence"] == [f"text {i}" for i in sample_rows(200, 40, seed=0)]
+    with pytest.raises(ConfigError, match="train_sample_seed draws max_train_samples rows at random"):
+        make_config(train_file=str(path), train_sample_seed=0)

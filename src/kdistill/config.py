@@ -75,7 +75,13 @@ class DataConfig:
         default="utf-8", metadata={"help": "Text encoding of csv/tsv/json files, e.g. latin-1 (parquet needs none)."}
     )
     max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only N training rows: the first N, or N drawn at random with train_sample_seed."})
+    train_sample_seed: int | None = field(
+        default=None,
+        metadata={"help": "With max_train_samples: draw the N training rows at random with this seed (kept in file "
+                  "order) instead of taking the first N, which in a file sorted by label are all one class."},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
     max_transfer_samples: int | None = field(default=None, metadata={"help": "Use only the first N transfer rows."})
 
@@ -84,6 +90,8 @@ class DataConfig:
             raise ConfigError(f"data: task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.train_file is None and self.dataset_name is None:
             raise ConfigError("data: set train_file (or dataset_name for a hub data set)")
+        if self.train_sample_seed is not None and self.max_train_samples is None:
+            raise ConfigError("data: train_sample_seed draws max_train_samples rows at random; set max_train_samples")
         if self.max_length < 8:
             raise ConfigError(f"data: max_length must be at least 8, got {self.max_length}")
         try:

@@ -189,8 +189,18 @@ def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
     else:
         return None
     if limit is not None:
-        table = table.select(range(min(limit, len(table))))
+        table = table.select(sample_rows(len(table), limit, data.train_sample_seed if split == "train" else None))
     return table
+
+
+def sample_rows(rows: int, limit: int, seed: int | None = None) -> list[int] | range:
+    """The rows a split keeps: its first `limit`, or with `seed` that many drawn at random, in file order (a row's
+    position stays its identity, so the soft-label cache and the student see the same rows in the same order)."""
+    if seed is None or limit >= rows:
+        return range(min(limit, rows))
+    import random
+
+    return sorted(random.Random(seed).sample(range(rows), limit))
 
 
 def _label_key(value: Any, source: str = "data") -> str:

@@ -115,10 +115,13 @@ PAYLOAD = {"payload": "dense", "top_k": None, "value_dtype": "float32"}
 def _settings(config: RunConfig, split: str, source: str) -> dict:
     """The settings a v1 cache was fingerprinted with (rows and tokenisation); v2 adds the task and the payload."""
     data = config.data
-    return {
+    settings = {
         "split": split, "source": source, "text_column": data.text_column, "text_pair_column": data.text_pair_column,
         "max_length": data.max_length, "limit": split_limit(data, split),
     }
+    if split == "train" and data.train_sample_seed is not None:  # other rows than the first `limit`
+        settings["sample_seed"] = data.train_sample_seed
+    return settings
 
 
 def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False,
