@@ -132,3 +132,15 @@ def test_console_script_prints_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("kdistill: error: data file not found:")
     assert proc.stdout == ""
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(capsys, tmp_path, values, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", {**values, "train_file": "data/train.tsv"})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config),
+                      f"data file not found: data/train.tsv (relative paths are read from the working directory, "
+                      f"{tmp_path}, not from the config file's)")
+    config = write_config(tmp_path / "d.yaml", {**values, "teacher_model": "./models/teacher", "teacher_train": False})
+    assert_user_error(*run_cli(capsys, "teach", "--config", config),
+                      f"teacher ./models/teacher: no such directory (relative paths are read from the working "
+                      f"directory, {tmp_path}, not from the config file's)")

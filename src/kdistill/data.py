@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from .config import DataConfig, UserError
+from .files import relative_path_hint
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
 
 def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
     if not os.path.isfile(path):
-        raise UserError(f"data file not found: {path}")
+        raise UserError(f"data file not found: {path}{relative_path_hint(path)}")
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise UserError(f"{path}: unknown data format {ext!r}; use one of {', '.join(FORMATS)}")

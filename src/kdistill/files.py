@@ -37,3 +37,11 @@ def write_json(path: str, value: dict) -> None:
             json.dump(value, fh, indent=2, default=str)
 
     atomic_write(path, write)
+
+
+def relative_path_hint(path: str) -> str:
+    """For a path that is not there: where a relative one was looked for (config paths are read from the working
+    directory, not from the config file's), '' for an absolute one."""
+    if os.path.isabs(path):
+        return ""
+    return f" (relative paths are read from the working directory, {os.getcwd()}, not from the config file's)"

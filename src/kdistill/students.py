@@ -25,6 +25,7 @@ from transformers import (
 
 from .models import bilstm
 from .config import DataConfig, StudentConfig, UserError
+from .files import relative_path_hint
 
 bilstm.register()  # saved BiLSTM students load through the Auto classes like any other
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _from_pretrained(cls, name: str, what: str, **kwargs):
             kind = "tokenizer" if cls is AutoTokenizer else "model"
             raise UserError(f"{what} {name}: directory holds no {kind} (no {' or '.join(marks)})")
     elif os.sep in name or name.startswith("."):
-        raise UserError(f"{what} {name}: no such directory")
+        raise UserError(f"{what} {name}: no such directory{relative_path_hint(name)}")
     try:
         return cls.from_pretrained(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError, UnpicklingError, ...: a bad file
