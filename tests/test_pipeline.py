@@ -235,3 +235,29 @@ def test_several_teachers_each_have_a_cache_and_combine_by_weight(tmp_path, tiny
     torch.testing.assert_close(both["train"], ensemble_logits([one["train"], two["train"]], [1, 3], 2.0))
     result = kdistill.distill(config)
     assert result["train_rows"] == 60 and result["objective"] == {"soft_kl": 1.0}
+
+
+def test_one_teacher_many_students_and_eval_from_the_run_directory(taught, tmp_path, capsys, monkeypatch):
+    """The teacher-once, students-many workflow: `distill --teacher RUN_DIR`, then `eval RUN_DIR` with nothing
+    repeated; `eval` refuses a config the run was not trained with, as `distill` does."""
+    from kdistill.cli import main
+
+    out, config, _ = taught
+    monkeypatch.chdir(tmp_path)  # the run's record holds absolute paths here; relative ones are found via locate
+    values = tiny_run_values(tmp_path / "student-a", "unused", strategy="hard", speed_batches=0, num_train_epochs=1)
+    flags = [f"--{k}={v}" for k, v in values.items() if k not in ("teacher_model",)]
+    assert main(["distill", *flags, "--teacher", str(out)]) == 0
+    record = json.loads((tmp_path / "student-a" / "run_config.json").read_text())
+    assert record["teacher"]["teacher_train"] is False
+    assert record["teacher"]["teacher_model"] == str(out / "teacher")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "student-a")]) == 0
+    assert f"written: {tmp_path / 'student-a' / 'eval.json'}" in capsys.readouterr().out
+    evaluated = json.loads((tmp_path / "student-a" / "eval.json").read_text())
+    assert evaluated["rows"] == 200 and "latency_ms_b1" not in evaluated["student"]  # speed_batches 0, as recorded
+    assert main(["eval", *flags, "--teacher", str(out), "--strategy", "soft"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kdistill: error: output_dir {tmp_path / 'student-a'} holds a run made with distill.strategy='hard', not "
+        f"'soft'; evaluate it with the config that made it: kdistill eval {tmp_path / 'student-a'}")
+    assert main(["distill", *flags, "--teacher", str(tmp_path / "nothing")]) == 2
+    assert "neither a kdistill run directory" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     kdistill teach   --config run.yaml [--flag value ...]
     kdistill distill --config run.yaml
-    kdistill eval    --config run.yaml
+    kdistill eval    --config run.yaml      # or: kdistill eval RUN_DIR (the config the run recorded)
     kdistill run     --config run.yaml      # teach, distill, eval
     kdistill demo    [--output_dir runs/demo] [--seed 0] [--quick]   # offline, on scikit-learn's digits
     kdistill compare --config sweep.yaml    # a grid of strategies, temperatures, alphas and seeds, with a verdict
@@ -84,13 +84,42 @@ def _format_table(result: dict) -> str:
 # ------------------------------------------------------------------------------------------------ the verbs
 
 
+def _teacher_flag(argv: list[str]) -> list[str]:
+    """`--teacher RUN_DIR` (or a model directory): learn from that run's fine-tuned teacher, as
+    `--no_teacher_train --teacher_model RUN_DIR/teacher` would say."""
+    from .rundir import teacher_of
+
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--teacher" or arg.startswith("--teacher="):
+            if arg == "--teacher":
+                if i + 1 >= len(argv):
+                    raise UserError("--teacher needs a run directory (or a fine-tuned model directory)")
+                value, i = argv[i + 1], i + 2
+            else:
+                value, i = arg.split("=", 1)[1], i + 1
+            out += ["--no_teacher_train", "--teacher_model", teacher_of(value)]
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def _pipeline(verb: str, argv: list[str]) -> int:
-    """teach, distill, eval and run: the run config from --config and flags, then the pipeline's steps."""
-    args, rest = _top_parser().parse_known_args([verb, *argv])
+    """teach, distill, eval and run: the run config from --config and flags (or, for `eval RUN_DIR`, from the
+    run's own record), then the pipeline's steps."""
+    run_dir = None
+    if verb == "eval" and argv and not argv[0].startswith("-"):
+        run_dir, argv = argv[0], argv[1:]
+    args, rest = _top_parser().parse_known_args([verb, *_teacher_flag(argv)])
     from . import evaluation, pipeline
     from .config import parse_config
+    from .rundir import recorded_values
 
-    config = parse_config(rest, args.config)
+    if run_dir and args.config:
+        raise UserError("eval: give a run directory or --config, not both")
+    config = parse_config(rest, args.config, flat=recorded_values(run_dir) if run_dir else None)
     if verb in ("teach", "run"):
         result = pipeline.teach(config)
         if result:

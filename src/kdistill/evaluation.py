@@ -15,7 +15,7 @@ from .files import write_json
 from .config import RunConfig
 from .data import split_file
 from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
-from .rundir import is_main, paths, teacher_dir
+from .rundir import check_evaluated_run, is_main, paths, teacher_dir
 from .soft_labels import hash_files, predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer
 from .tasks.base import stack_labels
@@ -137,6 +137,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """
     if not is_main(config):
         return {}
+    check_evaluated_run(config)
     p = paths(config)
     sdir, tdir = p.student, teacher_dir(config)
     task = task_of(config)

@@ -191,6 +191,50 @@ def check_output_dir(config: RunConfig, verb: str) -> list[str]:
     return existing if config.distill.overwrite and (reason or verb == "distill") else []
 
 
+def check_evaluated_run(config: RunConfig) -> None:
+    """`eval` scores the student this run trained: a config that differs from the run's record in what the student
+    was trained with (say another strategy) is refused, as `distill` refuses it, instead of evaluated silently."""
+    record_path = paths(config).record
+    if not os.path.isfile(record_path):
+        return
+    try:
+        with open(record_path, encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, ValueError):
+        return  # an unreadable record is distill's to report
+    sections = ("data", "teacher", "student", "distill")
+    diff = _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+    if diff:
+        raise UserError(f"output_dir {config.output_dir} holds a run made with {diff}; evaluate it with the config "
+                        f"that made it: kdistill eval {config.output_dir}")
+
+
+def recorded_values(run_dir: str) -> dict[str, Any]:
+    """The flat config (field -> value) a run recorded in its run_config.json, its paths found from here and its
+    output_dir the directory it now lies in: `kdistill eval RUN_DIR` and `--teacher RUN_DIR` start from it."""
+    from .config import SECTIONS, _field_names
+
+    record = os.path.join(run_dir, RUN_CONFIG)
+    if not os.path.isfile(record):
+        raise UserError(f"{run_dir} is not a kdistill run directory (no {RUN_CONFIG})")
+    run = Run(run_dir, read_json(record), {}, None)
+    flat: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        names = set(_field_names(cls))
+        for key, value in run.config.get(section, {}).items():
+            # Tokens are recorded masked ("<HUB_TOKEN>"); the Trainer finds the real ones itself.
+            if key in names and value is not None and not key.endswith("_token"):
+                flat[key] = value
+    for key in ("train_file", "validation_file", "test_file", "transfer_file", "teacher_model", "teacher_backbone",
+                "student_model", "student_tokenizer", "soft_label_cache"):
+        if isinstance(flat.get(key), str):
+            flat[key] = locate(flat[key], run)
+    flat["output_dir"] = run_dir
+    for key in ("logging_dir", "resume_from_checkpoint"):  # where the old run logged and resumed, not this one
+        flat.pop(key, None)
+    return flat
+
+
 def take_output_dir(config: RunConfig, stale: list[str]) -> None:
     """Delete `stale` (from check_output_dir) and record this run's config in output_dir/run_config.json."""
     if not is_main(config):
@@ -323,6 +367,17 @@ def locate(path: str, run: Run) -> str:
         if os.path.exists(candidate):
             return os.path.normpath(candidate)
     return path
+
+
+def teacher_of(path: str) -> str:
+    """`--teacher PATH`: the fine-tuned teacher of the run in PATH (its teacher/, or the one it was given), or the
+    model directory PATH itself."""
+    if os.path.isfile(os.path.join(path, RUN_CONFIG)):
+        return run_teacher_dir(Run(path, read_json(os.path.join(path, RUN_CONFIG)), {}, None))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    raise UserError(f"--teacher {path}: neither a kdistill run directory (no {RUN_CONFIG}) nor a model directory "
+                    "(no config.json)")
 
 
 def run_teacher_dir(run: Run) -> str:
