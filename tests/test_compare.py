@@ -253,3 +253,32 @@ def test_a_sweep_with_out_of_fold_soft_labels_makes_them_once(sweep_file, tmp_pa
     assert len(list((tmp_path / "oof" / "soft_labels").glob("train-oof-*.safetensors"))) == 1
     results = json.loads((tmp_path / "oof" / "results.json").read_text())
     assert len(results["runs"]) == 2
+
+
+def test_a_choice_made_on_a_validation_file_that_is_the_test_file_is_called_so(tmp_path, caplog):
+    from kdistill import data as data_module
+    from kdistill.config import make_config
+
+    runs = [_run("s", "hard", seed, acc, validation_accuracy=acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    runs += [_run("s", "soft T=4", seed, acc, validation_accuracy=acc)
+             for seed, acc in zip((1, 2, 3), (0.83, 0.86, 0.86))]
+    (verdict,) = compare_report.summarise({"runs": runs, "validation_is_test": True})["verdict"]
+    assert verdict.endswith("(settings chosen on the test set (the validation file is the test file: the difference "
+                            "is optimistic)).")
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\na\t0\nb\t1\n")
+    copy = tmp_path / "copy.tsv"
+    copy.write_bytes(test.read_bytes())
+    other = tmp_path / "other.tsv"
+    other.write_text("sentence\tlabel\na\t0\nb\t0\n")
+    same = make_config(train_file=str(test), validation_file=str(copy), test_file=str(test)).data
+    assert data_module.validation_is_test(same)
+    assert not data_module.validation_is_test(make_config(train_file=str(test), validation_file=str(other),
+                                                          test_file=str(test)).data)
+    with caplog.at_level("WARNING"):
+        data_module.warn_if_validation_is_test(same)
+        data_module.warn_if_validation_is_test(same)
+    assert [r.getMessage() for r in caplog.records if "same data" in r.getMessage()] == [
+        f"validation_file and test_file are the same data ({test}): whatever is chosen on validation (early "
+        "stopping, a sweep's best setting) is chosen on the test set, and test figures are optimistic; give a "
+        "validation file of its own"]

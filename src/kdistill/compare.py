@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
+from .data import validation_is_test
 from .files import write_json
 from .rundir import RunPaths
 
@@ -430,6 +431,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
         "config": {name: _fingerprint(c) for name, c in student_configs.items()},
         "teacher": runs[0]["teacher_metrics"],
         "diagnostics": diagnostics,
+        "validation_is_test": validation_is_test(first.data),
         "speed": speeds,
         "sweep_seconds": time.perf_counter() - start,
         "runs": [{k: v for k, v in r.items() if k != "teacher_metrics"} for r in runs],

@@ -169,6 +169,32 @@ def split_file(data: DataConfig, split: str) -> str | None:
             "test": data.test_file or data.validation_file}[split]
 
 
+def validation_is_test(data: DataConfig) -> bool:
+    """Whether the validation file and the test file are one file (the same path, or the same bytes)."""
+    a, b = data.validation_file, data.test_file
+    if not a or not b or not (os.path.isfile(a) and os.path.isfile(b)):
+        return False
+    if os.path.samefile(a, b):
+        return True
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return all(x == y for x, y in zip(iter(lambda: fa.read(1 << 20), b""), iter(lambda: fb.read(1 << 20), b"")))
+
+
+_WARNED_VALIDATION_IS_TEST: set[tuple] = set()
+
+
+def warn_if_validation_is_test(data: DataConfig) -> None:
+    """Once per process and pair of files: choosing on validation would be choosing on the test set."""
+    key = (data.validation_file, data.test_file)
+    if key not in _WARNED_VALIDATION_IS_TEST and validation_is_test(data):
+        _WARNED_VALIDATION_IS_TEST.add(key)
+        logger.warning("validation_file and test_file are the same data (%s): whatever is chosen on validation "
+                       "(early stopping, a sweep's best setting) is chosen on the test set, and test figures are "
+                       "optimistic; give a validation file of its own", data.test_file)
+
+
 def split_limit(data: DataConfig, split: str) -> int | None:
     """How many of a split's first rows are used (None: all)."""
     return {"train": data.max_train_samples, "transfer": data.max_transfer_samples}.get(split, data.max_eval_samples)

@@ -17,7 +17,7 @@ import torch
 
 from . import metrics
 from .config import RunConfig, UserError
-from .data import build_label_map, load_split, save_label_map, split_file
+from .data import build_label_map, load_split, save_label_map, split_file, warn_if_validation_is_test
 from .files import write_json
 from .losses import ensemble_logits, needs
 from .rundir import (
@@ -67,6 +67,7 @@ def label_map(config: RunConfig) -> dict[str, int]:
     train = load_split(config.data, "train")
     if train is None:
         raise UserError("data: no training data configured")
+    warn_if_validation_is_test(config.data)
     values = task_of(config).label_values(train, config.data)
     return build_label_map(values, config.data.train_file or "the training data")
 

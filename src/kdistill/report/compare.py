@@ -141,8 +141,13 @@ def _not_one_hot_sentence(diagnostics: dict) -> str | None:
             f"{train['mean_top_prob']:.3f} at T=1), so that is not the reason here.")
 
 
-def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[str]:
-    """One plain paragraph per student: does the best soft-label setting beat hard labels, and why (not)."""
+def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation_is_test: bool = False) -> list[str]:
+    """One plain paragraph per student: does the best soft-label setting beat hard labels, and why (not).
+
+    Args:
+        validation_is_test: the sweep's validation file is its test file, so a choice "on validation" is a choice
+            on the test set.
+    """
     out = []
     for student in dict.fromkeys(c["student"] for c in cells):
         mine = [c for c in cells if c["student"] == student]
@@ -156,6 +161,8 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict) -> list[st
         soft_cells = [c for c in mine if c["strategy"] in ("soft", "mixed")]
         chosen = "validation" if _selection_metric(soft_cells) == \
             "validation_accuracy" else "test (no validation split: the difference is optimistic)"
+        if validation_is_test and chosen == "validation":
+            chosen = "the test set (the validation file is the test file: the difference is optimistic)"
         if any(c["n"] != best["n"] for c in soft_cells):
             chosen += f", among the settings run with {best['n']} seeds"
         diff = diff_of.get(best["setting"])
@@ -443,7 +450,8 @@ def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
     results = dict(results)
     results["cells"] = aggregate(results["runs"], confidence)
     results["comparisons"] = compare_to_hard(results["runs"], "accuracy", confidence)
-    results["verdict"] = verdicts(results["cells"], results["comparisons"], results.get("diagnostics", {}))
+    results["verdict"] = verdicts(results["cells"], results["comparisons"], results.get("diagnostics", {}),
+                                  results.get("validation_is_test", False))
     return results
 
 
