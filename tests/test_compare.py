@@ -282,3 +282,19 @@ def test_a_choice_made_on_a_validation_file_that_is_the_test_file_is_called_so(t
         f"validation_file and test_file are the same data ({test}): whatever is chosen on validation (early "
         "stopping, a sweep's best setting) is chosen on the test set, and test figures are optimistic; give a "
         "validation file of its own"]
+
+
+def test_a_bounded_metric_gets_an_interval_inside_its_range():
+    from kdistill.stats import bootstrap_interval, t_interval
+
+    ece = [0.01, 0.02, 0.25]  # a t-interval over these three seeds goes below 0
+    assert t_interval(ece)["low"] < 0
+    boot = bootstrap_interval(ece)
+    assert 0.01 <= boot["low"] < boot["mean"] < boot["high"] <= 0.25
+    assert boot["mean"] == pytest.approx(0.28 / 3) and boot == bootstrap_interval(ece)  # seeded: reproducible
+    runs = [_run("s", "hard", seed, 0.8, validation_accuracy=0.8) for seed in (1, 2, 3)]
+    for run, value in zip(runs, ece):
+        run["metrics"]["ece"] = value
+    (cell,) = compare_report.aggregate(runs)
+    assert cell["ece"]["method"] == "bootstrap" and cell["ece"]["low"] >= 0
+    assert "method" not in cell["accuracy"]  # accuracy keeps its t-interval

@@ -4,7 +4,8 @@ Everything here is a function of the results dict (see `compare.run_sweep`): per
 teacher's metrics, soft-label diagnostics and speed. Aggregates and the verdict are recomputed from the runs each
 time, so `kdistill report DIR` rebuilds the same report from `results.json` alone.
 
-Statistics: a cell's interval is a Student-t interval over its seeds; a setting is compared with hard labels by the
+Statistics: a cell's interval is a Student-t interval over its seeds (a percentile-bootstrap one for the bounded
+agreement, KL, epsilon and ECE); a setting is compared with hard labels by the
 paired differences over the seeds both ran (paired t), since a seed fixes initialisation and data order for both.
 """
 
@@ -16,12 +17,16 @@ import os
 from ..errors import UserError
 from ..files import write_text
 from ..metrics import ONE_HOT_TOP_PROB
-from ..stats import CONFIDENCE, paired_difference, t_interval
+from ..stats import CONFIDENCE, bootstrap_interval, paired_difference, t_interval
 from .common import pyplot, save_figure, to_html, to_markdown
 
 METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
+# Metrics whose values sit near a bound (0 for calibration error, KL and epsilon, 1 for agreement), where a t-interval
+# over a few seeds crosses it: their intervals are percentile-bootstrap ones, which stay inside the seeds' range.
+BOUNDED = ("agreement", "kl_to_teacher", "epsilon", "ece")
 PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
-METHOD = ("95% intervals are Student-t intervals over seeds; differences from hard labels are paired by seed (each "
+METHOD = ("95% intervals are Student-t intervals over seeds, percentile-bootstrap ones for agreement, KL, epsilon and "
+          "ECE (which must stay inside their range); differences from hard labels are paired by seed (each "
           "seed starts both runs from the same initialisation and data order) with a paired t-interval.")
 
 
@@ -42,7 +47,7 @@ def aggregate(runs: list[dict], confidence: float = CONFIDENCE) -> list[dict]:
         for metric in METRICS:
             values = [r["metrics"][metric] for r in group if r["metrics"].get(metric) is not None]
             if values:
-                entry[metric] = t_interval(values, confidence)
+                entry[metric] = (bootstrap_interval if metric in BOUNDED else t_interval)(values, confidence)
         out.append(entry)
     return out
 
@@ -347,7 +352,7 @@ def plot_fidelity(results: dict, path: str) -> None:
         ax.set_yticks(range(len(cells)), names if ax is axes[0] else [""] * len(cells))
         ax.invert_yaxis()
         ax.set_xlabel(title)
-    fig.suptitle("Fidelity and calibration by setting, mean and 95% t-interval over seeds")
+    fig.suptitle("Fidelity and calibration by setting, mean and 95% bootstrap interval over seeds")
     save_figure(fig, path)
 
 
