@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+import torch
 import yaml
 
 from kdistill import compare
@@ -298,3 +299,22 @@ def test_a_bounded_metric_gets_an_interval_inside_its_range():
     (cell,) = compare_report.aggregate(runs)
     assert cell["ece"]["method"] == "bootstrap" and cell["ece"]["low"] >= 0
     assert "method" not in cell["accuracy"]  # accuracy keeps its t-interval
+
+
+def test_nearly_uniform_soft_labels_are_named_as_the_reason_and_warned_about():
+    from kdistill.metrics import soft_label_stats, uniform_limit, uniform_warning
+
+    assert uniform_limit(2) == pytest.approx(0.65) and uniform_limit(6) == pytest.approx(1 / 6 + 0.25)
+    runs = [_run("s", "hard", seed, acc) for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.84))]
+    runs += [_run("s", "soft T=2", seed, acc) for seed, acc in zip((1, 2, 3), (0.79, 0.80, 0.84))]
+    # The question-type teacher of the issue: 6 classes, mean top probability 0.38 at T=2.
+    flat = {"train": {"1": {"mean_top_prob": 0.55, "normalized_entropy": 0.6, "num_classes": 6},
+                      "2": {"mean_top_prob": 0.38, "normalized_entropy": 0.85, "num_classes": 6}}}
+    (verdict,) = compare_report.summarise({"runs": runs, "diagnostics": flat})["verdict"]
+    assert ("They are nearly uniform instead (mean top probability 0.380 at T=2, against 0.167 for a uniform guess "
+            "over 6 classes)") in verdict
+    sure = soft_label_stats(torch.tensor([[4.0, 0.0], [0.0, 4.0]]), 1.0)
+    assert uniform_warning(sure, 1.0) is None
+    unsure = soft_label_stats(torch.tensor([[0.2, 0.0, 0.1], [0.0, 0.3, 0.1]]), 2.0)
+    assert uniform_warning(unsure, 2.0).startswith(
+        "the teacher's soft labels on train at T=2 are nearly uniform (mean top probability 0.35")

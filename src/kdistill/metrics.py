@@ -154,8 +154,8 @@ def soft_label_stats(
     """How informative the teacher's soft labels are at ``temperature``.
 
     Returns ``mean_top_prob``, ``mean_entropy`` (nats), ``normalized_entropy``
-    (mean entropy / log C, 0 = one-hot, 1 = uniform) and, when ``labels`` are
-    given, ``teacher_error_rate`` over items whose label is not -100.
+    (mean entropy / log C, 0 = one-hot, 1 = uniform), ``num_classes`` and, when
+    ``labels`` are given, ``teacher_error_rate`` over items whose label is not -100.
     """
     logits = _logits(teacher_logits)
     log_p = _log_softmax(logits, temperature)
@@ -168,6 +168,7 @@ def soft_label_stats(
         "mean_entropy": mean_entropy,
         # A single class has no uncertainty to normalise; call it 0.
         "normalized_entropy": float(mean_entropy / np.log(num_classes)) if num_classes > 1 else 0.0,
+        "num_classes": int(num_classes),
     }
     if labels is not None:
         labels = _np(labels).reshape(-1)
@@ -179,6 +180,28 @@ def soft_label_stats(
 # Soft labels whose top class holds this much mass on average are "nearly one-hot": the wrong classes share under 5%
 # between them, so the labels tell a student little beyond the gold label.
 ONE_HOT_TOP_PROB = 0.95
+
+
+# Soft labels whose mean top probability lies within this share of the way from a uniform guess (1/C) to certainty are
+# "nearly uniform": they say little about which class is right (an underconfident teacher, or too high a temperature).
+UNIFORM_SHARE = 0.3
+
+
+def uniform_limit(num_classes: int) -> float:
+    """The mean top probability under which soft labels over `num_classes` classes count as nearly uniform."""
+    return 1 / num_classes + UNIFORM_SHARE * (1 - 1 / num_classes)
+
+
+def uniform_warning(stats: dict[str, float], temperature: float, split: str = "train") -> str | None:
+    """A warning when `soft_label_stats` at `temperature` say the soft labels are nearly uniform, else None."""
+    classes = stats.get("num_classes")
+    if not classes or classes < 2 or stats["mean_top_prob"] >= uniform_limit(classes):
+        return None
+    return (f"the teacher's soft labels on {split} at T={temperature:g} are nearly uniform (mean top probability "
+            f"{stats['mean_top_prob']:.3f}, against {1 / classes:.3f} for a uniform guess over {classes} classes): "
+            "they say little about which class is right, and a student that learns them inherits an underconfident "
+            "teacher. Remedies: a lower temperature, a teacher trained longer, and a look at the teacher's "
+            "calibration (ECE, in eval.json)")
 
 
 def one_hot_warning(stats: dict[str, float], temperature: float, split: str = "train") -> str | None:

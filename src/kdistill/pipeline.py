@@ -286,7 +286,8 @@ def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict
             logger.info("soft labels (%s, T=%g): mean top probability %.3f, normalised entropy %.2f%s", split,
                         temperature, stats["mean_top_prob"], stats["normalized_entropy"],
                         f", teacher wrong on {stats['teacher_error_rate']:.1%}" if "teacher_error_rate" in stats else "")
-            warning = metrics.one_hot_warning(stats, temperature, split)
+            warning = metrics.one_hot_warning(stats, temperature, split) or \
+                metrics.uniform_warning(stats, temperature, split)
             if warning:
                 logger.warning(warning)
     return out

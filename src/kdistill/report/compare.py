@@ -16,7 +16,7 @@ import os
 
 from ..errors import UserError
 from ..files import write_text
-from ..metrics import ONE_HOT_TOP_PROB
+from ..metrics import ONE_HOT_TOP_PROB, uniform_limit
 from ..stats import CONFIDENCE, bootstrap_interval, paired_difference, t_interval
 from .common import pyplot, save_figure, to_html, to_markdown
 
@@ -138,12 +138,21 @@ def _one_hot_sentence(diagnostics: dict, temperature: float | None) -> str | Non
             "temperature.")
 
 
-def _not_one_hot_sentence(diagnostics: dict) -> str | None:
+def _not_one_hot_sentence(diagnostics: dict, temperature: float | None = None) -> str | None:
     train = diagnostics.get("train", {}).get("1")
     if not train or train["mean_top_prob"] >= ONE_HOT_TOP_PROB:
         return None
-    return (f"The teacher's soft labels on its training data are not nearly one-hot (mean top probability "
+    text = (f"The teacher's soft labels on its training data are not nearly one-hot (mean top probability "
             f"{train['mean_top_prob']:.3f} at T=1), so that is not the reason here.")
+    key = f"{temperature:g}" if temperature is not None else "1"
+    at = diagnostics.get("train", {}).get(key) or train
+    classes = at.get("num_classes")
+    if classes and at["mean_top_prob"] < uniform_limit(classes):
+        text += (f" They are nearly uniform instead (mean top probability {at['mean_top_prob']:.3f} at T={key}, "
+                 f"against {1 / classes:.3f} for a uniform guess over {classes} classes): they say little about "
+                 "which class is right, and the student inherits an underconfident teacher. Remedies: a lower "
+                 "temperature, a teacher trained longer; the teacher's ECE above says how underconfident it is.")
+    return text
 
 
 def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation_is_test: bool = False) -> list[str]:
@@ -202,7 +211,8 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation
             text += (f" A student of the same shape trained from random initialisation on hard labels ('scratch') "
                      f"differs from hard by {_diff_text(scratch)}: that is what starting from the teacher's weights is worth.")
         if sign <= 0:
-            reason = _one_hot_sentence(diagnostics, best.get("temperature")) or _not_one_hot_sentence(diagnostics)
+            reason = _one_hot_sentence(diagnostics, best.get("temperature")) or \
+                _not_one_hot_sentence(diagnostics, best.get("temperature"))
             if reason:
                 text += " " + reason
         if sign == 0 and diff.get("low") is not None:
