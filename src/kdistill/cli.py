@@ -84,11 +84,22 @@ def _format_table(result: dict) -> str:
 # ------------------------------------------------------------------------------------------------ the verbs
 
 
+def _flag_values(argv: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """The values the command line gives the fields `names` (`--name value` or `--name=value`)."""
+    out = {}
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if key.startswith("--") and key[2:] in names:
+            if eq:
+                out[key[2:]] = value
+            elif i + 1 < len(argv):
+                out[key[2:]] = argv[i + 1]
+    return out
+
+
 def _teacher_flag(argv: list[str]) -> list[str]:
     """`--teacher RUN_DIR` (or a model directory): learn from that run's fine-tuned teacher, as
     `--no_teacher_train --teacher_model RUN_DIR/teacher` would say."""
-    from .rundir import teacher_of
-
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -99,6 +110,8 @@ def _teacher_flag(argv: list[str]) -> list[str]:
                 value, i = argv[i + 1], i + 2
             else:
                 value, i = arg.split("=", 1)[1], i + 1
+            from .rundir import teacher_of
+
             out += ["--no_teacher_train", "--teacher_model", teacher_of(value)]
             continue
         out.append(arg)
@@ -113,13 +126,22 @@ def _pipeline(verb: str, argv: list[str]) -> int:
     if verb == "eval" and argv and not argv[0].startswith("-"):
         run_dir, argv = argv[0], argv[1:]
     args, rest = _top_parser().parse_known_args([verb, *_teacher_flag(argv)])
-    from . import evaluation, pipeline
-    from .config import parse_config
-    from .rundir import recorded_values
-
     if run_dir and args.config:
         raise UserError("eval: give a run directory or --config, not both")
-    config = parse_config(rest, args.config, flat=recorded_values(run_dir) if run_dir else None)
+    from .config import DATA_FILE_FIELDS, check_data_files, load_yaml, parse_config
+
+    if run_dir:
+        from .rundir import recorded_values
+
+        flat = recorded_values(run_dir)
+    else:
+        flat = load_yaml(args.config) if args.config else {}
+    # The config and its files are checked before the Trainer's arguments set up a device and before torch's models
+    # load: a typo or a missing file is reported in about 2 s instead of 5.
+    check_data_files({**flat, **_flag_values(rest, DATA_FILE_FIELDS)})
+    config = parse_config(rest, flat=flat)
+    from . import evaluation, pipeline
+
     if verb in ("teach", "run"):
         result = pipeline.teach(config)
         if result:

@@ -507,6 +507,19 @@ def parse_config(argv: list[str], config_path: str | None = None, flat: dict[str
     return make_config(given)
 
 
+DATA_FILE_FIELDS = ("train_file", "validation_file", "test_file", "transfer_file")
+
+
+def check_data_files(values: dict[str, Any]) -> None:
+    """Every data file a flat config names exists: said before anything heavy loads (the loader checks the rest)."""
+    from .files import relative_path_hint
+
+    for key in DATA_FILE_FIELDS:
+        path = values.get(key)
+        if isinstance(path, str) and path and not os.path.isfile(path):
+            raise ConfigError(f"data file not found: {path}{relative_path_hint(path)}")
+
+
 def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
     """A JSON-safe view of the config, by section, for run records."""
     out = {}
