@@ -141,3 +141,17 @@ def test_disagreement_margins_counts_flips_and_near_ties():
     assert out["rows_within"] == 3  # the two flipped rows and the exact tie
     same = disagreement_margins(ref, ref)
     assert same["disagreements"] == 0 and same["largest_margin"] == 0.0 and same["rows_within"] == 0
+
+
+def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at():
+    from kdistill.metrics import fit_temperature, nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 4, generator=g) * 3
+    labels = torch.multinomial(torch.softmax(logits / 2.5, -1), 1, generator=g).squeeze(-1)  # an overconfident model
+    t_fit = fit_temperature(logits, labels)
+    assert t_fit == pytest.approx(2.5, rel=0.05)
+    assert nll(logits, labels, t_fit) < nll(logits, labels, 1.0)
+    assert nll(logits, labels, t_fit) <= min(nll(logits, labels, t_fit * 0.9), nll(logits, labels, t_fit * 1.1))
+    under = fit_temperature(logits / 4, labels)  # an underconfident one is sharpened: T below 1
+    assert under == pytest.approx(2.5 / 4, rel=0.05)

@@ -261,3 +261,27 @@ def test_one_teacher_many_students_and_eval_from_the_run_directory(taught, tmp_p
         f"'soft'; evaluate it with the config that made it: kdistill eval {tmp_path / 'student-a'}")
     assert main(["distill", *flags, "--teacher", str(tmp_path / "nothing")]) == 2
     assert "neither a kdistill run directory" in capsys.readouterr().err
+
+
+def test_soft_labels_from_a_temperature_scaled_teacher(taught, tmp_path):
+    """teacher_calibration: temperature fits T on the validation labels and trains on logits / T; the cache keeps
+    the teacher's own logits."""
+    from kdistill.config import ConfigError
+    from kdistill.metrics import fit_temperature
+
+    out, config, _ = taught
+    values = tiny_run_values(tmp_path, str(out / "teacher"), teacher_train=False, strategy="soft", speed_batches=0,
+                             soft_label_cache=str(out / "soft_labels"), teacher_calibration="temperature")
+    result = kdistill.distill(kdistill.make_config(values))
+    (fitted,) = result["teacher_calibration"]["teachers"]
+    raw = kdistill.make_soft_labels(kdistill.make_config(values), ("validation",))["validation"]
+    labels = torch.tensor(read_sst2_rows("dev", 200)[1])
+    assert fitted["temperature"] == pytest.approx(fit_temperature(raw, labels), rel=1e-6)
+    assert fitted["validation_nll"][1] <= fitted["validation_nll"][0]
+    # The diagnostics describe the calibrated soft labels: at the fitted temperature the teacher is less sure.
+    plain = kdistill.distill(kdistill.make_config({**values, "teacher_calibration": "none",
+                                                  "output_dir": str(tmp_path / "plain")}))
+    top = (result["soft_label_stats"]["train"]["mean_top_prob"], plain["soft_label_stats"]["train"]["mean_top_prob"])
+    assert (top[0] < top[1]) == (fitted["temperature"] > 1)
+    with pytest.raises(ConfigError, match="fits the teacher's temperature on the validation data; set validation_file"):
+        kdistill.make_config({**values, "validation_file": None})

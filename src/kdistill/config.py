@@ -36,6 +36,7 @@ class ConfigError(UserError):
 
 STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained", "bilstm")
 SOFT_LABEL_SOURCES = ("cache", "online")
+TEACHER_CALIBRATIONS = ("none", "temperature")
 
 
 def _json_field(value: Any, where: str, kind: type) -> Any:
@@ -131,6 +132,12 @@ class TeacherConfig:
         default=None,
         metadata={"help": "Seed of teacher fine-tuning and of the out-of-fold split (default: the run's seed)."},
     )
+    teacher_calibration: str = field(
+        default="none",
+        metadata={"help": "'temperature': fit the teacher's temperature on validation_file (temperature scaling, Guo "
+                  "et al. 2017) and make the soft labels from the calibrated teacher (logits / T_fit, then the run's "
+                  "temperature); 'none': the teacher as it is."},
+    )
     teacher_backbone: str | None = field(
         default=None,
         metadata={"help": "Out-of-fold teachers are fine-tuned from this backbone (default: teacher_model); needed "
@@ -145,6 +152,9 @@ class TeacherConfig:
     )
 
     def __post_init__(self):
+        if self.teacher_calibration not in TEACHER_CALIBRATIONS:
+            raise ConfigError(f"teacher: teacher_calibration must be one of {', '.join(TEACHER_CALIBRATIONS)}, got "
+                              f"{self.teacher_calibration!r}")
         if self.teachers is not None:
             entries = _json_field(self.teachers, "teacher: teachers", list)
             for i, entry in enumerate(entries):
@@ -345,6 +355,15 @@ class RunConfig:
     teacher: TeacherConfig
     student: StudentConfig
     distill: DistillationConfig
+
+    def __post_init__(self):
+        if self.teacher.teacher_calibration == "temperature":
+            if not (self.data.validation_file or self.data.dataset_name):
+                raise ConfigError("teacher: teacher_calibration: temperature fits the teacher's temperature on the "
+                                  "validation data; set validation_file")
+            if self.distill.soft_label_source != "cache":
+                raise ConfigError("teacher: teacher_calibration works on cached soft labels; use "
+                                  "soft_label_source: cache")
 
     @property
     def output_dir(self) -> str:

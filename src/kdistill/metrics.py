@@ -247,3 +247,32 @@ def classification_metrics(
         out["epsilon"] = max_sq_distance(student, teacher)
         out["teacher_accuracy"] = accuracy(teacher[keep], labels[keep])
     return out
+
+
+def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the labels under softmax(logits / temperature), over labelled items."""
+    z, y = _logits(logits), _np(labels).reshape(-1)
+    keep = y != IGNORE_INDEX
+    log_p = _log_softmax(z[keep], temperature)
+    return float(-log_p[np.arange(int(keep.sum())), y[keep]].mean())
+
+
+def fit_temperature(logits: Any, labels: Any, low: float = 1e-3, high: float = 100.0, steps: int = 80) -> float:
+    """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", section 4.2): the one T > 0
+    that minimises the NLL of held-out labels under softmax(logits / T). The NLL is convex in 1/T, so a golden-section
+    search over log T in [low, high] finds it; `steps` iterations narrow the interval by 0.618**steps."""
+    z, y = _logits(logits), _np(labels).reshape(-1)
+    a, b = np.log(low), np.log(high)
+    ratio = (np.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(z, y, float(np.exp(c))), nll(z, y, float(np.exp(d)))
+    for _ in range(steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(z, y, float(np.exp(c)))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(z, y, float(np.exp(d)))
+    return float(np.exp((a + b) / 2))

@@ -34,6 +34,7 @@ from .soft_labels import hash_files, predict_logits
 from .soft_labels.produce import (
     SPLITS,
     ConcatSources,
+    Scaled,
     backbone,
     classes,
     dense,
@@ -293,6 +294,28 @@ def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict
     return out
 
 
+def _calibrated(sources: dict[str, list], validation) -> tuple[dict[str, list], dict]:
+    """Temperature scaling (Guo et al. 2017): each teacher's temperature fitted on the validation split's labels,
+    and every split's soft labels read as logits / T_fit. Returns the scaled sources and what was fitted."""
+    if validation is None or "validation" not in sources:
+        raise UserError("teacher_calibration: temperature needs the validation split's soft labels and labels")
+    labels = torch.tensor(validation["labels"][:])
+    record = {"method": "temperature", "teachers": []}
+    factors = []
+    for part in sources["validation"]:
+        logits = dense(part)
+        t_fit = metrics.fit_temperature(logits, labels)
+        factors.append(1.0 / t_fit)
+        entry = {"temperature": t_fit, "validation_nll": [metrics.nll(logits, labels), metrics.nll(logits, labels, t_fit)],
+                 "validation_ece": [metrics.expected_calibration_error(logits, labels),
+                                    metrics.expected_calibration_error(logits / t_fit, labels)]}
+        record["teachers"].append(entry)
+        logger.info("teacher calibration: temperature %.3f fitted on validation (NLL %.4f -> %.4f, ECE %.4f -> %.4f)",
+                    t_fit, *entry["validation_nll"], *entry["validation_ece"])
+    scaled = {split: [Scaled(p, f) for p, f in zip(parts, factors)] for split, parts in sources.items()}
+    return scaled, record
+
+
 def _concat_sources(sources: dict[str, list], order: list[str]) -> list:
     """Per teacher, one row-indexable source over the splits in `order` (the collator's one index space)."""
     count = len(next(iter(sources.values())))
@@ -346,6 +369,9 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         from datasets import concatenate_datasets
 
         train = concatenate_datasets([train, parts["transfer"]])
+    calibration = None
+    if sources and config.teacher.teacher_calibration == "temperature":
+        sources, calibration = _calibrated(sources, parts.get("validation"))
     combined = None
     if sources:
         combined = _concat_sources(sources, list(parts))
@@ -398,6 +424,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     }
     if diagnostics:
         out["soft_label_stats"] = diagnostics
+    if calibration:
+        out["teacher_calibration"] = calibration
     if "validation" in parts:
         out.update(trainer.evaluate())
     trainer.save_model(p.student)

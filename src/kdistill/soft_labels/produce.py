@@ -323,6 +323,28 @@ def classes(source: Any) -> int:
     return source.shape[-1] if isinstance(source, torch.Tensor) else source.classes
 
 
+class Scaled:
+    """A soft-label source whose logits are multiplied by `factor` as they are read (a calibrated teacher's:
+    logits / T_fit), so the cache keeps the teacher's own."""
+
+    def __init__(self, source: Any, factor: float):
+        self.source, self.factor = source, float(factor)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def classes(self) -> int:
+        return classes(self.source)
+
+    def __getitem__(self, idx):
+        got = self.source[idx]
+        return [row * self.factor for row in got] if isinstance(got, list) else got * self.factor
+
+    def dense(self) -> torch.Tensor:
+        return dense(self.source) * self.factor
+
+
 class RowList(list):
     """Ragged per-row tensors kept in memory, indexable by a LongTensor of rows like a cache."""
 
