@@ -185,6 +185,15 @@ def round_robin(models: dict, singles: list[dict], batches: list[dict], rounds: 
     return times
 
 
+def pct_interval(ci: dict | None) -> str:
+    """'76.57 [75.16, 77.97]': a mean and its interval (fractions) in percent; the mean alone without bounds."""
+    if not ci:
+        return "-"
+    if ci.get("low") is None:
+        return f"{100 * ci['mean']:.2f}"
+    return f"{100 * ci['mean']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
+
+
 def write_results(results_dir: str, name: str, result: dict, markdown: str) -> None:
     """`<name>.json` and `<name>.md` in `results_dir`, and the Markdown printed: how every benchmark ends."""
     import json

@@ -10,7 +10,6 @@ Writes benchmarks/results/error_latency.{json,md} with a top-level `summary`; pr
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -204,12 +204,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def _ci(c: dict | None) -> str:
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{100 * c['mean']:.2f}"
-    return f"{100 * c['mean']:.2f} [{100 * c['low']:.2f}, {100 * c['high']:.2f}]"
+_ci = bench_env.pct_interval
 
 
 def tables(result: dict) -> str:

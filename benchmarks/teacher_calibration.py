@@ -135,12 +135,7 @@ def run_dataset(name: str, args, work: str) -> dict:
             "comparisons": comparisons}
 
 
-def pct(ci: dict | None) -> str:
-    if ci is None:
-        return "-"
-    if ci.get("low") is None:
-        return f"{100 * ci['mean']:.2f}"
-    return f"{100 * ci['mean']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
+pct = bench_env.pct_interval
 
 
 def table(result: dict) -> str:

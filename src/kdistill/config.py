@@ -11,9 +11,7 @@ Field names are unique across the four, so the same names work as flags
 (`--temperature 4`) and in Python (`DistillationConfig(temperature=4, ...)`).
 """
 
-import argparse
 import codecs
-import copy
 import dataclasses
 import difflib
 import inspect
@@ -456,49 +454,6 @@ def _negated_help(parser) -> Any:
 def config_parser(prog: str | None = None):
     """The parser of every run-config field as a flag (all four sections, TrainingArguments included)."""
     return _negated_help(HfArgumentParser(tuple(SECTIONS.values()), prog=prog))
-
-
-def help_text(verb: str, show_all: bool = False) -> str:
-    """`kdistill VERB --help`: kdistill's own fields first, by section; with `show_all`, then every flag the
-    Trainer's TrainingArguments adds (about 120), else one line on how to see them."""
-    own_flags = {f"--{name}" for cls in SECTIONS.values() for name in inspect.get_annotations(cls)}
-    parser = config_parser(prog=f"kdistill {verb} [--config FILE]")
-    lines = [f"usage: kdistill {verb} [--config FILE] [--FIELD VALUE ...]", "",
-             "Flags override the YAML file's values; each is a key of the section it is listed under.", ""]
-    def shown(actions):  # each flag once, as its field is named (HfArgumentParser adds a --dashed-alias too)
-        out = []
-        for action in actions:
-            action = copy.copy(action)
-            action.option_strings = [o for o in action.option_strings if "-" not in o[2:]] or action.option_strings
-            if action.option_strings[0].startswith("--no_"):
-                action.default = argparse.SUPPRESS  # its parser default (False) is not the field's
-            out.append(action)
-        return out
-
-    for section, cls in SECTIONS.items():
-        names = [n for n in _field_names(cls) if n in inspect.get_annotations(cls)]
-        actions = [a for a in parser._actions if any(o.lstrip("-").removeprefix("no_") in names and
-                                                      (o in own_flags or o.startswith("--no_")) for o in a.option_strings)]
-        formatter = parser._get_formatter()
-        title = f"{section} ({cls.__name__})" if section != "distill" else "distill (kdistill's own)"
-        formatter.start_section(title)
-        formatter.add_arguments(shown(actions))
-        formatter.end_section()
-        lines.append(formatter.format_help().rstrip())
-        lines.append("")
-    trainer = [a for a in parser._actions if a.option_strings and not any(
-        o in own_flags or o.removeprefix("--no_") in {f.lstrip("-") for f in own_flags} for o in a.option_strings)
-        and "-h" not in a.option_strings]
-    if show_all:
-        formatter = parser._get_formatter()
-        formatter.start_section(f"distill: transformers.TrainingArguments ({len(trainer)} flags)")
-        formatter.add_arguments(shown(trainer))
-        formatter.end_section()
-        lines.append(formatter.format_help().rstrip())
-    else:
-        lines.append(f"distill: transformers.TrainingArguments adds {len(trainer)} more flags (--gradient_accumulation_steps, "
-                     f"--bf16, --report_to, --resume_from_checkpoint, ...): kdistill {verb} --help-all lists them.")
-    return "\n".join(lines) + "\n"
 
 
 def parse_config(argv: list[str], config_path: str | None = None, flat: dict[str, Any] | None = None) -> RunConfig:
