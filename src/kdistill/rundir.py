@@ -134,6 +134,16 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
+def _read_record(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _record_difference(old: dict, config: RunConfig, sections: tuple[str, ...]) -> str | None:
+    """The first tracked field in which `config` differs from a run's record, as 'section.field=old, not new'."""
+    return _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path)
@@ -163,8 +173,7 @@ def check_output_dir(config: RunConfig, verb: str) -> list[str]:
     old = None
     if os.path.isfile(record_path):
         try:
-            with open(record_path, encoding="utf-8") as fh:
-                old = json.load(fh)
+            old = _read_record(record_path)
         except (OSError, ValueError) as err:
             if not config.distill.overwrite:
                 raise UserError(f"{record_path} is unreadable ({str(err).splitlines()[0]}); pass --overwrite to replace "
@@ -184,7 +193,7 @@ def check_output_dir(config: RunConfig, verb: str) -> list[str]:
     if sections and old is None:
         reason = f"no {RUN_CONFIG} says which config made its {', '.join(os.path.basename(p) for p in existing)}"
     elif sections:
-        diff = _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+        diff = _record_difference(old, config, sections)
         reason = diff and f"it holds a run made with {diff}"
     if reason and not config.distill.overwrite:
         raise UserError(f"output_dir {out}: {reason}; use another output_dir, or pass --overwrite to replace that run")
@@ -198,12 +207,10 @@ def check_evaluated_run(config: RunConfig) -> None:
     if not os.path.isfile(record_path):
         return
     try:
-        with open(record_path, encoding="utf-8") as fh:
-            old = json.load(fh)
+        old = _read_record(record_path)
     except (OSError, ValueError):
         return  # an unreadable record is distill's to report
-    sections = ("data", "teacher", "student", "distill")
-    diff = _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+    diff = _record_difference(old, config, ("data", "teacher", "student", "distill"))
     if diff:
         raise UserError(f"output_dir {config.output_dir} holds a run made with {diff}; evaluate it with the config "
                         f"that made it: kdistill eval {config.output_dir}")
