@@ -119,22 +119,22 @@ def _check_vocabulary(model, tokenizer, what: str) -> None:
 
 
 def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=None, teacher_logits=None,
-                 online_teachers=None, teacher_tokenizers=None, collate: dict | None = None) -> DistillationTrainer:
+                 online_teachers=None, teacher_tokenizers=None, teacher_weights: list[float] | None = None,
+                 collate: dict | None = None) -> DistillationTrainer:
     """The one way kdistill builds a trainer: the task's collator (with the teacher's cached logits, if any) and
     its metrics, for any model the task's batches fit (a transformers model or a plain nn.Module).
 
     Args:
         teacher_logits: a source indexable by row (a tensor or a cache), or a list of them (several teachers,
-            combined by `losses.ensemble_logits` with `collate["weights"]`).
+            combined by `losses.ensemble_logits` with `teacher_weights`, equal weights by default).
         collate: extra arguments for the task's collator (e.g. the image task's `max_shift`, `seed`).
     """
     collate = dict(collate or {})
-    weights = collate.pop("weights", None)
     if isinstance(teacher_logits, list):
         if len(teacher_logits) == 1:
             teacher_logits = teacher_logits[0]
         else:
-            w, t = weights or [1.0] * len(teacher_logits), args.temperature
+            w, t = teacher_weights or [1.0] * len(teacher_logits), args.temperature
             collate["combine"] = lambda parts: ensemble_logits(parts, w, t)
     return DistillationTrainer(
         model=model,
@@ -392,7 +392,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
 
     trainer = make_trainer(task, student, dataclasses.replace(args, output_dir=p.student), train,
                            parts.get("validation"), tokenizer, combined, online_teachers, teacher_tokenizers,
-                           collate={"weights": teacher_weights})
+                           teacher_weights)
     # The first process clears (with overwrite) and records; the others find the checkpoint it left, or none.
     with args.main_process_first(local=False, desc="output_dir"):
         take_output_dir(config, stale)
