@@ -233,10 +233,7 @@ def _stream_to_cache(config: RunConfig, file: str, fp: str, split: str, model, t
     the first has written it, if it can)."""
     chunks = teacher_pass_chunks(config, split, model, tokenizer, progress, together)
     if not is_main(config):
-        kept = list(chunks)
-        if all(isinstance(c, torch.Tensor) for c in kept):
-            return torch.cat(kept)
-        return [row for c in kept for row in c]
+        return _joined(list(chunks))
     with CacheWriter(file, fp, **PAYLOAD) as writer:
         for chunk in chunks:
             writer.add(chunk)
@@ -300,7 +297,11 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
 
 def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True):
     """The whole split's logits in memory (`teacher_pass_chunks` joined): for small splits and tests."""
-    chunks = list(teacher_pass_chunks(config, split, teacher, tokenizer, progress, together))
+    return _joined(list(teacher_pass_chunks(config, split, teacher, tokenizer, progress, together)))
+
+
+def _joined(chunks: list):
+    """Chunks of the pass as one result: a tensor, or (ragged rows) one list of per-row tensors."""
     if all(isinstance(c, torch.Tensor) for c in chunks):
         return torch.cat(chunks)
     return [row for c in chunks for row in c]
