@@ -182,14 +182,18 @@ def validation_is_test(data: DataConfig) -> bool:
         return all(x == y for x, y in zip(iter(lambda: fa.read(1 << 20), b""), iter(lambda: fb.read(1 << 20), b"")))
 
 
-_WARNED_VALIDATION_IS_TEST: set[tuple] = set()
+# Pairs of (validation, test) files already looked at by warn_if_validation_is_test: a run asks at every step that
+# builds the label map, and comparing two files of one size reads both.
+_VALIDATION_IS_TEST_SEEN: set[tuple] = set()
 
 
 def warn_if_validation_is_test(data: DataConfig) -> None:
     """Once per process and pair of files: choosing on validation would be choosing on the test set."""
     key = (data.validation_file, data.test_file)
-    if key not in _WARNED_VALIDATION_IS_TEST and validation_is_test(data):
-        _WARNED_VALIDATION_IS_TEST.add(key)
+    if key in _VALIDATION_IS_TEST_SEEN:
+        return
+    _VALIDATION_IS_TEST_SEEN.add(key)
+    if validation_is_test(data):
         logger.warning("validation_file and test_file are the same data (%s): whatever is chosen on validation "
                        "(early stopping, a sweep's best setting) is chosen on the test set, and test figures are "
                        "optimistic; give a validation file of its own", data.test_file)
