@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import split_file
 from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
 from .rundir import check_evaluated_run, is_main, paths, teacher_dir
-from .soft_labels import hash_files, predict_logits
+from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer
 from .tasks.base import stack_labels
 
@@ -123,12 +123,6 @@ def speed(config: RunConfig) -> dict:
     return out
 
 
-# The teacher's parameter count, per teacher content (soft_labels.hash_files, which the soft-label lookup just
-# computed for the same directory and remembers): a sweep evaluates many students against one teacher, and loading
-# it only to count its parameters cost every cell a model load.
-_TEACHER_PARAMETERS: dict[str, int] = {}
-
-
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
 
@@ -160,11 +154,9 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     result["teacher"] = task.metrics(teacher_logits, labels, None, len(label2id))
 
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
-    teacher, key = None, hash_files([tdir])
-    if config.distill.speed_batches > 0 or key not in _TEACHER_PARAMETERS:
-        teacher = load_teacher(config, tdir, label2id)[0]
-        _TEACHER_PARAMETERS[key] = count_parameters(teacher)
-    result["teacher"].update(parameters=_TEACHER_PARAMETERS[key], size_bytes=size_on_disk(tdir))
+    # load_teacher remembers the teacher by content: a sweep's cells, which share one, load it once.
+    teacher = load_teacher(config, tdir, label2id)[0]
+    result["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
     if config.distill.speed_batches > 0:
         timing = _speed(config, student, rows, collate, teacher, label2id)
         result["student"].update(timing["student"])
