@@ -8,7 +8,8 @@
     kdistill compare --config sweep.yaml    # a grid of strategies, temperatures, alphas and seeds, with a verdict
     kdistill report  SWEEP_DIR              # rebuild a sweep's report from its results.json
     kdistill export  RUN_DIR --format onnx [--int8] [--out DIR]
-    kdistill predict MODEL_DIR "some text" [...]
+    kdistill predict MODEL_DIR "some text" [...]     # on an export: ONNX Runtime, no torch
+    kdistill serve   EXPORT_DIR [--port 8000]        # an HTTP service with dynamic batching
     kdistill augment --input train.tsv --output transfer.tsv --text_column sentence   # Tang et al. 2019
 
 Flags of teach, distill, eval and run are the config's field names and override the YAML. A verb parses its
@@ -18,6 +19,7 @@ error ends in one line on stderr and exit 2.
 """
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -30,6 +32,8 @@ logger = logging.getLogger("kdistill")
 
 # The verbs whose flags are the run config's fields (see config.py).
 PIPELINE_VERBS = ("teach", "distill", "eval", "run")
+# Verbs that may run without torch and transformers (on an export): they load transformers only if they need it.
+LIGHT_VERBS = ("predict", "serve")
 # Verbs that were removed, and what replaces them.
 REMOVED = {
     "bilstm": "`kdistill bilstm` is gone: a run builds its BiLSTM student itself with student_init: bilstm "
@@ -237,50 +241,76 @@ def _export(argv: list[str]) -> int:
     return 0 if report["passed"] or args.no_check else 1
 
 
-def _read_lines(path: str, encoding: str = "utf-8") -> list[str]:
-    """The non-blank lines of a text file, without their line ends."""
-    import codecs
-
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UserError(f"predict: unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
-    try:
-        with open(path, encoding=encoding) as fh:
-            return [line.rstrip("\r\n") for line in fh if line.strip()]
-    except UnicodeDecodeError as err:
-        from .data import decode_error
-
-        raise decode_error(path, encoding, err, "give its encoding with --encoding (e.g. --encoding latin-1)") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-
-
 def _predict(argv: list[str]) -> int:
+    from .deploy import FP32_FILE, INT8_FILE
+    from .deploy.runtime import read_texts
+
     parser = _parser("predict", "Classify texts with an exported (ONNX) or PyTorch model.")
-    parser.add_argument("model_dir", help="an export directory, a model directory (a run's student/) or a run directory")
+    parser.add_argument("model_dir", help="an export directory (runs on ONNX Runtime, without torch), a model "
+                                          "directory (a run's student/) or a run directory")
     parser.add_argument("texts", nargs="*", help="texts to classify")
-    parser.add_argument("--file", help="a text file, one text per line (blank lines skipped)")
+    parser.add_argument("--file", help="a text file, one text per line (blank lines skipped), read as it is predicted")
     parser.add_argument("--encoding", default="utf-8", help="the --file's text encoding (default utf-8; e.g. latin-1)")
     parser.add_argument("--int8", action="store_true", help="use model.int8.onnx of an export directory")
     parser.add_argument("--json", action="store_true", help="one JSON object per text (JSON Lines)")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="ONNX Runtime's threads (default: every core)")
     args = parser.parse_intermixed_args(argv)  # texts may come after flags: predict DIR --int8 "a text"
-    texts = list(args.texts) + (_read_lines(args.file, args.encoding) if args.file else [])
-    if not texts:
-        raise UserError(f"predict: {args.file} holds no text (only blank lines)" if args.file else
-                        "predict: give texts to classify, or --file PATH")
-    from .export import load_predictor
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError("predict: --batch_size and --threads must be at least 1")
+    if not args.texts and not args.file:
+        raise UserError("predict: give texts to classify, or --file PATH")
+    texts = itertools.chain(args.texts, read_texts(args.file, args.encoding) if args.file else ())
+    if os.path.isfile(os.path.join(args.model_dir, INT8_FILE if args.int8 else FP32_FILE)):
+        # An export: ONNX Runtime and the tokenizers library, no torch (a cold start in well under 2 s).
+        from .deploy.runtime import ExportedModel
 
-    predictions = load_predictor(args.model_dir, args.int8).predict(texts, args.batch_size)
-    for text, (label, probabilities) in zip(texts, predictions):
+        predictions = ExportedModel.load(args.model_dir, args.int8, args.threads).predict_stream(texts, args.batch_size)
+    else:
+        _quiet_transformers()
+        from .export import load_predictor
+
+        predictions = load_predictor(args.model_dir, args.int8).predict_stream(texts, args.batch_size)
+    count = 0
+    for count, (text, prediction) in enumerate(predictions, 1):
         if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
+            print(json.dumps({"text": text, **prediction}))
         else:
-            shown = " ".join(f"p({k})={v:.4f}" for k, v in probabilities.items())
-            print(f"{label}\t{shown}\t{text}")
+            shown = " ".join(f"p({k})={v:.4f}" for k, v in prediction["probabilities"].items())
+            print(f"{prediction['label']}\t{shown}\t{text}")
     sys.stdout.flush()
+    if not count:
+        raise UserError(f"predict: {args.file} holds no text (only blank lines)")
     return 0
+
+
+def _serve(argv: list[str]) -> int:
+    from .deploy.server import ServeConfig, serve
+
+    parser = _parser("serve", "Serve an export directory over HTTP (POST /predict, GET /health, GET /model), on ONNX "
+                              "Runtime without torch, batching concurrent requests.")
+    parser.add_argument("export_dir", help="an export directory (kdistill export RUN_DIR --format onnx)")
+    defaults = ServeConfig()
+    parser.add_argument("--host", default=defaults.host,
+                        help=f"address to bind (default {defaults.host}: this machine only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0 picks a free one)")
+    parser.add_argument("--int8", action="store_true", help="serve model.int8.onnx")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help="server processes, each with its own model (default 1)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime's threads per worker (default: cores / workers)")
+    parser.add_argument("--max_batch", type=int, default=defaults.max_batch,
+                        help=f"texts batched into one model call (default {defaults.max_batch}; 1 turns batching off)")
+    parser.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
+                        help=f"how long a text waits for others to batch with (default {defaults.max_wait_ms} ms)")
+    parser.add_argument("--max_texts", type=int, default=defaults.max_texts,
+                        help=f"texts in one request at most (default {defaults.max_texts})")
+    parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                        help=f"request body size at most (default {defaults.max_body_bytes})")
+    parser.add_argument("--max_text_chars", type=int, default=defaults.max_text_chars,
+                        help=f"characters in one text at most (default {defaults.max_text_chars})")
+    args = vars(parser.parse_args(argv))
+    export_dir = args.pop("export_dir")
+    return serve(export_dir, ServeConfig(**args))
 
 
 def _augment(argv: list[str]) -> int:
@@ -318,6 +348,7 @@ VERBS = {
     "report": _report,
     "export": _export,
     "predict": _predict,
+    "serve": _serve,
     "augment": _augment,
 }
 
@@ -379,10 +410,14 @@ def _config_help(verb: str, show_all: bool) -> None:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("KDISTILL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _quiet_transformers() -> None:
+    """transformers' warnings only, and no bars for loading weights (instant for local models; they would stand
+    above a one-line error). Verbs that need transformers call it; predict and serve on an export never do."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
-    # Bars for loading and saving weights (instant for local models) would stand above a one-line error.
     hf_logging.disable_progress_bar()
 
 
@@ -402,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         _config_help(verb, show_all="--help-all" in rest)
         return 0
     _setup_logging()
+    if verb not in LIGHT_VERBS:
+        _quiet_transformers()
     try:
         if verb in REMOVED:
             raise UserError(REMOVED[verb])

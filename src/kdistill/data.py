@@ -19,12 +19,11 @@ import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from .config import DataConfig, UserError
-from .files import relative_path_hint
+from .files import LABELS_FILE, decode_error, relative_path_hint  # noqa: F401 - LABELS_FILE is read from here too
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-LABELS_FILE = "labels.json"
 # Truncation messages already logged in this process (a split is tokenised by the teacher pass, the student and
 # evaluation: the user needs to read the count once).
 _TRUNCATION_REPORTED: set[tuple[str, int, int, int]] = set()
@@ -56,23 +55,6 @@ def _quiet_datasets() -> Iterator[None]:
         quiet.setLevel(level)
         if bars:
             datasets.enable_progress_bars()
-
-
-def decode_error(path: str, encoding: str, err: UnicodeDecodeError,
-                 hint: str = "set the data option encoding to the file's encoding (e.g. encoding: latin-1)") -> UserError:
-    """A one-line error naming the first line and byte of `path` that is not valid `encoding`, and `hint`."""
-    # The error's offset is into the parser's buffer, not the file: find the first bad line again (error path only).
-    where = err.reason
-    with open(path, "rb") as fh:
-        offset = 0
-        for number, line in enumerate(fh, 1):
-            try:
-                line.decode(encoding)
-            except UnicodeDecodeError as bad:
-                where = f"line {number}, byte {offset + bad.start}: {bad.reason}"
-                break
-            offset += len(line)
-    return UserError(f"{path}: not valid {encoding} text ({where}); {hint}")
 
 
 # Tables read in this process, by file identity and the options that shape them: one `kdistill run` (teach, the

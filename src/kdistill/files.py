@@ -5,6 +5,11 @@ import os
 import tempfile
 from collections.abc import Callable
 
+from .errors import UserError
+
+# A model's label names -> ids, saved beside it (run directories, students, exports).
+LABELS_FILE = "labels.json"
+
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call `write(tmp)` on a temp file in `path`'s directory, then rename it to `path` (atomic on POSIX)."""
@@ -45,3 +50,20 @@ def relative_path_hint(path: str) -> str:
     if os.path.isabs(path):
         return ""
     return f" (relative paths are read from the working directory, {os.getcwd()}, not from the config file's)"
+
+
+def decode_error(path: str, encoding: str, err: UnicodeDecodeError,
+                 hint: str = "set the data option encoding to the file's encoding (e.g. encoding: latin-1)") -> UserError:
+    """A one-line error naming the first line and byte of `path` that is not valid `encoding`, and `hint`."""
+    # The error's offset is into the parser's buffer, not the file: find the first bad line again (error path only).
+    where = err.reason
+    with open(path, "rb") as fh:
+        offset = 0
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as bad:
+                where = f"line {number}, byte {offset + bad.start}: {bad.reason}"
+                break
+            offset += len(line)
+    return UserError(f"{path}: not valid {encoding} text ({where}); {hint}")

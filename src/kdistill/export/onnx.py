@@ -21,17 +21,16 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..data import LABELS_FILE
+from ..deploy import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE
 from ..errors import UserError
 from ..evaluation import measure_speed
-from ..files import atomic_write, write_json
+from ..files import LABELS_FILE, atomic_write, write_json
 from ..report.model_card import INT8_AGREEMENT_TARGET, PARITY_BOUND
 from ..tasks.sequence import SequenceClassification
 
 logger = logging.getLogger(__package__)  # "kdistill.export", as before the split (benchmarks/export_speed.py reads it)
 
 FORMATS = ("onnx",)
-FP32_FILE, INT8_FILE, REPORT_FILE, CARD_FILE = "model.onnx", "model.int8.onnx", "export_report.json", "README.md"
 # The export signature is the task's (tasks/*.py `export_inputs`); sequence classification's, by default.
 INPUT_NAMES = SequenceClassification.export_inputs
 OPSET = 23  # the first opset with a standard Attention operator

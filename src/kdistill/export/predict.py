@@ -1,12 +1,14 @@
 """`kdistill predict`: a classifier ready for raw text, from an export directory (ONNX), a model or a run directory."""
 
+import itertools
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import metrics
-from ..data import LABELS_FILE
+from ..files import LABELS_FILE
 from ..errors import UserError
 from ..soft_labels import predict_logits
 from ..students import load_classifier, load_tokenizer
@@ -39,6 +41,14 @@ class Predictor:
             best = int(p.argmax())
             out.append((self.id2label.get(best, str(best)), {self.id2label.get(i, str(i)): float(v) for i, v in enumerate(p)}))
         return out
+
+    def predict_stream(self, texts: Iterable[str], batch_size: int = 64) -> Iterator[tuple[str, dict]]:
+        """(text, {"label", "probabilities"}) for every text, `batch_size` at a time (bounded memory), as
+        deploy.runtime.ExportedModel.predict_stream answers."""
+        texts = iter(texts)
+        while batch := list(itertools.islice(texts, batch_size)):
+            for text, (label, probabilities) in zip(batch, self.predict(batch, batch_size)):
+                yield text, {"label": label, "probabilities": probabilities}
 
 
 def _max_length(model_dir: str, tokenizer) -> int:

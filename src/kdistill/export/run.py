@@ -19,7 +19,7 @@ from ..tasks import get_task
 from ..tasks.base import stack_labels
 from ..evaluation import size_on_disk
 from ..files import write_json, write_text
-from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, pct, summary
+from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, model_facts, pct, summary
 from ..soft_labels import predict_logits
 from ..students import count_parameters, load_classifier, load_tokenizer
 from .onnx import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, check_parity, export_model, \
@@ -139,8 +139,10 @@ def export_run(
         "out": out,
         "inputs": names,
         "output": "logits",
+        "task": task.name,
         "max_length": data.max_length,
         "labels": run.label2id,
+        "model": model_facts(run.config, run.evaluation),
         "eval": {"source": source, "rows": len(eval_set)},
         "parameters": {"student": count_parameters(student)},
         "sizes": {"student PyTorch": size_on_disk(run.student_dir), "student ONNX fp32": os.path.getsize(fp32_path)},

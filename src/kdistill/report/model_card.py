@@ -101,6 +101,37 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+METRIC_KEYS = ("accuracy", "macro_f1", "ece", "agreement", "kl_to_teacher")
+
+
+def model_facts(config: dict, evaluation: dict | None) -> dict:
+    """Where a student came from and how good it is, as data: the export report's "model" (what `kdistill serve`'s
+    GET /model answers beside the export's own facts).
+
+    Args:
+        config: the run's run_config.json, by section.
+        evaluation: the run's eval.json, or None.
+    """
+    data, teacher, student, distill = (config.get(k, {}) for k in ("data", "teacher", "student", "distill"))
+    facts = {
+        "task": data.get("task", "sequence_classification"),
+        "teacher": teacher.get("teacher_model"),
+        "student_init": student.get("student_init"),
+        "student_layers": student.get("student_layers"),
+        "strategy": distill.get("strategy"),
+        "temperature": distill.get("temperature"),
+        "alpha": distill.get("alpha"),
+        "num_train_epochs": distill.get("num_train_epochs"),
+        "train_data": data.get("train_file") or data.get("dataset_name"),
+        "transfer_data": data.get("transfer_file"),
+    }
+    if evaluation:
+        facts["metrics"] = {"split": evaluation.get("split"), "rows": evaluation.get("rows"),
+                            **{side: {k: evaluation[side][k] for k in METRIC_KEYS if k in evaluation.get(side, {})}
+                               for side in ("student", "teacher")}}
+    return facts
+
+
 def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
     """The export directory's README.md.
 
@@ -136,8 +167,8 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
     ]
     ev = evaluation
     if ev:
-        keys = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("ECE (15 bins)", "ece"),
-                ("agreement with teacher", "agreement"), ("KL(teacher ‖ student)", "kl_to_teacher")]
+        titles = ("accuracy", "macro-F1", "ECE (15 bins)", "agreement with teacher", "KL(teacher ‖ student)")
+        keys = list(zip(titles, METRIC_KEYS))
         lines += [f"## Metrics (`eval.json`: {ev.get('split')}, {ev.get('rows')} rows, PyTorch)", "",
                   "| metric | student | teacher |", "|---|---|---|"]
         for title, key in keys:
