@@ -7,7 +7,9 @@ The objective is a weighted sum of named loss terms (`losses.objective`), each l
 An online teacher is not part of the model: it is never saved in checkpoints.
 """
 
+import json
 import logging
+import os
 import time
 from collections import defaultdict
 
@@ -15,10 +17,14 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
+from .files import write_json
 from .losses import TermInputs, ensemble_logits, objective
 
+# A checkpoint's running loss sums (DistillationTrainer._save_checkpoint); kdistill_loss_sums_<rank>.json under DDP.
+LOSS_SUMS_NAME = "kdistill_loss_sums.json"
 _NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
 
 logger = logging.getLogger(__name__)
@@ -76,6 +82,20 @@ class _LogToLogging(TrainerCallback):
                         ", ".join(f"{k[5:]} {v:.4g}" if isinstance(v, float) else f"{k[5:]} {v}" for k, v in shown.items()))
 
 
+class _RestoreLossSums(TrainerCallback):
+    """Puts back, when a run resumes, the running loss sums its checkpoint saved (see DistillationTrainer).
+
+    A callback because the Trainer sets its sums to zero just before on_train_begin, after everything else it
+    restores from the checkpoint.
+    """
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_loss_sums()
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' LengthGroupedSampler, shuffled from (seed, epoch) instead of the global torch RNG.
 
@@ -106,6 +126,12 @@ class DistillationTrainer(Trainer):
     The loss is a sum over the items of the whole gradient-accumulated batch divided by their number
     (`num_items_in_batch`), so accumulating k batches of n gives the gradient of one batch of k*n.
 
+    A checkpoint also holds the running loss sums the Trainer does not save (`LOSS_SUMS_NAME`): the loss summed
+    since the last log (the Trainer's, and each term's), the total drained at the logs so far, and the step the run
+    began at. A run resumed from a checkpoint between two logs then logs the same figures as the run it continues:
+    the first log after the resume averages its whole window, not just the steps since, and train_loss is the mean
+    over all the run's steps, not over this process's only.
+
     Args:
         task: the task (`kdistill.tasks`), which marks a batch's items (`item_mask`); None: every position.
         online_teachers: (model, weight) pairs run on each batch that has no `teacher_logits`; several combine
@@ -133,9 +159,62 @@ class DistillationTrainer(Trainer):
             teacher.to(self.args.device).eval().requires_grad_(False)
             self.online_teachers.append((teacher, float(weight)))
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._resuming_from, self._loss_first_step = None, 0
+        self.add_callback(_RestoreLossSums(self))
         # With tqdm disabled the Trainer prints every log line; library code speaks through logging only.
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(_LogToLogging)
+
+    def _loss_sums_name(self) -> str:
+        # Each process sums its own share of the batches, as each has its own RNG state (rng_state_<rank>.pth).
+        if self.args.world_size <= 1:
+            return LOSS_SUMS_NAME
+        return LOSS_SUMS_NAME.replace(".json", f"_{self.args.process_index}.json")
+
+    def _inner_training_loop(self, *args, resume_from_checkpoint=None, **kwargs):
+        # The checkpoint as train() resolved it (resume_from_checkpoint=True: the last one), for _restore_loss_sums.
+        self._resuming_from = resume_from_checkpoint
+        return super()._inner_training_loop(*args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _restore_loss_sums(self) -> None:
+        checkpoint, self._resuming_from = self._resuming_from, None
+        self._loss_first_step = self.state.global_step
+        if checkpoint is None:
+            return
+        name = self._loss_sums_name()
+        try:
+            with open(os.path.join(checkpoint, name), encoding="utf-8") as fh:
+                sums = json.load(fh)
+            window_terms = {term: [float(v) for v in values] for term, values in sums["window_terms"].items()}
+            window_loss, total = float(sums["window_loss"]), float(sums["total_loss"])
+            last_logged, first_step = int(sums["last_logged_step"]), int(sums["first_step"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            why = "an older kdistill wrote it" if isinstance(err, FileNotFoundError) else f"unreadable: {err}"
+            logger.warning("checkpoint %s has no usable %s (%s): the first loss logged after resuming and train_loss count "
+                           "only the steps from %d on", checkpoint, name, why, self.state.global_step)
+            return
+        self._tr_loss.fill_(window_loss)  # in place: the Trainer's float32 tensor on its device, summed on from here
+        self._total_loss_scalar, self._globalstep_last_logged, self._loss_first_step = total, last_logged, first_step
+        self._loss_parts["train"].clear()
+        self._loss_parts["train"].update(window_terms)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Written first, so that trainer_state.json, whose presence marks a checkpoint complete
+        # (rundir.resume_point), is still the last file the checkpoint gets.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        write_json(os.path.join(folder, self._loss_sums_name()), {
+            "first_step": self._loss_first_step,
+            "last_logged_step": self._globalstep_last_logged,
+            "total_loss": self._total_loss_scalar,
+            "window_loss": self._tr_loss.item(),
+            "window_terms": dict(self._loss_parts["train"]),
+        })
+        super()._save_checkpoint(model, trial)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        # log() made the metrics' train_loss the whole run's; the figure train() returns is that one too.
+        return result._replace(training_loss=result.metrics["train_loss"])
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -217,6 +296,10 @@ class DistillationTrainer(Trainer):
                     value = float(self.accelerator.gather(torch.tensor([value], device=self.args.device)).mean())
                 logs[f"{prefix}loss_{name}"] = round(value, 6)
             parts.clear()
+        if "train_loss" in logs:
+            # The Trainer's mean is over this process's steps, as it starts its total at 0 on resume; with the
+            # restored total it is over all the run's steps (the same value as the Trainer's on a run not resumed).
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step - self._loss_first_step, 0.001)
         super().log(logs, start_time)
 
 
