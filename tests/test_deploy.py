@@ -301,3 +301,17 @@ def test_serve_refuses_a_port_in_use_in_one_line(wordpiece_export, capsys):
         port = sock.getsockname()[1]
         assert main(["serve", str(wordpiece_export), "--port", str(port)]) == 2
     assert one_error_line(capsys) == f"kdistill: error: serve: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_length_batches_sorts_by_length_and_bounds_padding():
+    from kdistill.deploy.runtime import length_batches
+
+    lengths = [30, 5, 6, 5, 29, 12, 31, 5]
+    batches = length_batches(lengths, batch_size=3, slack=1.25)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every text once
+    assert batches == [[1, 3, 7], [2], [5], [4, 0, 6]]  # shortest first; 6 would pad the 5s past 1.25x
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or width * len(batch) <= 1.25 * sum(lengths[i] for i in batch)
+    assert length_batches([7] * 10, batch_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert length_batches([], batch_size=4) == []
