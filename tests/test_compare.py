@@ -223,6 +223,10 @@ def test_sweep_runs_resumes_and_reports(sweep_file, monkeypatch, capsys):
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     assert "Verdict." in (out / "report.md").read_text()
+    # A cell is a finished run like any other: it exports (its label map lies in student/, as distill writes it).
+    cell = out / "runs" / "one" / "hard" / "seed0"
+    assert main(["export", str(cell), "--format", "onnx", "--speed_batches", "0", "--rows", "16"]) == 0
+    assert json.loads((cell / "export" / "export_report.json").read_text())["parity"]["passed"]
 
 
 def test_report_rebuilds_from_results_json_alone(sweep_file, tmp_path, capsys):

@@ -295,9 +295,11 @@ def test_killed_soft_label_write_leaves_no_cache_and_the_next_run_recomputes_it(
     run = {**values, "output_dir": str(tmp_path / "run"), "soft_label_cache": str(cache)}
     config = write_config(tmp_path / "c.yaml", run)
     kill_at(tmp_path, ["distill", "--config", config], in_cache_write=True)
-    # The kill hit while the first split's file was half written: only a temp file, under a name never read.
-    (temp,) = cache.iterdir()
+    # The kill hit while the first split's file was half written: only a temp file, under a name never read, and the
+    # writer's lock file (kdistill.lock), which the kernel released when the writer died.
+    temp, held = sorted(cache.iterdir(), key=lambda p: p.name.endswith(".lock"))
     assert temp.name.startswith(".tmp-") and temp.suffix == ".safetensors"
+    assert held.name.endswith(".safetensors.lock") and json.loads(held.read_text())["pid"] > 0
     with pytest.raises(Exception):
         load_file(temp)  # truncated: it would not even parse
 
@@ -310,6 +312,7 @@ def test_killed_soft_label_write_leaves_no_cache_and_the_next_run_recomputes_it(
         assert torch.equal(load_file(path)["values"], load_file(ref_path)["values"])  # the cache is a safetensors file
         assert torch.equal(values_now, load_file(ref_path)["values"])
     assert temp.exists()  # left alone: another process may be writing it (see the report)
+    assert not held.exists()  # the dead writer's lock was taken over, and released once the cache was written
 
 
 # --- security: nothing in a run directory or a model directory is executed ---------------------------------------

@@ -301,9 +301,15 @@ def test_killed_write_keeps_the_old_cache_and_leaves_only_a_named_temp_file(tmp_
         child.wait()
     assert path.read_bytes() == before
     assert torch.equal(read_cache(str(path), FP).dense(), old)
-    # The spooled tensors were unnamed files, gone with the process; the half-copied file never took the name.
-    (temp,) = [p for p in tmp_path.iterdir() if p != path]
+    # The spooled tensors were unnamed files, gone with the process; the half-copied file never took the name. The
+    # writer's lock file (kdistill.lock) stays too, naming it; the kernel released the lock, so the next writer
+    # takes it over.
+    held = tmp_path / "train.safetensors.lock"
+    assert json.loads(held.read_text())["pid"] == child.pid
+    (temp,) = [p for p in tmp_path.iterdir() if p not in (path, held)]
     assert temp.name.startswith(".tmp-") and temp.stat().st_size < 1000 * 3 * 4
+    write_cache(str(path), old, FP)
+    assert not held.exists()
 
 
 def test_write_cache_refuses_nan_and_inf(tmp_path):

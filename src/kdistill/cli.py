@@ -145,20 +145,22 @@ def _pipeline(verb: str, argv: list[str]) -> int:
     check_data_files({**flat, **_flag_values(rest, DATA_FILE_FIELDS)})
     config = parse_config(rest, flat=flat)
     from . import evaluation, pipeline
+    from .rundir import output_dir_lock
 
-    if verb in ("teach", "run"):
-        result = pipeline.teach(config)
-        if result:
-            logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
-    if verb in ("distill", "run"):
-        result = pipeline.distill(config, progress=True)
-        logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
-                                    if k not in ("loss_curve", "log_history")})
-    if verb in ("eval", "run"):
-        result = evaluation.evaluate(config, progress=True)
-        if result:  # empty on the replicas of a torchrun launch: the first process evaluates
-            print(_format_table(result))
-            print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
+    with output_dir_lock(config):  # one writer per output_dir, for the whole command
+        if verb in ("teach", "run"):
+            result = pipeline.teach(config)
+            if result:
+                logger.info("teacher: %s", {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+        if verb in ("distill", "run"):
+            result = pipeline.distill(config, progress=True)
+            logger.info("student: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
+                                        if k not in ("loss_curve", "log_history")})
+        if verb in ("eval", "run"):
+            result = evaluation.evaluate(config, progress=True)
+            if result:  # empty on the replicas of a torchrun launch: the first process evaluates
+                print(_format_table(result))
+                print(f"written: {os.path.join(config.output_dir, 'eval.json')}")
     return 0
 
 

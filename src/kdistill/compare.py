@@ -36,6 +36,7 @@ from typing import Any
 from .errors import UserError
 from .data import validation_is_test
 from .files import write_json
+from .lock import directory_lock
 from .rundir import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -369,8 +370,14 @@ def _drop_weights(run_dir: str) -> None:
 def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = True) -> dict:
     """Teacher once, soft labels once, then every unfinished cell; returns (and writes) the results dict.
 
-    With `keep_models=False` only the first run of each student keeps its weights (the speed is timed on it).
+    With `keep_models=False` only the first run of each student keeps its weights (the speed is timed on it). The
+    sweep directory is held for the whole sweep (kdistill.lock): a second `kdistill compare` there is refused.
     """
+    with directory_lock(sweep.output_dir, "sweep directory", ", or use another output_dir"):
+        return _run_sweep(sweep, argv, keep_models)
+
+
+def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
     from . import __version__, pipeline
     # Training's formatter for time left ('42s', '3m05s', '1h02m'), so a sweep's line reads like a run's.
     from .trainer import _duration as duration

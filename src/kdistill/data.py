@@ -7,7 +7,6 @@ student may tokenise the text however it likes and still find its teacher's logi
 
 import contextlib
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from .config import DataConfig, UserError
-from .files import LABELS_FILE, decode_error, relative_path_hint  # noqa: F401 - LABELS_FILE is read from here too
+from .files import LABELS_FILE, decode_error, relative_path_hint, update_json  # noqa: F401 - LABELS_FILE is read from here too
 
 logger = logging.getLogger(__name__)
 
@@ -252,9 +251,8 @@ def build_label_map(labels: list[Any], source: str = "the training data") -> dic
 
 
 def save_label_map(label2id: dict[str, int], directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, LABELS_FILE), "w", encoding="utf-8") as fh:
-        json.dump(label2id, fh, indent=2)
+    """DIRECTORY/labels.json, written (atomically) only when it does not already hold this map."""
+    update_json(os.path.join(directory, LABELS_FILE), label2id)
 
 
 def encode_labels(table: datasets.Dataset, data: DataConfig, label2id: dict[str, int], source: str) -> list[int]:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import torch
 
 from .errors import UserError
-from .files import write_json
+from .files import update_json
 from .config import RunConfig
 from .data import split_file
 from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
-from .rundir import check_evaluated_run, is_main, paths, teacher_dir
+from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, teacher_dir
 from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer
 from .tasks.base import stack_labels
@@ -123,6 +123,7 @@ def speed(config: RunConfig) -> dict:
     return out
 
 
+@holding_output_dir
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
 
@@ -163,5 +164,5 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
         result["teacher"].update(timing["teacher"])
         result["speedup_b1"], result["speedup_b64"] = timing["speedup_b1"], timing["speedup_b64"]
     result["compression"] = result["teacher"]["parameters"] / result["student"]["parameters"]
-    write_json(p.eval, result)
+    update_json(p.eval, result)  # the same scores again: nothing written (a read-only finished run can be evaluated)
     return result

@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .errors import UserError
 
@@ -19,13 +21,55 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; an output is as readable as any new file
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; an output is as readable as any new file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """A directory made whole or not at all: yields a temp directory beside `path` (same file system) to fill, which
+    on a clean exit is renamed onto `path`; an old `path` is moved aside and removed only then. On an exception the
+    temp directory goes and `path` stays as it was. A process killed while filling it leaves a `.tmp-NAME-*`
+    directory beside `path`, never a half-made `path` (`stale_siblings` finds such leftovers)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an output is as readable as any new directory
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f".old-{name}-", dir=parent)
+            os.replace(path, old)  # onto the empty directory just made
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_siblings(path: str) -> list[str]:
+    """What `atomic_directory(path)` calls killed midway left beside `path` (for a caller that holds `path`'s lock,
+    so no live process is filling them)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return []
+    return sorted(os.path.join(parent, n) for n in os.listdir(parent)
+                  if n.startswith((f".tmp-{name}-", f".old-{name}-")) and os.path.isdir(os.path.join(parent, n)))
 
 
 def write_text(path: str, text: str) -> None:
@@ -42,6 +86,20 @@ def write_json(path: str, value: dict) -> None:
             json.dump(value, fh, indent=2, default=str)
 
     atomic_write(path, write)
+
+
+def update_json(path: str, value: dict) -> bool:
+    """`write_json`, unless `path` already holds exactly these bytes: a rerun that changes nothing writes nothing
+    (so it works in a read-only directory, and leaves the file's mtime alone). Returns whether it wrote."""
+    text = json.dumps(value, indent=2, default=str)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text(path, text)
+    return True
 
 
 def relative_path_hint(path: str) -> str:

@@ -23,6 +23,7 @@ from .losses import ensemble_logits, needs
 from .rundir import (
     checkpoint_step,
     check_output_dir,
+    holding_output_dir,
     is_main,
     paths,
     resume_point,
@@ -204,6 +205,7 @@ def out_of_fold_logits(config: RunConfig, progress: bool = False) -> tuple[torch
     return logits, {"folds": k, "seed": seed, "fold_of_row": fold_of, "per_fold": per_fold}
 
 
+@holding_output_dir
 def teach(config: RunConfig) -> dict[str, float]:
     """Fine-tune the teacher on the gold labels (or check the given fine-tuned ones). Returns its eval metrics."""
     p = paths(config)
@@ -322,6 +324,7 @@ def _concat_sources(sources: dict[str, list], order: list[str]) -> list:
     return [ConcatSources([sources[s][i] for s in order if s in sources]) for i in range(count)]
 
 
+@holding_output_dir
 def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     """Train the student on the configured objective; save it in <output_dir>/student. Returns train metrics."""
     p = paths(config)

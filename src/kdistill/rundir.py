@@ -9,13 +9,16 @@ The one owner of where a run's files lie; pipeline, compare and export all ask i
     student/            the trained student, its tokenizer and checkpoints
     eval.json           quality, fidelity, calibration, size and speed
     export/             what `kdistill export` writes
+    .kdistill.lock      while a command writes here: which process it is (kdistill.lock)
 """
 
+import functools
 import json
 import logging
 import os
 import pickle
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -26,7 +29,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .config import DataConfig, RunConfig, config_to_dict, teacher_list
 from .data import LABELS_FILE
 from .errors import UserError
-from .files import write_json
+from .files import update_json
+from .lock import directory_lock
 from .students import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,25 @@ def is_main(config: RunConfig) -> bool:
     return config.distill.process_index == 0
 
 
+def output_dir_lock(config: RunConfig) -> AbstractContextManager:
+    """Hold the run's output_dir for this process (kdistill.lock.directory_lock): a second kdistill process writing
+    there is refused with one line naming this one. The first process of a torchrun/accelerate launch holds it for
+    all of them (the others write nothing of kdistill's)."""
+    return directory_lock(config.output_dir) if is_main(config) else nullcontext()
+
+
+def holding_output_dir(step):
+    """Decorator: the step `step(config, ...)` runs holding its output_dir. The CLI holds it for the whole command
+    (`kdistill run` is three steps); this covers the steps called from Python."""
+
+    @functools.wraps(step)
+    def held(config: RunConfig, *args, **kwargs):
+        with output_dir_lock(config):
+            return step(config, *args, **kwargs)
+
+    return held
+
+
 def _tracked(record: dict[str, dict[str, Any]], sections: tuple[str, ...]) -> dict[str, Any]:
     """The fields of a run record that define what the run trains, as {"section.field": value}."""
     out = {}
@@ -142,6 +165,33 @@ def _read_record(path: str) -> dict:
 def _record_difference(old: dict, config: RunConfig, sections: tuple[str, ...]) -> str | None:
     """The first tracked field in which `config` differs from a run's record, as 'section.field=old, not new'."""
     return _first_difference(_tracked(old, sections), _tracked(config_to_dict(config), sections))
+
+
+# Fields that name where a run writes, not what it reads.
+_OUTPUT_FIELDS = ("output_dir", "logging_dir")
+
+
+def _inputs(config: RunConfig) -> list[tuple[str, str]]:
+    """(field, path) for each existing file or directory the config names: everything the run reads (teachers, data
+    files, the soft-label cache, a checkpoint to resume from, a DeepSpeed config, ...), found as the run finds it."""
+    named = []
+    for values in config_to_dict(config).values():
+        for key, value in values.items():
+            if key not in _OUTPUT_FIELDS:
+                named += [(key, v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v]
+    named += [("teachers", resolve_model_path(model)) for model, _ in teacher_list(config.teacher) if model]
+    return [(key, path) for key, path in named if os.path.exists(path)]
+
+
+def _check_inputs_survive(config: RunConfig, doomed: list[str]) -> None:
+    """--overwrite deletes `doomed`: refuse if one of them is, or holds, something this run reads."""
+    for product in doomed:
+        real = os.path.realpath(product)
+        for key, path in _inputs(config):
+            target = os.path.realpath(path)
+            if target == real or target.startswith(real.rstrip(os.sep) + os.sep):
+                raise UserError(f"output_dir {config.output_dir}: --overwrite would delete {product}, which holds this "
+                                f"run's {key} {path}; move it out of {product}, or use another output_dir")
 
 
 def _remove(path: str) -> None:
@@ -197,7 +247,9 @@ def check_output_dir(config: RunConfig, verb: str) -> list[str]:
         reason = diff and f"it holds a run made with {diff}"
     if reason and not config.distill.overwrite:
         raise UserError(f"output_dir {out}: {reason}; use another output_dir, or pass --overwrite to replace that run")
-    return existing if config.distill.overwrite and (reason or verb == "distill") else []
+    doomed = existing if config.distill.overwrite and (reason or verb == "distill") else []
+    _check_inputs_survive(config, doomed)
+    return doomed
 
 
 def check_evaluated_run(config: RunConfig) -> None:
@@ -243,14 +295,15 @@ def recorded_values(run_dir: str) -> dict[str, Any]:
 
 
 def take_output_dir(config: RunConfig, stale: list[str]) -> None:
-    """Delete `stale` (from check_output_dir) and record this run's config in output_dir/run_config.json."""
+    """Delete `stale` (from check_output_dir) and record this run's config in output_dir/run_config.json (left as it
+    is when it holds this config already: a rerun of a finished run writes nothing, so it works read-only)."""
     if not is_main(config):
         return
     if stale:
         logger.warning("overwrite: deleting %s", ", ".join(stale))
         for path in stale:
             _remove(path)
-    write_json(paths(config).record, config_to_dict(config))
+    update_json(paths(config).record, config_to_dict(config))
 
 
 
@@ -337,15 +390,22 @@ def load_run(run_dir: str) -> Run:
     """Read a run directory; a directory that is not a finished kdistill run is a UserError naming what is missing."""
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir}: no such directory")
-    needed = [RUN_CONFIG, LABELS_FILE, os.path.join("student", "config.json")]
+    # The student's own label map (every `distill` writes it, and it is the map of the model exported), else the
+    # run's (written by `teach`; older runs have only that one).
+    labels = next((path for path in (os.path.join(RunPaths(run_dir).student, LABELS_FILE), RunPaths(run_dir).labels)
+                   if os.path.isfile(path)), None)
+    needed = [RUN_CONFIG, os.path.join("student", "config.json")]
     missing = [n for n in needed if not os.path.isfile(os.path.join(run_dir, n))]
+    if labels is None:
+        missing.insert(1, LABELS_FILE)
     if missing:
         raise UserError(
             f"{run_dir} is not a kdistill run directory (no {', '.join(missing)}); "
-            "give the output_dir of a finished `kdistill run` or `kdistill distill`"
+            "give the output_dir of a finished `kdistill run` or `kdistill distill`, or a finished cell of a `kdistill "
+            "compare` sweep"
         )
     config = read_json(os.path.join(run_dir, RUN_CONFIG))
-    label2id = {str(k): int(v) for k, v in read_json(os.path.join(run_dir, LABELS_FILE)).items()}
+    label2id = {str(k): int(v) for k, v in read_json(labels).items()}
     eval_path = os.path.join(run_dir, EVAL_FILE)
     evaluation = read_json(eval_path) if os.path.isfile(eval_path) else None
     return Run(run_dir, config, label2id, evaluation)

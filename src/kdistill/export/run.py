@@ -6,6 +6,8 @@ import logging
 import os
 import platform
 import shlex
+import shutil
+from contextlib import ExitStack
 from importlib import metadata
 
 import torch
@@ -18,7 +20,8 @@ from ..rundir import Run, data_config, load_run, run_teacher_dir as teacher_dir
 from ..tasks import get_task
 from ..tasks.base import stack_labels
 from ..evaluation import size_on_disk
-from ..files import write_json, write_text
+from ..files import atomic_directory, stale_siblings, write_json, write_text
+from ..lock import directory_lock
 from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, model_facts, pct, summary
 from ..soft_labels import predict_logits
 from ..students import count_parameters, load_classifier, load_tokenizer
@@ -114,8 +117,51 @@ def export_run(
                               "--speed_batches", str(speed_batches), "--speed_rounds", str(speed_rounds)])
 
     run = load_run(run_dir)
-    out = out or os.path.join(run_dir, "export")
-    os.makedirs(out, exist_ok=True)
+    target = out or os.path.join(run_dir, "export")
+    _check_target(target, run_dir)
+    with ExitStack() as held:
+        # One writer: the run (read, and by default written into) and the directory the export goes into.
+        held.enter_context(directory_lock(run_dir, "run directory", ""))
+        held.enter_context(directory_lock(os.path.dirname(os.path.abspath(target)), "directory", ""))
+        for stale in stale_siblings(target):  # a killed export's leftovers; the lock says no one is filling them
+            logger.info("removing %s, left by an export that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        # Written beside the target and renamed into place once complete: a killed export leaves no half export
+        # (and an old export stays until the new one is whole).
+        with atomic_directory(target) as out:
+            report = _export(run, run_dir, target, out, int8, teacher, rows, data_file, speed_batches, speed_rounds,
+                             command)
+    if "int8" in report and not report["int8"]["agreement_met"]:
+        logger.warning("int8 agrees with fp32 on %s of rows, below the %s target; see %s",
+                       pct(report["int8"]["agreement_with_fp32"]), pct(INT8_AGREEMENT_TARGET), CARD_FILE)
+    if not report["passed"]:
+        logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)",
+                     report["parity"]["bound"], REPORT_FILE)
+    return report
+
+
+# What an export directory holds (any of these): a directory holding other things is not replaced by one.
+_EXPORT_MARKS = (REPORT_FILE, FP32_FILE, INT8_FILE)
+
+
+def _check_target(target: str, run_dir: str) -> None:
+    """The export replaces `target` whole: refuse one that is (or holds) the run, a file, or a directory with other
+    things in it than an earlier export."""
+    real, run = os.path.realpath(target), os.path.realpath(run_dir)
+    if real == run or run.startswith(real.rstrip(os.sep) + os.sep):
+        raise UserError(f"--out {target} is the run directory or holds it; give the export a directory of its own "
+                        f"(default {os.path.join(run_dir, 'export')})")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise UserError(f"--out {target} is a file; give a directory (it is created if missing)")
+    if os.path.isdir(target) and os.listdir(target) and \
+            not any(os.path.isfile(os.path.join(target, mark)) for mark in _EXPORT_MARKS):
+        raise UserError(f"--out {target} holds files that are not a kdistill export, and an export replaces the "
+                        "directory whole; give an empty or new directory")
+
+
+def _export(run: Run, run_dir: str, target: str, out: str, int8: bool, teacher: bool, rows: int,
+            data_file: str | None, speed_batches: int, speed_rounds: int, command: str) -> dict:
+    """The export itself, written into `out` (the staging directory that becomes `target`)."""
     need_teacher = teacher or speed_batches > 0
     tdir = teacher_dir(run) if need_teacher else None
 
@@ -136,7 +182,7 @@ def export_run(
         "machine": machine(),
         "versions": versions(),
         "run_dir": run_dir,
-        "out": out,
+        "out": target,
         "inputs": names,
         "output": "logits",
         "task": task.name,
@@ -172,12 +218,6 @@ def export_run(
     write_json(os.path.join(out, REPORT_FILE), report)
     write_text(os.path.join(out, CARD_FILE), model_card(report, run.config, run.evaluation))
 
-    if "int8" in report and not report["int8"]["agreement_met"]:
-        logger.warning("int8 agrees with fp32 on %s of rows, below the %s target; see %s",
-                       pct(report["int8"]["agreement_with_fp32"]), pct(INT8_AGREEMENT_TARGET), CARD_FILE)
-    if not report["passed"]:
-        logger.error("PARITY FAILED: ONNX logits differ from PyTorch's by more than %g (see %s)",
-                     report["parity"]["bound"], REPORT_FILE)
     return report
 
 

@@ -10,6 +10,7 @@ across the processes and the first one writes the cache.
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, UserError
 from ..data import load_split, split_file, split_limit
 from ..files import write_json
+from ..lock import file_lock
 from ..rundir import is_main, paths, teachers
 from ..students import resolve_model_path
 from .cache import FORMAT_V1, cache_path, read_cache
@@ -160,36 +162,44 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                                 learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
             fp = fingerprint(tdir, path, {**settings, "task": data.task, **PAYLOAD})
             file = cache_path(cache, "train-oof" if oof else split, fp)
-            stored = read_cache(file, fp)
-            if stored is None and data.task == "sequence_classification":
-                stored = _v1_cache(cache, "train-oof" if oof else split, tdir, path, settings)
-            cached = _from_first_process(stored is not None, together)  # one decision: every process takes one path
-            if cached and stored is None:
-                raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
-                                "soft_label_cache) must be on a file system every process shares")
-            if not cached:
-                if oof:
-                    from ..pipeline import out_of_fold_logits  # fold teachers train through the pipeline's trainer
+            with ExitStack() as held:
+                stored = read_cache(file, fp)
+                if stored is None and data.task == "sequence_classification":
+                    stored = _v1_cache(cache, "train-oof" if oof else split, tdir, path, settings)
+                if stored is None and is_main(config):
+                    # Another process (a run sharing this cache) may be making this very file: wait for it, then look
+                    # again, rather than compute it twice. Held until the file is written (kdistill.lock).
+                    held.enter_context(file_lock(file, f"soft-label cache {file}"))
+                    stored = read_cache(file, fp)
+                cached = _from_first_process(stored is not None, together)  # one decision: every process takes one path
+                if cached and stored is None:
+                    raise UserError(f"{file} is cached for the first process but unreadable here: output_dir (or "
+                                    "soft_label_cache) must be on a file system every process shares")
+                if not cached:
+                    if oof:
+                        from ..pipeline import out_of_fold_logits  # fold teachers train through the pipeline's trainer
 
-                    # Every process takes part: the fold teachers train data-parallel like any Trainer run.
-                    logits, record = out_of_fold_logits(config, progress)
-                    if is_main(config):
-                        write_json(file.replace(".safetensors", ".json"), record)
-                        write_cache(file, logits, fp, **PAYLOAD)
+                        # Every process takes part: the fold teachers train data-parallel like any Trainer run.
+                        logits, record = out_of_fold_logits(config, progress)
+                        if is_main(config):
+                            write_json(file.replace(".safetensors", ".json"), record)
+                            write_cache(file, logits, fp, **PAYLOAD)
+                    else:
+                        model, tokenizer = loader(tdir)
+                        logits = _stream_to_cache(config, file, fp, split, model, tokenizer, progress, together)
+                    _barrier(together)
+                    # Read back lazily (the first process wrote it); a process that cannot see it keeps what it
+                    # computed.
+                    stored = read_cache(file, fp) if is_main(config) or logits is None else None
+                    if stored is None:
+                        if logits is None:
+                            raise UserError(f"{file} was written by the first process but is unreadable here: "
+                                            "output_dir (or soft_label_cache) must be on a file system every process "
+                                            "shares")
+                        stored = logits
+                    logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(stored), file)
                 else:
-                    model, tokenizer = loader(tdir)
-                    logits = _stream_to_cache(config, file, fp, split, model, tokenizer, progress, together)
-                _barrier(together)
-                # Read back lazily (the first process wrote it); a process that cannot see it keeps what it computed.
-                stored = read_cache(file, fp) if is_main(config) or logits is None else None
-                if stored is None:
-                    if logits is None:
-                        raise UserError(f"{file} was written by the first process but is unreadable here: output_dir "
-                                        "(or soft_label_cache) must be on a file system every process shares")
-                    stored = logits
-                logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(stored), file)
-            else:
-                logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
+                    logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
             out[split].append(stored)
     return out
 

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..lock import file_lock
 from .cache import (BLOCK, FORMAT, NP_DTYPES, ORDER, PAYLOADS, VALUE_DTYPES, _not_finite, _Spec, check_finite,
                     header_bytes)
 
@@ -79,13 +80,22 @@ class CacheWriter:
         self.rows = self.items = 0
         self._ragged = self._broken = False
         self._spools: dict[str, BinaryIO] = {}
+        self._lock = None
 
     def __enter__(self) -> "CacheWriter":
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, exist_ok=True)
-        names = ("offsets", "values") if self.payload == "dense" else ORDER
-        self._spools = {name: tempfile.TemporaryFile(dir=directory) for name in names}
-        self._spools["offsets"].write(np.zeros(1, dtype=np.int64).data)
+        # One writer per cache file: a second process writing the same file waits here (kdistill.lock). The soft-
+        # label pass holds this lock already (it waits before computing, not after), which makes this one a no-op.
+        self._lock = file_lock(self.path, f"soft-label cache {self.path}")
+        self._lock.__enter__()
+        try:
+            names = ("offsets", "values") if self.payload == "dense" else ORDER
+            self._spools = {name: tempfile.TemporaryFile(dir=directory) for name in names}
+            self._spools["offsets"].write(np.zeros(1, dtype=np.int64).data)
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -93,9 +103,15 @@ class CacheWriter:
             if exc_type is None:
                 self._finish()
         finally:
-            for spool in self._spools.values():
-                spool.close()
-            self._spools = {}
+            self._close()
+
+    def _close(self) -> None:
+        for spool in self._spools.values():
+            spool.close()
+        self._spools = {}
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
     def add(self, logits: Rows) -> None:
         """Append rows of full logits: a [rows, classes] tensor (one item per row) or a list of [items_i, classes]
