@@ -122,6 +122,26 @@ def load(port: int, clients: int, requests: int, texts: list[str], malformed_eve
             "malformed": len(bad), "malformed_not_4xx": sum(not 400 <= s < 500 for s in bad)}
 
 
+def model_alone(export: str, texts: list[str], rounds: int = 3) -> dict:
+    """The most batching can give here: the model's texts per second one text a call, and 16 a call (sorted by
+    length, as the server batches), on the same texts, in this process, turn about."""
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from kdistill.deploy.runtime import ExportedModel
+
+    model = ExportedModel.load(export)
+    sample = texts[:512]
+    seconds: dict[int, list[float]] = {1: [], 16: []}
+    model.logits(sample[:64])  # warm-up
+    for _ in range(rounds):
+        for size in seconds:
+            t0 = time.perf_counter()
+            for i in range(0, len(sample), size):
+                model.logits(sample[i:i + size])
+            seconds[size].append(time.perf_counter() - t0)
+    rates = {size: len(sample) / statistics.median(s) for size, s in seconds.items()}
+    return {"texts_per_s_1_a_call": rates[1], "texts_per_s_16_a_call": rates[16], "batch_16_over_1": rates[16] / rates[1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", required=True, help="an export directory (kdistill export RUN_DIR --format onnx)")
@@ -133,6 +153,7 @@ def main() -> None:
     with open(SST2_DEV, encoding="utf-8") as fh:
         next(fh)
         texts = [line.split("\t")[0].strip() for line in fh if line.strip()]
+    alone = model_alone(args.export, texts)
     cells, memory = [], {}
     for setting, flags in SETTINGS.items():
         port = free_port()
@@ -168,12 +189,13 @@ def main() -> None:
         "mixed_good_p99_ms": mixed["p99_ms"],
         "mixed_malformed_not_4xx": mixed["malformed_not_4xx"],
         "server_peak_rss_mib": memory,
+        "model_alone_batch_16_over_1": alone["batch_16_over_1"],
     }
     result = {"summary": summary, "date": bench_env.now_utc(), "machine": bench_env.machine(),
               "versions": bench_env.versions(),
               "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
               "export": os.path.abspath(args.export), "settings": SETTINGS, "requests_per_client": args.requests,
-              "cells": cells}
+              "cells": cells, "model_alone": alone}
     lines = [
         f"# kdistill serve under load ({result['date']})", "",
         f"Machine: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_flags'])}), "
@@ -187,6 +209,10 @@ def main() -> None:
         f"At {top} clients batching serves {summary['batching_speedup']:.2f}x the requests per second of one-at-a-time "
         f"serving (target >= {SPEEDUP_TARGET}x), p99 {on['p99_ms']:.1f} ms (target < {P99_TARGET_MS:g} ms). "
         f"Server peak memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items()) + ".",
+        "",
+        f"The model alone, in this process on the same texts: {alone['texts_per_s_1_a_call']:.0f} texts/s one a "
+        f"call, {alone['texts_per_s_16_a_call']:.0f} texts/s 16 a call sorted by length "
+        f"({alone['batch_16_over_1']:.2f}x): the most batching can add where the model is the bottleneck.",
     ]
     table = "\n".join(lines)
     print(table)
