@@ -15,7 +15,9 @@
 Flags of teach, distill, eval and run are the config's field names and override the YAML. A verb parses its
 arguments, calls library functions with typed arguments and prints what they return; the library prints nothing.
 Heavy modules (torch, transformers) are imported inside the verbs, so `kdistill --help` answers at once. A user
-error ends in one line on stderr and exit 2.
+error ends in one line on stderr and exit 2: a UserError, and an OSError (a file that cannot be read or written: the
+path and why, permission denied, is a directory, no space left on device, ...), a full disk included when a library
+wrapped it (torch.save's "file write failed" while a checkpoint is saved).
 """
 
 import argparse
@@ -26,7 +28,7 @@ import os
 import shlex
 import sys
 
-from .errors import UserError, raise_on_usage_error
+from .errors import UserError, os_error_line, raise_on_usage_error, write_failure_line
 
 logger = logging.getLogger("kdistill")
 
@@ -451,6 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdistill: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a file the user can fix: unreadable, a directory, a full or read-only disk
+        logger.debug("the error's traceback", exc_info=True)
+        print(f"kdistill: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        line = write_failure_line(err)  # a full disk, wrapped by torch.save or safetensors (a checkpoint being saved)
+        if line is None:
+            raise
+        logger.debug("the error's traceback", exc_info=True)
+        print(f"kdistill: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

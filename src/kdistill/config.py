@@ -23,13 +23,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UserError, raise_on_usage_error
+from .errors import ConfigError, UserError, raise_on_usage_error
+from .files import relative_path_hint, undecodable_at
 from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
 from .tasks import TASKS
-
-
-class ConfigError(UserError):
-    """A configuration a user wrote is invalid; the message says what to change."""
+from .validate import check_fields
 
 
 STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained", "bilstm")
@@ -85,14 +83,21 @@ class DataConfig:
     max_transfer_samples: int | None = field(default=None, metadata={"help": "Use only the first N transfer rows."})
 
     def __post_init__(self):
+        check_fields("data", self)
         if self.task not in TASKS:
             raise ConfigError(f"data: task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.train_file is None and self.dataset_name is None:
             raise ConfigError("data: set train_file (or dataset_name for a hub data set)")
         if self.train_sample_seed is not None and self.max_train_samples is None:
             raise ConfigError("data: train_sample_seed draws max_train_samples rows at random; set max_train_samples")
-        if self.max_length < 8:
-            raise ConfigError(f"data: max_length must be at least 8, got {self.max_length}")
+        named = [(k, getattr(self, k)) for k in ("text_column", "text_pair_column", "label_column") if getattr(self, k)]
+        for i, (key, name) in enumerate(named):
+            for other, same in named[:i]:
+                if same == name:
+                    raise ConfigError(f"data: {other} and {key} are both {name!r}; each must name a column of its own")
+        for i, name in enumerate(self.column_names or []):
+            if name in self.column_names[:i]:
+                raise ConfigError(f"data: column_names holds {name!r} twice; give each column a name of its own")
         try:
             codecs.lookup(self.encoding)
         except LookupError:
@@ -150,6 +155,7 @@ class TeacherConfig:
     )
 
     def __post_init__(self):
+        check_fields("teacher", self)
         if self.teacher_calibration not in TEACHER_CALIBRATIONS:
             raise ConfigError(f"teacher: teacher_calibration must be one of {', '.join(TEACHER_CALIBRATIONS)}, got "
                               f"{self.teacher_calibration!r}")
@@ -168,8 +174,6 @@ class TeacherConfig:
                 raise ConfigError("teacher: teachers lists fine-tuned teachers; set teacher_train: false (and no "
                                   "teacher_folds)")
             self.teachers = json.dumps(entries)
-        if self.teacher_epochs <= 0 or self.teacher_learning_rate <= 0 or self.teacher_batch_size <= 0:
-            raise ConfigError("teacher: teacher_epochs, teacher_learning_rate and teacher_batch_size must be > 0")
         if self.teacher_folds == 1 or self.teacher_folds < 0:
             raise ConfigError(f"teacher: teacher_folds must be 0 (off) or at least 2, got {self.teacher_folds}")
         if self.teacher_folds and not (self.teacher_train or self.teacher_backbone):
@@ -225,6 +229,7 @@ class StudentConfig:
     )
 
     def __post_init__(self):
+        check_fields("student", self)
         if self.student_init not in STUDENT_INITS:
             raise ConfigError(f"student: student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
         if isinstance(self.student_config_overrides, dict):
@@ -235,17 +240,21 @@ class StudentConfig:
             raise ConfigError("student: student_init=from_pretrained needs student_model")
         if self.student_layers is not None and self.student_num_layers is not None:
             raise ConfigError("student: set student_layers or student_num_layers, not both")
+        if self.student_layers is not None:
+            # The range needs the teacher's layer count: validate.check_run checks it before anything loads.
+            layers = self.student_layers
+            if not isinstance(layers, (list, tuple)) or not layers or \
+                    any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                raise ConfigError(f"student: student_layers must be a non-empty list of teacher layer indices "
+                                  f"(0-based), got {layers!r}")
+            twice = sorted({i for i in layers if layers.count(i) > 1})
+            if twice:
+                raise ConfigError(f"student: student_layers lists layer(s) {', '.join(map(str, twice))} more than "
+                                  f"once ({layers}); a student copies each teacher layer at most once")
         if self.student_init == "bilstm":
             if self.student_model or self.student_tokenizer:
                 raise ConfigError("student: student_init=bilstm builds its model and word tokenizer from the training "
                                   "data; unset student_model and student_tokenizer")
-            # 3 special tokens ([PAD], [UNK], [MASK]) and at least one word.
-            if self.bilstm_vocab_size < 4 or min(self.bilstm_embedding_dim, self.bilstm_hidden_size,
-                                                 self.bilstm_classifier_size) < 1:
-                raise ConfigError("student: bilstm_vocab_size must be at least 4, bilstm_embedding_dim, "
-                                  "bilstm_hidden_size and bilstm_classifier_size at least 1")
-            if not 0.0 <= self.bilstm_dropout < 1.0:
-                raise ConfigError(f"student: bilstm_dropout must be in [0, 1), got {self.bilstm_dropout}")
 
     def overrides(self) -> dict[str, Any]:
         if not self.student_config_overrides:
@@ -296,7 +305,8 @@ class DistillationConfig(TrainingArguments):
     speed_batches: int = field(default=20, metadata={"help": "Timed batches per speed measurement in eval (0 skips it)."})
     train_sampling_strategy: str = field(
         default="group_by_length",
-        metadata={"help": "Sampler: 'group_by_length' (default here), 'random', 'sequential' or 'batch_rebalance'."},
+        metadata={"help": "Sampler: 'group_by_length' (default here), 'random', 'sequential' or 'batch_rebalance'.",
+                  "choices": ["group_by_length", "random", "sequential", "batch_rebalance"]},
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the student."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of student training."})
@@ -309,12 +319,12 @@ class DistillationConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator selects columns."})
 
     def __post_init__(self):
+        check_fields("distill", self)
+        if not (self.num_train_epochs > 0 or self.max_steps > 0):
+            raise ConfigError("distill: num_train_epochs must be > 0 (or max_steps set), "
+                              f"got {self.num_train_epochs!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"distill: strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"distill: temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"distill: alpha must be in [0, 1], got {self.alpha}")
         if self.soft_loss not in SOFT_LOSSES:
             raise ConfigError(f"distill: soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss!r}")
         if self.soft_label_source not in SOFT_LABEL_SOURCES:
@@ -404,13 +414,41 @@ def flatten_yaml(raw: Any, source: str = "config") -> dict[str, Any]:
     return flat
 
 
+class _Alias(yaml.YAMLError):
+    def __init__(self, event: yaml.Event):
+        self.line = event.start_mark.line + 1
+        self.mark = f"*{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"&{event.anchor}"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing anchors and aliases: a 1 KB file of nested aliases expands into gigabytes
+    when the config is serialised (run_config.json), and a config has no need of them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Alias(event)
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
-    """The YAML document in `path` (read with `yaml.safe_load`); a missing or malformed file is a ConfigError."""
+    """The YAML document in `path` (yaml.safe_load's rules, without anchors and aliases); a file that is missing,
+    a directory, unreadable, not UTF-8 or not valid YAML is a one-line ConfigError (other OSErrors go to the CLI)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory; give a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} cannot be read: permission denied") from None
+    except UnicodeDecodeError as err:
+        where = undecodable_at(str(path), "utf-8") or err.reason
+        raise ConfigError(f"{what} {path} is not valid UTF-8 text ({where}); save it as UTF-8") from None
+    except _Alias as err:
+        raise ConfigError(f"{what} {path}, line {err.line}: YAML anchors and aliases ({err.mark}) are not allowed "
+                          "in config files; write the value out") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
 
@@ -486,10 +524,10 @@ DATA_FILE_FIELDS = ("train_file", "validation_file", "test_file", "transfer_file
 
 def check_data_files(values: dict[str, Any]) -> None:
     """Every data file a flat config names exists: said before anything heavy loads (the loader checks the rest)."""
-    from .files import relative_path_hint
-
     for key in DATA_FILE_FIELDS:
         path = values.get(key)
+        if isinstance(path, str) and path and os.path.isdir(path):
+            raise ConfigError(f"data: {key} {path} is a directory; give a data file")
         if isinstance(path, str) and path and not os.path.isfile(path):
             raise ConfigError(f"data file not found: {path}{relative_path_hint(path)}")
 

@@ -83,7 +83,11 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
     return table
 
 
-def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
+def _check_path(path: str, data: DataConfig) -> str:
+    """A data file that is there, a file, of a known format, not empty and (csv/tsv) with a row; returns its
+    extension."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not a data file")
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}{relative_path_hint(path)}")
     ext = os.path.splitext(path)[1].lower()
@@ -91,6 +95,13 @@ def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset
         raise UserError(f"{path}: unknown data format {ext!r}; use one of {', '.join(FORMATS)}")
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: the file is empty")
+    if ext in (".csv", ".tsv") and not _has_rows(path, header=not data.column_names):
+        # datasets would fail with 'Instruction "data" corresponds to no data!' on a header-only file.
+        raise UserError(f"{path}: the file holds no rows" + ("" if data.column_names else " below its header"))
+    return ext
+
+
+def _csv_options(ext: str, data: DataConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if ext == ".tsv":
         # SST-2 and AG News hold bare quote characters; QUOTE_NONE keeps them as text.
@@ -99,31 +110,128 @@ def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset
         kwargs["encoding"] = data.encoding
     if ext in (".csv", ".tsv") and data.column_names:
         kwargs.update(column_names=list(data.column_names), header=None)
-    if ext in (".csv", ".tsv") and not _has_rows(path, header=not data.column_names):
-        # datasets would fail with 'Instruction "data" corresponds to no data!' on a header-only file.
-        raise UserError(f"{path}: the file holds no rows" + ("" if data.column_names else " below its header"))
+    return kwargs
+
+
+def _columns(data: DataConfig, labelled: bool) -> list[str]:
+    """The columns a split reads: the text (and pair) column, and the label column of a labelled one."""
+    return [data.text_column, *([data.text_pair_column] if data.text_pair_column else []),
+            *([data.label_column] if labelled else [])]
+
+
+def _not_scalar(kind: pa.DataType | None) -> str | None:
+    """What a column of Arrow type `kind` holds if it is not one value per row ('lists', 'structs', ...), else None."""
+    if kind is None:
+        return None
+    if pa.types.is_dictionary(kind):
+        return _not_scalar(kind.value_type)
+    for test, what in ((pa.types.is_list, "lists"), (pa.types.is_large_list, "lists"),
+                       (pa.types.is_fixed_size_list, "lists"), (pa.types.is_struct, "structs"),
+                       (pa.types.is_map, "mappings"), (pa.types.is_binary, "bytes"),
+                       (pa.types.is_large_binary, "bytes"), (pa.types.is_nested, "nested values")):
+        if test(kind):
+            return what
+    return None
+
+
+def check_columns(path: str, types: dict[str, pa.DataType | None], data: DataConfig, labelled: bool) -> None:
+    """The columns a split reads are among `types` (a file's columns and their Arrow types, None where not yet
+    known) and hold one value per row: a list, a struct or bytes would become a text like "['a', 'b']"."""
+    for column in _columns(data, labelled):
+        if column not in types:
+            raise UserError(
+                f"{path}: no column {column!r} (columns: {', '.join(types)}); "
+                "set text_column / label_column, or column_names for a file without a header"
+            )
+    for column in _columns(data, labelled):
+        what = _not_scalar(types[column])
+        if what:
+            role = "label" if labelled and column == data.label_column else "text"
+            need = "a string, an integer or a boolean" if role == "label" else "a string"
+            raise UserError(f"{path}: column {column!r} holds {what} ({types[column]}), but each row's {role} must "
+                            f"be {need}; flatten the column or point {role}_column at another")
+
+
+def _first_row_types(path: str, encoding: str) -> dict[str, pa.DataType | None] | None:
+    """The keys of a JSON Lines file's first row and the Arrow types of its values; None if the file is not JSON
+    Lines (a JSON array, a pretty-printed object): only datasets' full read tells its columns."""
+    import json
+
+    with open(path, encoding=encoding) as fh:
+        line = ""
+        while not line.strip():
+            line = fh.readline(1 << 20)
+            if not line:
+                return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    types: dict[str, pa.DataType | None] = {}
+    for key, value in row.items():
+        try:
+            types[str(key)] = None if value is None else pa.array([value]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            types[str(key)] = None
+    return types
+
+
+def _peek_columns(path: str, ext: str, data: DataConfig) -> dict[str, pa.DataType | None] | None:
+    """A data file's columns (and their types where the file says) from its schema, header or first row; None when
+    only a full read can tell."""
+    kwargs = _csv_options(ext, data)
+    try:
+        if ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            return {f.name: f.type for f in pq.read_schema(path)}
+        if ext in (".csv", ".tsv"):
+            if data.column_names:
+                return dict.fromkeys(data.column_names)
+            import pandas as pd
+
+            # What datasets' csv reader (pandas) makes of the header: the same names, a BOM dropped, repeats renamed.
+            header = pd.read_csv(path, sep=kwargs.get("delimiter", ","), encoding=data.encoding, nrows=0,
+                                 quoting=kwargs.get("quoting", csv.QUOTE_MINIMAL))
+            return dict.fromkeys(str(c) for c in header.columns)  # csv values are scalars: no types to check
+        return _first_row_types(path, data.encoding)
+    except UnicodeDecodeError as err:
+        raise decode_error(path, data.encoding, err) from None
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 - a file its reader cannot parse: the full read says why, in one line
+        return None
+
+
+def check_file(path: str, data: DataConfig, labelled: bool = True) -> None:
+    """What can be told of a data file without reading it whole, before any model loads: it is there, a file of a
+    known format, not empty, and the columns a split reads are in it, one value per row (see check_columns)."""
+    columns = _peek_columns(path, _check_path(path, data), data)
+    if columns is not None:
+        check_columns(path, columns, data, labelled)
+
+
+def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
+    ext = _check_path(path, data)
     try:
         with _quiet_datasets():
-            table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
+            table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data",
+                                          **_csv_options(ext, data))
     except UnicodeDecodeError as err:
         raise decode_error(path, data.encoding, err) from None
     except Exception as err:  # datasets wraps parser errors in many types; the user needs the first line only
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError):
             raise decode_error(path, data.encoding, cause) from None
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise cause from None  # unreadable, or a full disk under datasets' cache: the CLI names the path and why
         raise UserError(f"{path}: could not be read as {FORMATS[ext]}: {str(cause).splitlines()[0]}") from None
     if len(table) == 0:
         raise UserError(f"{path}: the file holds no rows")
-    needed = [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
-    if labelled:
-        needed.append(data.label_column)
-    for column in needed:
-        if column not in table.column_names:
-            raise UserError(
-                f"{path}: no column {column!r} (columns: {', '.join(table.column_names)}); "
-                "set text_column / label_column, or column_names for a file without a header"
-            )
-    table = table.select_columns(needed)
+    check_columns(path, {f.name: f.type for f in table.data.schema}, data, labelled)
+    table = table.select_columns(_columns(data, labelled))
     # Counted by Arrow on the memory-mapped table: no Python object per row, so a file larger than memory is checked.
     empty = _count_blank(table, data.text_column)
     if empty:

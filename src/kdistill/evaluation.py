@@ -19,6 +19,7 @@ from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, tea
 from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer
 from .tasks.base import stack_labels
+from .validate import check_run
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
@@ -132,6 +133,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """
     if not is_main(config):
         return {}
+    check_run(config)
     check_evaluated_run(config)
     p = paths(config)
     sdir, tdir = p.student, teacher_dir(config)

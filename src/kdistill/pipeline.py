@@ -54,6 +54,7 @@ from .students import (
 )
 from .tasks import get_task
 from .trainer import DistillationTrainer
+from .validate import check_run
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ def out_of_fold_logits(config: RunConfig, progress: bool = False) -> tuple[torch
 @holding_output_dir
 def teach(config: RunConfig) -> dict[str, float]:
     """Fine-tune the teacher on the gold labels (or check the given fine-tuned ones). Returns its eval metrics."""
+    check_run(config)
     p = paths(config)
     label2id = label_map(config)
     stale = check_output_dir(config, "teach")
@@ -327,6 +329,7 @@ def _concat_sources(sources: dict[str, list], order: list[str]) -> list:
 @holding_output_dir
 def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     """Train the student on the configured objective; save it in <output_dir>/student. Returns train metrics."""
+    check_run(config)
     p = paths(config)
     args = config.distill
     task = task_of(config)

@@ -126,6 +126,10 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad or not layers:
         raise UserError(f"student: student_layers must be indices in 0..{n_teacher - 1}, got {layers}")
+    twice = sorted({i for i in layers if layers.count(i) > 1})
+    if twice:  # new_index below maps a teacher layer to one student layer: a repeat would leave one unfilled
+        raise UserError(f"student: student_layers lists layer(s) {', '.join(map(str, twice))} more than once "
+                        f"({layers}); a student copies each teacher layer at most once")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     student = type(teacher)(config)

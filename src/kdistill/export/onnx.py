@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..deploy import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE
+from ..deploy import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE  # noqa: F401 - export.run reads them from here
 from ..errors import UserError
 from ..evaluation import measure_speed
 from ..files import LABELS_FILE, atomic_write, write_json
