@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -342,3 +344,25 @@ def test_the_full_read_refuses_what_a_first_row_did_not_show(tmp_path):
                                 {"sentence": "a dull film", "label": {"id": 0}}]), encoding="utf-8")
     with pytest.raises(ValueError, match=r"column 'label' holds structs \(struct<id: int64>\), but each row's label"):
         load_table(str(path), DataConfig(train_file=str(path), text_column="sentence"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data:\n  train_fil: t.tsv\n", "unknown config key 'train_fil' in {config} section 'data'. Did you mean train_file"),
+    ("data:\n  train_file: {train}\ndistill:\n  temperature: -1\n", "distill: temperature must be > 0, got -1"),
+    ("data:\n  train_file: {train}\nstudent:\n  student_layers: [1, 1]\n", "student: student_layers lists layer(s) 1"),
+    ("data:\n  train_file: {missing}\n", "data file not found: {missing}"),
+])
+def test_a_config_files_mistake_is_found_before_torch_loads(tmp_path, text, message):
+    """Issue 18: a typo answered in well under 2 s, because neither torch nor transformers is imported to find it."""
+    train, missing = tmp_path / "train.tsv", tmp_path / "missing.tsv"
+    train.write_text("sentence\tlabel\na fine film\t1\n", encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(text.format(train=train, missing=missing), encoding="utf-8")
+    code = ("import sys\nfrom kdistill.cli import main\ncode = main(['run', '--config', sys.argv[1]])\n"
+            "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": src})
+    assert result.stdout.strip() == "2 []"
+    assert result.stderr.startswith("kdistill: error: " + message.format(config=config, missing=missing))
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -103,6 +103,12 @@ def _flag_values(argv: list[str], names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _flag_names(argv: list[str]) -> list[str]:
+    """The names of the `--name` flags on a command line (`--no_name` counts as `name`, its negation)."""
+    names = [arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")]
+    return names + [n[3:] for n in names if n.startswith("no_")]
+
+
 def _teacher_flag(argv: list[str]) -> list[str]:
     """`--teacher RUN_DIR` (or a model directory): learn from that run's fine-tuned teacher, as
     `--no_teacher_train --teacher_model RUN_DIR/teacher` would say."""
@@ -134,7 +140,13 @@ def _pipeline(verb: str, argv: list[str]) -> int:
     args, rest = _top_parser().parse_known_args([verb, *_teacher_flag(argv)])
     if run_dir and args.config:
         raise UserError("eval: give a run directory or --config, not both")
-    from .config import DATA_FILE_FIELDS, check_data_files, load_yaml, parse_config
+    from .config_sections import DATA_FILE_FIELDS, check_data_files, preflight, read_yaml
+
+    if args.config:
+        # A typo, a bad number or a missing file in the config file is one line before torch loads (under 2 s).
+        preflight(read_yaml(args.config), args.config, set(_flag_names(rest)))
+    _quiet_transformers()
+    from .config import load_yaml, parse_config
 
     if run_dir:
         from .rundir import recorded_values
@@ -441,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         _config_help(verb, show_all="--help-all" in rest)
         return 0
     _setup_logging()
-    if verb not in LIGHT_VERBS:
+    if verb not in LIGHT_VERBS and verb not in PIPELINE_VERBS:  # _pipeline does it once the config file is checked
         _quiet_transformers()
     try:
         if verb in REMOVED:

@@ -66,17 +66,28 @@ def check_fields(section: str, obj: Any) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value is not None and value not in choices:
             raise ConfigError(f"{section}: {f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if f.name not in BOUNDS or value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{section}: {f.name} must be a number, got {value!r}")
-        if _is_int_field(f) and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{section}: {f.name} must be a whole number, got {value!r}")
-        low, low_in, high, high_in = BOUNDS[f.name]
-        above = value > low or (low_in and value == low)  # False for NaN
-        below = high is None or value < high or (high_in and value == high)
-        if not (above and below):
-            raise ConfigError(f"{section}: {f.name} must be {_bound_text(*BOUNDS[f.name])}, got {value!r}")
+        _check_number(section, f.name, value, _is_int_field(f))
+
+
+def check_values(section: str, values: dict[str, Any]) -> None:
+    """check_fields for a section's raw {field: value} dict (a YAML section before its dataclass is built): the
+    bounds of the fields BOUNDS lists."""
+    for name, value in values.items():
+        _check_number(section, name, value, is_int=False)
+
+
+def _check_number(section: str, name: str, value: Any, is_int: bool) -> None:
+    if name not in BOUNDS or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{section}: {name} must be a number, got {value!r}")
+    if is_int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{section}: {name} must be a whole number, got {value!r}")
+    low, low_in, high, high_in = BOUNDS[name]
+    above = value > low or (low_in and value == low)  # False for NaN
+    below = high is None or value < high or (high_in and value == high)
+    if not (above and below):
+        raise ConfigError(f"{section}: {name} must be {_bound_text(*BOUNDS[name])}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------- what needs the files
@@ -183,7 +194,7 @@ def _check_length(config, what: str, name: str, model_config, tokenizer: str) ->
 
 
 def _check_models(config) -> None:
-    from .config import teacher_list
+    from .config_sections import teacher_list
     from .rundir import paths
 
     trust = config.teacher.trust_remote_code
