@@ -2,7 +2,8 @@
 
     python benchmarks/serve_load.py --export RUN_DIR/export [--clients 1 8 32] [--requests 100]
 
-For each setting (batching on: --max_batch 16 --max_wait_ms 5; off: --max_batch 1) a fresh `kdistill serve` process
+For each setting (batching on: --max_batch 16 --max_wait_ms 5; off: --max_batch 1; on without waiting: --max_wait_ms 0, so a
+batch is what queued while the model ran the last one) a fresh `kdistill serve` process
 is started on a free 127.0.0.1 port; then, for each client count, that many clients each send --requests
 `POST /predict {"text": ...}` requests one after another on a kept-alive connection (real SST-2 dev sentences, each
 client starting at its own offset), and the run stops by itself when they are done. Reported per cell: requests per
@@ -34,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_env  # noqa: E402
 
 SST2_DEV = os.path.join(ROOT, "..", "shared", "data", "sst2", "dev.tsv")
-SETTINGS = {"batching on": ["--max_batch", "16", "--max_wait_ms", "5"], "batching off": ["--max_batch", "1"]}
+SETTINGS = {"batching on": ["--max_batch", "16", "--max_wait_ms", "5"], "batching off": ["--max_batch", "1"],
+            "batching on, no wait": ["--max_batch", "16", "--max_wait_ms", "0"]}
 MALFORMED = [b"this is not json", b'{"text": 42}', b'{"texts": []}', json.dumps({"texts": ["a"] * 1000}).encode()]
 SPEEDUP_TARGET, P99_TARGET_MS = 3.0, 100.0
 

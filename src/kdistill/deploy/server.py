@@ -5,8 +5,9 @@
     GET  /health    {"status": "ok", ...}
     GET  /model     the export's facts: labels, teacher, strategy, metrics, sizes (ExportedModel.facts)
 
-Dynamic batching: texts of concurrent requests wait up to `max_wait_ms` for one another and go to the model
-together, up to `max_batch` texts a call (a request's texts are never split). The model runs in one worker thread,
+Dynamic batching: texts of concurrent requests go to the model together, up to `max_batch` texts a call (a
+request's texts are never split): those that queued while the model ran the last call and, under load (the last
+call held more than one text), those arriving within `max_wait_ms`. A lone client is answered without waiting. The model runs in one worker thread,
 so the event loop keeps reading requests while a batch runs, and the next batch gathers meanwhile.
 `max_batch: 1` turns batching off: one request, one model call, in arrival order.
 
@@ -75,7 +76,8 @@ class BadRequest(Exception):
 class Batcher:
     """Gathers the texts of concurrent requests into model calls of up to `max_batch` texts.
 
-    A request's texts wait at most `max_wait_ms` (from the first text of a batch) for others to join them.
+    A batch is what queued while the model ran the last one; when that last call held more than one text (there is
+    load), the batch also waits up to `max_wait_ms` (from its first text) for others to join it.
     """
 
     def __init__(self, predict, max_batch: int, max_wait_ms: float):
@@ -88,6 +90,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdistill-model")
         self.calls = 0
         self.texts = 0
+        self._last_size = 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -112,7 +115,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [await self._queue.get()]
         size = len(items[0][0])
-        deadline = loop.time() + self.max_wait
+        # Wait for company only when the last call had some: a lone client is answered at once (the wait would be
+        # all its latency), while under load a batch fills up to max_batch.
+        deadline = loop.time() + (self.max_wait if self._last_size > 1 else 0.0)
         while size < self.max_batch:
             if self._queue.empty():
                 timeout = deadline - loop.time()
@@ -143,6 +148,7 @@ class Batcher:
                 continue
             self.calls += 1
             self.texts += len(texts)
+            self._last_size = len(texts)
             start = 0
             for item_texts, future in items:
                 if not future.done():  # a client that went away leaves a cancelled future
