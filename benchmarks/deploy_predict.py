@@ -130,13 +130,7 @@ def main() -> None:
         f"{summary['texts_per_s_predict']:.0f} texts/s | - |",
         f"| predict / ONNX Runtime throughput | {ratio:.3f} | >= {THROUGHPUT_TARGET} |",
     ]
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "deploy_predict.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-    with open(os.path.join(args.out, "deploy_predict.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    bench_env.write_results(args.out, "deploy_predict", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -82,13 +82,8 @@ def main() -> None:
               f"Command: `{result['command']}`", "",
               "The table matches README.md." if not diff else "README.md's table differs here:", "",
               "```", *(diff or table), "```"]
-    print("\n".join(report))
-    os.makedirs(args.out, exist_ok=True)
-    name = "readme_demo_avx2" if args.avx2 else "readme_demo"
-    with open(os.path.join(args.out, f"{name}.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-    with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(report) + "\n")
+    bench_env.write_results(args.out, "readme_demo_avx2" if args.avx2 else "readme_demo", result,
+                            "\n".join(report) + "\n")
 
 
 if __name__ == "__main__":

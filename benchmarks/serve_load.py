@@ -216,13 +216,7 @@ def main() -> None:
         f"call, {alone['texts_per_s_16_a_call']:.0f} texts/s 16 a call sorted by length "
         f"({alone['batch_16_over_1']:.2f}x): the most batching can add where the model is the bottleneck.",
     ]
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "serve_load.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-    with open(os.path.join(args.out, "serve_load.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    bench_env.write_results(args.out, "serve_load", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
