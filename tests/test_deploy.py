@@ -138,6 +138,8 @@ def test_exported_model_names_what_is_missing(wordpiece_export, tmp_path, capsys
     (broken / "tokenizer.json").write_text("{not json")
     assert main(["predict", str(broken), "text"]) == 2
     assert one_error_line(capsys).startswith(f"kdistill: error: {broken / 'tokenizer.json'}: not a tokenizers file (")
+    assert main(["predict", str(wordpiece_export), "fine", "caf\udce9"]) == 2  # a Latin-1 byte on a UTF-8 command line
+    assert one_error_line(capsys) == "kdistill: error: text 2 is not valid Unicode text: 'caf\\udce9'"
     assert main(["predict", str(wordpiece_export), "text", "--batch_size", "0"]) == 2
     assert one_error_line(capsys) == "kdistill: error: predict: --batch_size and --threads must be at least 1"
 
@@ -159,6 +161,8 @@ LIMITS = ServeConfig(max_texts=4, max_body_bytes=2000, max_text_chars=50)
     (b'{"texts": "a"}', 422, "texts must be a list of strings, got str"),
     (b'{"texts": []}', 422, "texts is an empty list"),
     (b'{"texts": ["a", null]}', 422, "texts[1] must be a string, got NoneType"),
+    (b'{"texts": ["a", "\\ud800"]}', 422, "texts[1] is not valid Unicode (it holds a lone surrogate"),
+    (b"[" * 1999, 400, "the body is JSON nested too deeply to read"),
     (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "5 texts in one request, over the limit of 4 (--max_texts)"),
     (json.dumps({"text": "y" * 51}).encode(), 413, "text has 51 characters, over the limit of 50 (--max_text_chars)"),
     (b" " * 2001, 413, "the body is 2001 bytes, over the limit of 2000 (--max_body_bytes)"),

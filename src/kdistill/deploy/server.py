@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .runtime import is_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ def parse_request(body: bytes, config: ServeConfig) -> tuple[list[str], bool]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(400, f"the body is not JSON ({err})") from None
+    except RecursionError:
+        raise BadRequest(400, "the body is JSON nested too deeply to read") from None
     if not isinstance(doc, dict):
         raise BadRequest(422, 'expected a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
     unknown = sorted(set(doc) - {"text", "texts"})
@@ -186,6 +189,8 @@ def parse_request(body: bytes, config: ServeConfig) -> tuple[list[str], bool]:
         where = "text" if single else f"texts[{i}]"
         if not isinstance(text, str):
             raise BadRequest(422, f"{where} must be a string, got {type(text).__name__}")
+        if not is_unicode(text):  # refused here: in a batch it would fail its neighbours' requests too
+            raise BadRequest(422, f"{where} is not valid Unicode (it holds a lone surrogate, e.g. from \\ud800)")
         if len(text) > config.max_text_chars:
             raise BadRequest(413, f"{where} has {len(text)} characters, over the limit of {config.max_text_chars} "
                                   f"(--max_text_chars)")
