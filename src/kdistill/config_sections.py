@@ -64,6 +64,11 @@ class DataConfig:
         default="utf-8", metadata={"help": "Text encoding of csv/tsv/json files, e.g. latin-1 (parquet needs none)."}
     )
     max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    label_all_tokens: bool = field(
+        default=False,
+        metadata={"help": "token_classification: train on every sub-token of a word (its continuations as I-), not "
+                  "only on its first; evaluation still reads each word's first sub-token."},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only N training rows: the first N, or N drawn at random with train_sample_seed."})
     train_sample_seed: int | None = field(

@@ -17,12 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
+from . import conll
 from .config import DataConfig, UserError
 from .files import LABELS_FILE, decode_error, relative_path_hint, update_json  # noqa: F401 - LABELS_FILE is read from here too
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "conll",
+           ".conll": "conll"}
 # Truncation messages already logged in this process (a split is tokenised by the teacher pass, the student and
 # evaluation: the user needs to read the count once).
 _TRUNCATION_REPORTED: set[tuple[str, int, int, int]] = set()
@@ -73,7 +75,7 @@ def load_table(path: str, data: DataConfig, labelled: bool = True) -> datasets.D
         st = None
     key = None
     if st is not None:
-        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, labelled, data.text_column,
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, labelled, data.task, data.text_column,
                data.text_pair_column, data.label_column, tuple(data.column_names or ()), data.encoding)
         if key in _TABLES:
             return _TABLES[key]
@@ -143,6 +145,12 @@ def check_columns(path: str, types: dict[str, pa.DataType | None], data: DataCon
                 f"{path}: no column {column!r} (columns: {', '.join(types)}); "
                 "set text_column / label_column, or column_names for a file without a header"
             )
+    if word_rows(data):
+        for column in _columns(data, labelled):
+            if types[column] is not None and _not_scalar(types[column]) != "lists":
+                raise UserError(f"{path}: column {column!r} holds {types[column]}, but the {data.task} task reads a "
+                                "list per row (the sentence's words, or their tags)")
+        return
     for column in _columns(data, labelled):
         what = _not_scalar(types[column])
         if what:
@@ -208,13 +216,45 @@ def _peek_columns(path: str, ext: str, data: DataConfig) -> dict[str, pa.DataTyp
 def check_file(path: str, data: DataConfig, labelled: bool = True) -> None:
     """What can be told of a data file without reading it whole, before any model loads: it is there, a file of a
     known format, not empty, and the columns a split reads are in it, one value per row (see check_columns)."""
-    columns = _peek_columns(path, _check_path(path, data), data)
+    ext = _check_path(path, data)
+    if FORMATS[ext] == "conll":
+        load_table(path, data, labelled)  # read whole (and remembered): its errors name a line, found only so
+        return
+    columns = _peek_columns(path, ext, data)
     if columns is not None:
         check_columns(path, columns, data, labelled)
 
 
-def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
+def word_rows(data: DataConfig) -> bool:
+    """Whether the task's rows are sentences of words with a tag each (a list per row), not one text and label."""
+    from .tasks import get_task
+
+    return get_task(data.task).item == "word"
+
+
+def _read_words(path: str, ext: str, data: DataConfig, labelled: bool) -> datasets.Dataset:
+    """A word-tagged split: the text column holds each sentence's words, the label column their IOB2 tags."""
+    tags = data.label_column if labelled else None
+    if FORMATS[ext] == "conll":
+        return datasets.Dataset.from_dict(conll.read_conll(path, data.text_column, tags, data.column_names,
+                                                           data.encoding))
+    table = _read_table(path, data, labelled, words=True)
+    columns = {data.text_column: table[data.text_column][:]}
+    if tags is not None:
+        columns[tags] = table[tags][:]
+    conll.check_rows(columns[data.text_column], columns.get(tags), path)
+    if tags is not None:
+        columns[tags] = conll.convert_iob1(columns[tags], path)
+    return datasets.Dataset.from_dict(columns)
+
+
+def _read_table(path: str, data: DataConfig, labelled: bool, words: bool | None = None) -> datasets.Dataset:
     ext = _check_path(path, data)
+    if words is None and word_rows(data):
+        return _read_words(path, ext, data, labelled)
+    if FORMATS[ext] == "conll":
+        raise UserError(f"{path}: a CoNLL file ({ext}) holds tagged words; it is data for the token_classification "
+                        f"task, not {data.task}")
     try:
         with _quiet_datasets():
             table = datasets.load_dataset(FORMATS[ext], data_files={"data": path}, split="data",
@@ -232,6 +272,8 @@ def _read_table(path: str, data: DataConfig, labelled: bool) -> datasets.Dataset
         raise UserError(f"{path}: the file holds no rows")
     check_columns(path, {f.name: f.type for f in table.data.schema}, data, labelled)
     table = table.select_columns(_columns(data, labelled))
+    if words:
+        return table  # _read_words checks each sentence
     # Counted by Arrow on the memory-mapped table: no Python object per row, so a file larger than memory is checked.
     empty = _count_blank(table, data.text_column)
     if empty:

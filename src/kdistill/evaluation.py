@@ -16,9 +16,7 @@ from .config import RunConfig
 from .data import split_file
 from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
 from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, teacher_dir
-from .soft_labels import predict_logits
 from .students import count_parameters, load_classifier, load_tokenizer
-from .tasks.base import stack_labels
 from .validate import check_run
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
@@ -143,18 +141,15 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
     teacher_logits = make_soft_labels(config, ("test",), progress, together=False)["test"]
-    if teacher_logits.shape != (len(test), len(label2id)):
-        raise UserError(
-            f"the teacher's logits for the test data have shape {tuple(teacher_logits.shape)} but the data has "
-            f"{len(test)} rows and the student {len(label2id)} labels; delete the soft-label cache to recompute"
-        )
+    task.check_teacher_logits(teacher_logits, len(test), len(label2id))
     rows = task.model_rows(test, tokenizer)
     collate = task.pad_inputs(tokenizer)
-    student_logits = predict_logits(student, rows, collate, batch_size=config.distill.per_device_eval_batch_size)
-    labels = stack_labels(test["labels"][:])
+    student_logits = task.predict_items(student, task.item_rows(test, tokenizer), tokenizer,
+                                        batch_size=config.distill.per_device_eval_batch_size)
+    labels = task.item_labels(test)
     result: dict = {"split": split_file(config.data, "test"), "rows": len(test)}
-    result["student"] = task.metrics(student_logits, labels, teacher_logits, len(label2id))
-    result["teacher"] = task.metrics(teacher_logits, labels, None, len(label2id))
+    result["student"] = task.eval_metrics(student_logits, labels, teacher_logits, label2id)
+    result["teacher"] = task.eval_metrics(teacher_logits, labels, None, label2id)
 
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
     # load_teacher remembers the teacher by content: a sweep's cells, which share one, load it once.

@@ -276,3 +276,80 @@ def fit_temperature(logits: Any, labels: Any, low: float = 1e-3, high: float = 1
             d = a + ratio * (b - a)
             fd = nll(z, y, float(np.exp(d)))
     return float(np.exp((a + b) / 2))
+
+
+def _seen(rows: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per row: a model's word logits as float64 [words seen, C] and which of them hold a vector (a word its
+    tokenizer gave no sub-token is a zero vector)."""
+    logits = [_np(r).astype(np.float64).reshape(-1, _np(r).shape[-1]) for r in rows]
+    return logits, [np.abs(z).sum(axis=-1) > 0 for z in logits]
+
+
+def token_classification_metrics(
+    student_logits: list,
+    labels: list,
+    teacher_logits: list | None = None,
+    label_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Entity and word metrics of a tagger, plus fidelity to its teacher at word level.
+
+    Each argument holds one entry per sentence: the model's logits per word ``[words seen, C]`` (a sentence cut at
+    max_length has fewer words than its labels; a word without a sub-token is a zero vector) and the gold tag id of
+    every word (-100: unlabelled). A word the model did not see is predicted ``O``, so truncation costs what it
+    would cost in use. Returns entity-level micro precision, recall and F1 (seqeval, strict IOB2: an entity counts
+    only with its exact span and type), per-type precision/recall/F1/support, word accuracy, ECE over the words
+    seen, the number of words not seen, and with ``teacher_logits``: agreement, mean KL (T=1) and epsilon over the
+    words both saw.
+    """
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    student, seen = _seen(student_logits)
+    names = label_names or [str(i) for i in range(student[0].shape[-1] if student else 0)]
+    outside = names.index("O") if "O" in names else 0
+    gold_tags, pred_tags, correct, words, unseen = [], [], 0, 0, 0
+    ece_logits, ece_labels = [], []
+    for z, ok, y in zip(student, seen, labels):
+        y = _np(y).reshape(-1)
+        keep = y != IGNORE_INDEX
+        pred = np.full(len(y), outside)
+        n = min(len(z), len(y))
+        hit = np.zeros(len(y), dtype=bool)
+        hit[:n] = ok[:n]
+        pred[hit] = z[:n].argmax(axis=-1)[ok[:n]]
+        unseen += int((~hit & keep).sum())
+        correct += int((pred[keep] == y[keep]).sum())
+        words += int(keep.sum())
+        ece_logits.append(z[:n][hit[:n] & keep[:n]])
+        ece_labels.append(y[:n][hit[:n] & keep[:n]])
+        if keep.all():  # seqeval reads whole sentences: an unlabelled one (a transfer row) is not scored
+            gold_tags.append([names[i] for i in y])
+            pred_tags.append([names[i] for i in pred])
+    strict = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    report = classification_report(gold_tags, pred_tags, output_dict=True, **strict)
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])} for k, v in report.items() if not k.endswith(" avg")}
+    out: dict[str, Any] = {
+        "f1": float(f1_score(gold_tags, pred_tags, **strict)),
+        "precision": float(precision_score(gold_tags, pred_tags, **strict)),
+        "recall": float(recall_score(gold_tags, pred_tags, **strict)),
+        "per_type": per_type,
+        "accuracy": correct / words if words else float("nan"),
+        "ece": expected_calibration_error(np.concatenate(ece_logits), np.concatenate(ece_labels))
+        if ece_logits and sum(len(e) for e in ece_labels) else float("nan"),
+        "words": words,
+        "words_unseen": unseen,
+    }
+    if teacher_logits is not None:
+        teacher, t_seen = _seen(teacher_logits)
+        s_items, t_items = [], []
+        for z_s, ok_s, z_t, ok_t in zip(student, seen, teacher, t_seen):
+            n = min(len(z_s), len(z_t))
+            both = ok_s[:n] & ok_t[:n]
+            s_items.append(z_s[:n][both])
+            t_items.append(z_t[:n][both])
+        s_all, t_all = np.concatenate(s_items), np.concatenate(t_items)
+        out["agreement"] = agreement(s_all, t_all)
+        out["kl_to_teacher"] = mean_kl(s_all, t_all)
+        out["epsilon"] = max_sq_distance(s_all, t_all)
+    return out

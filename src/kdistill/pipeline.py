@@ -40,6 +40,7 @@ from .soft_labels.produce import (
     classes,
     dense,
     leading,
+    per_row,
     out_of_fold,
     teacher_outputs,
     teacher_seed,
@@ -267,8 +268,13 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
     weights = [w for _, w in teachers(config)]
     out = {}
     for split, parts in sources.items():
-        tensors = [dense(s) for s in parts]
-        out[split] = tensors[0] if len(tensors) == 1 else ensemble_logits(tensors, weights, config.distill.temperature)
+        tensors = [per_row(s) for s in parts]  # ragged sources (words, tokens): a list of per-row tensors
+        if len(tensors) == 1:
+            out[split] = tensors[0]
+        elif isinstance(tensors[0], list):
+            out[split] = [ensemble_logits(list(rows), weights, config.distill.temperature) for rows in zip(*tensors)]
+        else:
+            out[split] = ensemble_logits(tensors, weights, config.distill.temperature)
     return out
 
 
@@ -276,14 +282,27 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
 DIAGNOSTIC_ROWS = 200_000
 
 
-def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict, temperature: float) -> dict:
+def _item_labels(task, part, rows: int, items: int) -> torch.Tensor | None:
+    """The labels of a split's first `rows` rows, one per item of the teacher's soft labels (None when the student's
+    items are not the teacher's: words another tokenizer truncated elsewhere)."""
+    labels = task.item_labels(part.select(range(rows)))
+    if isinstance(labels, list):
+        labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return labels if labels.numel() == items else None
+
+
+def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict, temperature: float,
+                            task=None) -> dict:
     """How informative the soft labels the student trains on are, at its temperature; logged, with a warning when
     they are nearly one-hot."""
     out = {}
     for split in ("train", "transfer"):
         if split in teacher_logits and split in parts:
             rows = min(len(parts[split]), DIAGNOSTIC_ROWS)
-            labels = torch.tensor(parts[split]["labels"][:rows]) if "labels" in parts[split].column_names else None
+            labels = None
+            if "labels" in parts[split].column_names:
+                labels = (_item_labels(task, parts[split], rows, len(teacher_logits[split])) if task is not None
+                          else torch.tensor(parts[split]["labels"][:rows]))
             out[split] = metrics.soft_label_stats(teacher_logits[split], temperature, labels)
             if rows < len(parts[split]):
                 out[split]["rows"] = rows
@@ -389,7 +408,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         # On a split's first DIAGNOSTIC_ROWS rows: a large cache is never read whole into memory.
         in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature)
                      for s, v in sources.items() if s in ("train", "transfer")}
-        diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature)
+        diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature, task)
     online_teachers = teacher_tokenizers = None
     if online and wants_teacher:
         loaded = [(load_teacher(config, path, label2id), w) for path, w in teachers(config)]

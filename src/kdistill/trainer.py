@@ -25,7 +25,7 @@ from .losses import TermInputs, ensemble_logits, objective
 
 # A checkpoint's running loss sums (DistillationTrainer._save_checkpoint); kdistill_loss_sums_<rank>.json under DDP.
 LOSS_SUMS_NAME = "kdistill_loss_sums.json"
-_NON_MODEL_KEYS = ("labels", "teacher_logits", "idx")
+_NON_MODEL_KEYS = ("labels", "teacher_logits", "idx", "item_mask")
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +231,11 @@ class DistillationTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         # Items are rows for sequence classification: unlabelled transfer rows count too, since they carry soft
         # labels. For per-token labels (rank >= 2), the positions with a label.
+        # A batch whose task marks its items (words) counts those.
         if not batch_samples or "labels" not in batch_samples[0]:
             return None
         count = sum(
+            int(b["item_mask"].sum()) if "item_mask" in b else
             b["labels"].numel() if b["labels"].dim() == 1 else int(b["labels"].ne(-100).sum()) for b in batch_samples
         )
         count = torch.tensor(count, device=device)

@@ -291,9 +291,8 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
     with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
         for _ in range(chunks_needed):
             rows = next(inputs, [])
-            logits = predict_logits(teacher, rows, task.pad_inputs(tokenizer),
-                                    batch_size=config.distill.per_device_eval_batch_size,
-                                    progress=bar.update) if rows else []
+            logits = task.predict_items(teacher, rows, tokenizer, batch_size=config.distill.per_device_eval_batch_size,
+                                        progress=bar.update) if rows else []
             if world > 1:
                 import torch.distributed as dist
 
@@ -315,6 +314,16 @@ def _joined(chunks: list):
     if all(isinstance(c, torch.Tensor) for c in chunks):
         return torch.cat(chunks)
     return [row for c in chunks for row in c]
+
+
+def per_row(source: Any) -> torch.Tensor | list[torch.Tensor]:
+    """A soft-label source in memory: one tensor [rows, C] when each row holds one item, else a list of per-row
+    [items_i, C] tensors (ragged: words or tokens)."""
+    if isinstance(source, list):
+        return RowList(source)
+    if isinstance(source, torch.Tensor) or not getattr(source, "ragged", False):
+        return dense(source)
+    return RowList(source[torch.arange(len(source))])
 
 
 def dense(source: Any) -> torch.Tensor:

@@ -16,6 +16,7 @@ import importlib
 TASKS: dict[str, str] = {
     "sequence_classification": "kdistill.tasks.sequence:SequenceClassification",
     "image_classification": "kdistill.tasks.image:ImageClassification",
+    "token_classification": "kdistill.tasks.token:TokenClassification",
 }
 _LOADED: dict[str, object] = {}
 

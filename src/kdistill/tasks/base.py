@@ -8,7 +8,11 @@ A task answers the engine's questions about one kind of problem:
   logits, looked up by `idx`);
 - items: `item` names what one item is ("row", "word", "token"); `item_mask` marks the items of a batch;
 - models: `auto_model`, the transformers Auto class its models load with (None for plain `nn.Module`s);
-- outputs: `metrics` (quality and fidelity on a split), `trainer_metrics` (the Trainer's compute_metrics);
+- predictions: `item_rows` (a prepared split's rows as `predict_items` reads them), `predict_items` (a model's logits
+  per item of each row: what the soft-label pass caches and evaluation scores), `item_labels` (the split's labels
+  per item);
+- outputs: `metrics` (quality and fidelity on a split), `eval_metrics` (the same, given the label map: what
+  `kdistill eval` writes), `check_teacher_logits`, `trainer_metrics` (the Trainer's compute_metrics);
 - export: `export_inputs` and `export_output_axes`, the ONNX signature.
 """
 
@@ -95,6 +99,32 @@ class Task:
     def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
         """Which positions of the batch's logits are items (None: all of them, e.g. one item per row)."""
         return None
+
+    def item_rows(self, table: Any, tokenizer: Any) -> list[dict]:
+        return self.model_rows(table, tokenizer)
+
+    def predict_items(self, model: torch.nn.Module, rows: list[dict], tokenizer: Any, batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None) -> Tensor | list[Tensor]:
+        """A model's logits for each row's items: [rows, C] for one item per row, else a list of [items_i, C]."""
+        from ..soft_labels.produce import predict_logits
+
+        return predict_logits(model, rows, self.pad_inputs(tokenizer), batch_size=batch_size, progress=progress)
+
+    def item_labels(self, table: Any) -> Tensor | list[Tensor]:
+        return stack_labels(table["labels"][:])
+
+    def check_teacher_logits(self, teacher_logits: Any, rows: int, num_labels: int) -> None:
+        from ..errors import UserError
+
+        if tuple(teacher_logits.shape) != (rows, num_labels):
+            raise UserError(
+                f"the teacher's logits for the test data have shape {tuple(teacher_logits.shape)} but the data has "
+                f"{rows} rows and the student {num_labels} labels; delete the soft-label cache to recompute"
+            )
+
+    def eval_metrics(self, student_logits: Any, labels: Any, teacher_logits: Any | None,
+                     label2id: dict[str, int]) -> dict[str, Any]:
+        return self.metrics(student_logits, labels, teacher_logits, len(label2id))
 
     def metrics(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                 num_labels: int) -> dict[str, float]:
