@@ -142,18 +142,21 @@ def _pipeline(verb: str, argv: list[str]) -> int:
         raise UserError("eval: give a run directory or --config, not both")
     from .config_sections import DATA_FILE_FIELDS, check_data_files, preflight, read_yaml
 
+    raw = None
     if args.config:
-        # A typo, a bad number or a missing file in the config file is one line before torch loads (under 2 s).
-        preflight(read_yaml(args.config), args.config, set(_flag_names(rest)))
+        # Read once: a FIFO or `<(...)` gives its text only once. A typo, a bad number or a missing file in the config
+        # file is one line before torch loads (under 2 s).
+        raw = read_yaml(args.config)
+        preflight(raw, args.config, set(_flag_names(rest)))
     _quiet_transformers()
-    from .config import load_yaml, parse_config
+    from .config import flatten_yaml, parse_config
 
     if run_dir:
         from .rundir import recorded_values
 
         flat = recorded_values(run_dir)
     else:
-        flat = load_yaml(args.config) if args.config else {}
+        flat = flatten_yaml(raw, source=args.config) if args.config else {}
     # The config and its files are checked before the Trainer's arguments set up a device and before torch's models
     # load: a typo or a missing file is reported in about 2 s instead of 5.
     check_data_files({**flat, **_flag_values(rest, DATA_FILE_FIELDS)})

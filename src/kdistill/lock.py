@@ -13,9 +13,10 @@ The lock file is removed on release, so a command leaves a directory as it found
 file just before it is removed and lock a file no longer at the path; a process that gets a lock therefore checks
 that the file it locked is still the one at the path, and starts over if not.
 
-Within a process a lock is reentrant, and a directory lock covers the directories below it: `kdistill run` holds
-its output_dir for the whole command while teach, distill and eval each ask for it again, and a sweep's lock on
-its directory covers every cell in it.
+Within a process a lock is reentrant: `kdistill run` holds its output_dir for the whole command while teach, distill
+and eval each ask for it again. Directories nest: a sweep holds its directory and, while it runs a cell, the cell's
+directory too; a process that wants a directory inside one another process holds (`kdistill distill` into a cell of
+a running sweep) is refused as well, whether or not the holder is in that cell now.
 
 Limits: the locks are advisory (they stop kdistill, not `rm`); on a network file system they are as good as its
 locking (Linux maps flock to the NFS server's locks). A directory this process may not write to is one it cannot
@@ -42,10 +43,8 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".kdistill.lock"
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
-# What this process holds: the lock file's real path -> how many times it was taken (reentrant), and the
-# directories it holds (a lock on one covers those below it).
+# What this process holds: the lock file's real path -> how many times it was taken (reentrant).
 _held: dict[str, int] = {}
-_held_dirs: set[str] = set()
 
 
 def _me() -> dict:
@@ -146,7 +145,7 @@ def _release(path: str, fd: int, writable: bool) -> None:
 
 
 @contextmanager
-def _hold(path: str, busy: str, wait: bool, directory: str | None = None, advice: str = "") -> Iterator[None]:
+def _hold(path: str, busy: str, wait: bool, advice: str = "") -> Iterator[None]:
     key = os.path.realpath(path)
     if key in _held:
         _held[key] += 1
@@ -157,19 +156,37 @@ def _hold(path: str, busy: str, wait: bool, directory: str | None = None, advice
         return
     fd, writable = _acquire(path, busy, wait, advice)
     _held[key] = 1
-    if directory:
-        _held_dirs.add(directory)
     try:
         yield
     finally:
         del _held[key]
-        _held_dirs.discard(directory)
         if fd is not None:
             _release(path, fd, writable)
 
 
-def _covered(real: str) -> bool:
-    return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in _held_dirs)
+def _check_outer(real: str, role: str, directory: str, advice: str) -> None:
+    """Refuse `directory` (resolved: `real`) if a directory above it is held by another process: a shared lock
+    tried on each lock file above, and let go at once."""
+    outer = os.path.dirname(real)
+    while True:
+        path = os.path.join(outer, LOCK_FILE)
+        if os.path.realpath(path) not in _held and os.path.isfile(path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                fd = None  # gone since, or not readable here: nobody to name
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = describe(_holder(fd))
+                    raise UserError(f"{role} {directory} is inside {outer}, which is in use by {holder}; wait for it "
+                                    f"to end{advice}") from None
+                finally:
+                    os.close(fd)  # releases the shared lock
+        if os.path.dirname(outer) == outer:
+            return
+        outer = os.path.dirname(outer)
 
 
 @contextmanager
@@ -183,9 +200,6 @@ def directory_lock(directory: str, role: str = "output_dir",
         advice: the refusal's end, after 'wait for it to end'.
     """
     real = os.path.realpath(directory)
-    if _covered(real):
-        yield
-        return
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"{role} {directory} is a file, not a directory; give a directory (it is created if missing)")
     made = []
@@ -198,8 +212,9 @@ def directory_lock(directory: str, role: str = "output_dir",
     except OSError as err:
         raise UserError(f"{role} {directory}: cannot create it ({err.strerror or err})") from None
     try:
-        with _hold(os.path.join(real, LOCK_FILE), f"{role} {directory} is in use by", wait=False, directory=real,
-                   advice=advice):
+        with _hold(os.path.join(real, LOCK_FILE), f"{role} {directory} is in use by", wait=False, advice=advice):
+            # After taking it: a holder above that comes here next finds it taken, so one of the two always yields.
+            _check_outer(real, role, directory, advice)
             yield
     finally:
         for path in made:  # deepest first; one that now holds something stays

@@ -72,8 +72,17 @@ def label_map(config: RunConfig) -> dict[str, int]:
     if train is None:
         raise UserError("data: no training data configured")
     warn_if_validation_is_test(config.data)
-    values = task_of(config).label_values(train, config.data)
-    return build_label_map(values, config.data.train_file or "the training data")
+    task = task_of(config)
+    label2id = build_label_map(task.label_values(train, config.data), config.data.train_file or "the training data")
+    # A validation or test label the training data lacks, said now rather than after the teacher's pass over the
+    # training rows (the labels are one column of each file; the tables are read again, from datasets' cache, later).
+    seen = {config.data.train_file}
+    for split in ("validation", "test"):
+        path = split_file(config.data, split)
+        if path is not None and path not in seen:
+            seen.add(path)
+            task.encode_labels(load_split(config.data, split), config.data, label2id, path)
+    return label2id
 
 
 def _trust(config: RunConfig) -> dict[str, bool]:

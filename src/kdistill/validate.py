@@ -15,6 +15,7 @@ This module imports only `errors` at the top: config.py imports it.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -77,7 +78,12 @@ def check_values(section: str, values: dict[str, Any]) -> None:
 
 
 def _check_number(section: str, name: str, value: Any, is_int: bool) -> None:
+    # No number a user sets means anything as inf or NaN: `--learning_rate inf` trained every weight to NaN and
+    # exited 0, `--num_train_epochs inf` failed in the Trainer after the soft-label pass. Refused in every field.
+    infinite = isinstance(value, float) and not math.isfinite(value)
     if name not in BOUNDS or value is None:
+        if infinite:
+            raise ConfigError(f"{section}: {name} must be a finite number, got {value!r}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{section}: {name} must be a number, got {value!r}")
@@ -88,6 +94,8 @@ def _check_number(section: str, name: str, value: Any, is_int: bool) -> None:
     below = high is None or value < high or (high_in and value == high)
     if not (above and below):
         raise ConfigError(f"{section}: {name} must be {_bound_text(*BOUNDS[name])}, got {value!r}")
+    if infinite:
+        raise ConfigError(f"{section}: {name} must be a finite number, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------- what needs the files

@@ -83,8 +83,12 @@ class ExportedModel:
             raise UserError(f"{directory}: an export of a {task} model; this runtime predicts {', '.join(TASKS)}")
         labels = _labels(directory, report)
         tokenizer, max_length, pad_id, pad_left = _tokenizer(directory, report)
-        return cls(directory, _session(model_file, threads), tokenizer, labels, max_length, pad_id, pad_left, int8,
-                   report)
+        session = _session(model_file, threads)
+        outputs = session.get_outputs()[0].shape[-1] if session.get_outputs() else None
+        if isinstance(outputs, int) and outputs != len(labels):
+            raise UserError(f"{directory}: {os.path.basename(model_file)} gives {outputs} scores per text but "
+                            f"{LABELS_FILE} names {len(labels)} labels; re-export the run with kdistill export")
+        return cls(directory, session, tokenizer, labels, max_length, pad_id, pad_left, int8, report)
 
     @property
     def input_names(self) -> list[str]:
@@ -208,9 +212,12 @@ def _labels(directory: str, report: dict) -> list[str]:
     label2id = _read_json(path) if os.path.isfile(path) else report.get("labels")
     if not label2id:
         raise UserError(f"{directory}: no {LABELS_FILE} (re-export the run with kdistill export)")
-    names = {int(i): str(name) for name, i in label2id.items()}
-    if sorted(names) != list(range(len(names))):
-        raise UserError(f"{path}: label ids must be 0..{len(names) - 1}, found {sorted(names)}")
+    where = path if os.path.isfile(path) else f"{directory}/{REPORT_FILE}'s labels"
+    ids = list(label2id.values())
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or sorted(ids) != list(range(len(ids))):
+        # Each name one id, the ids 0..n-1: a repeated id or a stray one would mislabel or crash every prediction.
+        raise UserError(f"{where}: label ids must be 0..{len(ids) - 1}, each once, found {json.dumps(ids)}")
+    names = {i: str(name) for name, i in label2id.items()}
     return [names[i] for i in range(len(names))]
 
 
