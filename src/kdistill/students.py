@@ -5,7 +5,8 @@ make a student.
   its student from every other teacher layer); the head is copied too.
 - `from_config`: the teacher's (or another) config with fields changed, randomly initialised.
 - `from_pretrained`: any checkpoint of the task's kind (a sequence classifier today), with its own tokenizer.
-- `bilstm`: a randomly initialised BiLSTM (models/bilstm.py) with a word tokenizer built from the training texts.
+- `bilstm`: a randomly initialised BiLSTM (models/bilstm.py) with a word tokenizer built from the training texts
+  (a per-word tagger, its vocabulary from the training sentences' words, for token_classification).
 """
 
 import copy
@@ -67,6 +68,7 @@ def _from_pretrained(cls, name: str, what: str, **kwargs):
 
 
 DEFAULT_AUTO_MODEL = "AutoModelForSequenceClassification"
+TOKEN_AUTO_MODEL = "AutoModelForTokenClassification"  # a bilstm student for it tags words (models/bilstm.py)
 
 
 def auto_class(auto_model: str):
@@ -153,17 +155,20 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
     return student
 
 
-def vocabulary_texts(data: DataConfig) -> list[str]:
-    """The texts a `student_init: bilstm` student's vocabulary comes from: the text column of every training row.
+def vocabulary_texts(data: DataConfig) -> list[str] | list[list[str]]:
+    """The texts a `student_init: bilstm` student's vocabulary comes from: the text column of every training row
+    (for a task of tagged words, each sentence's list of words).
 
     Every row of the file, as `kdistill bilstm` took them before the BiLSTM became a student_init: max_train_samples
     does not narrow the vocabulary, so a run on a subset and one on the whole file build the same student.
     """
-    from .data import load_split
+    from .data import load_split, word_rows
 
     train = load_split(dataclasses.replace(data, max_train_samples=None), "train")
     if train is None:
         raise UserError("data: no training data configured")
+    if word_rows(data):
+        return [[str(w) for w in words] for words in train[data.text_column][:]]
     return [str(t) for t in train[data.text_column][:]]
 
 
@@ -188,7 +193,8 @@ def build_student(
         if not texts:
             raise UserError("student: student_init=bilstm needs the training texts to build its vocabulary")
         model, tokenizer = bilstm.make_student(
-            texts, label2id, spec.bilstm_vocab_size, spec.bilstm_seed, embedding_dim=spec.bilstm_embedding_dim,
+            texts, label2id, spec.bilstm_vocab_size, spec.bilstm_seed, tagger=auto_model == TOKEN_AUTO_MODEL,
+            embedding_dim=spec.bilstm_embedding_dim,
             hidden_size=spec.bilstm_hidden_size, classifier_size=spec.bilstm_classifier_size, dropout=spec.bilstm_dropout)
         logger.info("student: BiLSTM, %s parameters, %s words", f"{count_parameters(model):,}", f"{len(tokenizer):,}")
         return model, tokenizer

@@ -5,8 +5,9 @@ Two layers, both run before any model or data set loads:
 
 - `check_fields`: every number a user sets (BOUNDS) and every field with a list of choices, when its section of
   the config is built (config.py calls it from each section's __post_init__: YAML, flags and Python alike).
-- `check_run`: what needs the files the config names: each data file's columns (there, and one value per row), the
-  student's teacher layers against the teacher's layer count, and max_length against the models' position
+- `check_run`: what needs the files the config names: each data file's columns (there, and one value per row), a
+  tagging task's evaluation tags against the training data's, the student's teacher layers against the teacher's
+  layer count, a fine-tuned teacher's head against the task, and max_length against the models' position
   embeddings, read from their config.json and tokenizer_config.json without loading weights. The pipeline's steps
   (teach, distill, evaluate) call it first.
 
@@ -106,6 +107,7 @@ def check_run(config) -> None:
     a UserError naming the file and the field otherwise. Models that are not local directories (hub names) are
     left to their loader."""
     _check_data_files(config)
+    _check_tags(config)
     _check_models(config)
 
 
@@ -120,6 +122,59 @@ def _check_data_files(config) -> None:
         if path is not None and (path, labelled) not in seen:
             seen.add((path, labelled))
             check_file(path, config.data, labelled)
+
+
+def _check_tags(config) -> None:
+    """A task of tagged words: every tag of the validation and test rows the run reads is one of the training rows'
+    (the model's labels are the training data's), said before the teacher trains rather than when the split is
+    prepared after it. The tables are the ones check_file read (CoNLL files are read whole; they are small)."""
+    from .data import load_split, load_table, split_file, word_rows
+    from .tasks import get_task
+
+    data = config.data
+    if not word_rows(data) or data.train_file is None:
+        return
+    task = get_task(data.task)
+    train = load_split(data, "train")
+    known = set(task.label_values(train, data))
+    seen = set()
+    for split in ("validation", "test"):
+        path = split_file(data, split)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        unknown = sorted(set(task.label_values(load_split(data, split), data)) - known)
+        if unknown:
+            total = len(load_table(data.train_file, data))
+            where = data.train_file if len(train) == total else \
+                f"{len(train)} of the {total} sentences in {data.train_file}, as max_train_samples keeps"
+            raise UserError(f"{path}: tag(s) {', '.join(map(repr, unknown[:5]))} do not occur in the training data "
+                            f"({where}), so the model has no such label; fix the tags, or train on data that has "
+                            "them")
+
+
+# The heads of the transformers Auto classes tasks load with (a task's `auto_model` is "AutoModel" + one of them),
+# and what a model with that head was fine-tuned for.
+_HEADS = {"ForSequenceClassification": "sequence classification", "ForTokenClassification": "token classification"}
+
+
+def _check_head(config, name: str, model_config) -> None:
+    """A teacher used as it is (teacher_train: false) has the task's kind of head: a sequence classifier would
+    otherwise get a new, random token-classification head (or the reverse) and teach noise."""
+    from .tasks import get_task
+
+    auto_model = get_task(config.data.task).auto_model or ""
+    wanted = auto_model.removeprefix("AutoModel")
+    architectures = getattr(model_config, "architectures", None) or []
+    if wanted not in _HEADS or any(a.endswith(wanted) for a in architectures):
+        return
+    other = next((a for a in architectures for head in _HEADS if head != wanted and a.endswith(head)), None)
+    if other is None:
+        return  # a bare backbone or another kind of model: its loader says what it makes of it
+    kind = next(_HEADS[h] for h in _HEADS if other.endswith(h))
+    raise ConfigError(f"teacher: {name} is a {other} (fine-tuned for {kind}) but the task {config.data.task} "
+                      f"needs a teacher fine-tuned for {_HEADS[wanted]} (a ...{wanted}); give one, or set "
+                      "teacher_train: true to fine-tune this one with a new head")
 
 
 # Models whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids): of
@@ -212,12 +267,18 @@ def _check_models(config) -> None:
         names = [paths(config).teacher]  # else its backbone, teacher_model, stands for it (the same architecture)
     if config.teacher.teacher_folds and config.teacher.teacher_backbone:
         names.append(config.teacher.teacher_backbone)
+    if spec.student_init == "bilstm" and (spec.student_layers is not None or spec.student_num_layers is not None):
+        field = "student_layers" if spec.student_layers is not None else "student_num_layers"
+        raise ConfigError(f"student: {field} picks the teacher layers a from_teacher student copies; a bilstm "
+                          f"student has no teacher layers: unset {field}")
     first = None
     for i, name in enumerate(names):
         model_config = _model_config(name, trust)
         if i == 0:
             first = model_config
         if model_config is not None:
+            if not config.teacher.teacher_train and not config.teacher.teacher_folds:
+                _check_head(config, name, model_config)
             _check_length(config, "teacher", name, model_config, name)
     if spec.student_init == "from_teacher" and first is not None:
         _check_layers(spec, first, names[0])
