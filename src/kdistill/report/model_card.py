@@ -183,7 +183,7 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
         "",
         f"- **fp32 parity**: max |logit(ONNX) − logit(PyTorch)| = {p['max_abs_diff']:.2e} "
         f"(bound {p['bound']:g}): **{'passed' if p['passed'] else 'FAILED'}**; top-1 agreement {pct(p['top1_agreement'])}; "
-        f"accuracy on these rows {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
+        f"accuracy on these {report['eval'].get('item', 'row')}s {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
     ]
     if "int8" in report:
         i8 = report["int8"]

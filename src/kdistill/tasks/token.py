@@ -164,6 +164,10 @@ class TokenClassification(Task):
     auto_model = "AutoModelForTokenClassification"
     export_inputs = ("input_ids", "attention_mask", "token_type_ids")
     export_output_axes = {"logits": {0: "batch", 1: "sequence"}}
+    # How kdistill.deploy.runtime turns a raw text into words (the export report records it): CoNLL-style data has
+    # one word per whitespace-separated token, punctuation included ("lamb ." not "lamb.").
+    export_notes = {"words": "whitespace"}
+    headline_metric = "f1"
 
     # --- data
     def label_values(self, table, config) -> list[str]:
@@ -232,6 +236,10 @@ class TokenClassification(Task):
         model_rows = [{k: v for k, v in r.items() if k not in _TASK_FIELDS} for r in rows]
         logits = predict_logits(model, model_rows, self.pad_inputs(tokenizer), batch_size=batch_size,
                                 progress=progress)
+        return self.item_logits(logits, rows)
+
+    def item_logits(self, logits, rows: list[dict]) -> list[Tensor]:
+        """Per-sub-token logits (a [L_i, C] tensor per row, or [rows, L, C]) as each word's: [words seen, C]."""
         return [word_logits(row, r["word_ids"]) for row, r in zip(logits, rows)]
 
     # --- outputs
