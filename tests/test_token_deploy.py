@@ -3,14 +3,16 @@
 character spans (kdistill.deploy.runtime), `kdistill serve` answering entities, and a `kdistill compare` sweep judged
 on entity F1.
 
-One tiny run (a 2-layer 32-wide BERT teacher trained for a few epochs on 120 real CoNLL-2003 sentences, a 1-layer
+One tiny run (a 2-layer 32-wide BERT teacher trained for a few epochs on 200 real CoNLL-2003 sentences, a 1-layer
 student) serves every test here. Nothing here times anything.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,11 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from kdistill import pipeline
 from kdistill.cli import main
 from kdistill.config import make_config
+from kdistill.deploy.runtime import ExportedModel, decode_entities, format_prediction, split_words, tag_words
 from kdistill.evaluation import evaluate
-from kdistill.tasks.token import align
+from kdistill.tasks.token import align, word_logits
 
+from test_deploy import _free_port, _request
 from test_token_classification import CONLL, TAGS, make_tiny_token_bert, make_wordpiece_tokenizer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -34,10 +38,10 @@ SENTENCE = "EU rejects German call to boycott British lamb ."
 def _values(out: Path, teacher: str, **kw) -> dict:
     values = dict(
         task="token_classification", train_file=str(CONLL / "train.txt"), validation_file=str(CONLL / "dev.txt"),
-        test_file=str(CONLL / "test.txt"), text_column="tokens", label_column="tags", max_train_samples=120,
-        max_eval_samples=40, max_length=64, teacher_model=teacher, teacher_epochs=3, teacher_learning_rate=3e-3,
+        test_file=str(CONLL / "test.txt"), text_column="tokens", label_column="tags", max_train_samples=200,
+        max_eval_samples=40, max_length=64, teacher_model=teacher, teacher_epochs=8, teacher_learning_rate=3e-3,
         teacher_batch_size=16, student_init="from_config", student_config_overrides=json.dumps({"num_hidden_layers": 1}),
-        output_dir=str(out), num_train_epochs=2, learning_rate=3e-3, per_device_train_batch_size=16,
+        output_dir=str(out), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=16,
         logging_steps=4, save_strategy="no", speed_batches=0, seed=0, use_cpu=True, temperature=2.0,
         strategy="soft", report_to="none",
     )
@@ -107,3 +111,174 @@ def _test_sentences(n: int) -> list[list[str]]:
     from kdistill.conll import read_conll
 
     return read_conll(str(CONLL / "test.txt"))["tokens"][:n]
+
+
+# --- torch-free prediction -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tags, entities", [
+    (["B-ORG", "O", "B-MISC", "O", "O"], [("ORG", 0, 1), ("MISC", 2, 3)]),
+    (["B-PER", "I-PER", "I-PER", "O"], [("PER", 0, 3)]),
+    (["I-PER", "I-PER", "O", "I-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),  # I- without B- starts an entity
+    (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),  # adjacent entities of one type stay two
+    (["B-LOC", "I-ORG", "I-ORG"], [("LOC", 0, 1), ("ORG", 1, 3)]),  # a change of type ends the entity
+    (["B-LOC", None, "I-LOC"], [("LOC", 0, 1), ("LOC", 2, 3)]),  # an untagged word ends it too
+    (["O", "O"], []),
+    ([], []),
+])
+def test_iob2_tags_decode_into_entities(tags, entities):
+    assert decode_entities(tags) == entities
+
+
+def test_tag_words_gives_character_spans_of_the_original_text_and_counts_cut_words():
+    text = "  Peter  Blackburn\tof the European  Union ."
+    spans = split_words(text)
+    assert [text[a:b] for a, b in spans] == text.split()
+    labels = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
+    # [CLS] Peter Black ##burn of the European Union [SEP]: the last word (".") was cut at max_length.
+    word_ids = [None, 0, 1, 1, 2, 3, 4, 5, None]
+    chosen = [0, 1, 2, 4, 0, 0, 3, 4, 0]  # ##burn's own logits (4) must not count: a word's tag is its first piece's
+    logits = np.full((len(word_ids), len(labels)), -4.0, dtype=np.float32)
+    logits[np.arange(len(word_ids)), chosen] = 4.0
+    got = tag_words(text, spans, word_ids, logits, labels)
+    assert got["tags"] == ["B-PER", "I-PER", "O", "O", "B-ORG", "I-ORG", None]
+    assert got["truncated_words"] == 1
+    p = float(np.exp(4.0) / (np.exp(4.0) + 4 * np.exp(-4.0)))
+    assert got["entities"] == [
+        {"type": "PER", "text": "Peter  Blackburn", "start": 2, "end": 18, "score": pytest.approx(p)},
+        {"type": "ORG", "text": "European  Union", "start": 26, "end": 41, "score": pytest.approx(p)},
+    ]
+    for e in got["entities"]:
+        assert text[e["start"]:e["end"]] == e["text"]
+    assert format_prediction(got) == ("Peter  Blackburn [PER 2:18]  European  Union [ORG 26:41]  "
+                                      "(1 word past max_length, untagged)")
+    assert format_prediction({"entities": [], "tags": ["O"], "truncated_words": 0}) == "(no entities)"
+
+
+def _pytorch_tags(export_dir: Path, run: Path, texts: list[str], max_length: int = 64) -> list[dict]:
+    """The PyTorch student's prediction, the way training reads a sentence: words split at whitespace, encoded with
+    is_split_into_words, each word's argmax at its first sub-token (kdistill.tasks.token.word_logits)."""
+    model = AutoModelForTokenClassification.from_pretrained(run / "student").eval()
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    out = []
+    for text in texts:
+        words = text.split()
+        enc = tokenizer([words], is_split_into_words=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).logits[0]
+        ids = [-1 if w is None else w for w in enc.word_ids(0)]
+        per_word = word_logits(logits, ids)
+        tags = [labels[int(i)] for i in per_word.argmax(-1)] + [None] * (len(words) - len(per_word))
+        probs = per_word.softmax(-1).max(-1).values.tolist()
+        spans = split_words(text)
+        entities = [{"type": k, "start": spans[a][0], "end": spans[b - 1][1], "score": sum(probs[a:b]) / (b - a)}
+                    for k, a, b in decode_entities(tags)]
+        out.append({"tags": tags, "entities": entities, "truncated_words": len(words) - len(per_word)})
+    return out
+
+
+def _texts() -> list[str]:
+    """A hand-made sentence with odd spacing, the issue's example, a long one (cut at 64 pieces), and real test
+    sentences (where a little-trained tagger does find entities)."""
+    return ["  Peter Blackburn ,  of the European Commission ,  said\tin Brussels on Thursday .", SENTENCE,
+            " ".join(["Germany"] * 70), *(" ".join(s) for s in _test_sentences(12))]
+
+
+def test_torch_free_predict_matches_the_pytorch_student_word_by_word(token_export, token_run):
+    out, _ = token_export
+    texts = _texts()
+    model = ExportedModel.load(str(out))
+    got, want = model.predict(texts), _pytorch_tags(out, token_run, texts)
+    assert [g["tags"] for g in got] == [w["tags"] for w in want]
+    assert [g["truncated_words"] for g in got] == [w["truncated_words"] for w in want]
+    assert got[2]["truncated_words"] > 0 and got[1]["truncated_words"] == 0
+    found = 0
+    for text, g, w in zip(texts, got, want):
+        assert [(e["type"], e["start"], e["end"]) for e in g["entities"]] == \
+            [(e["type"], e["start"], e["end"]) for e in w["entities"]]
+        for e, we in zip(g["entities"], w["entities"]):
+            assert text[e["start"]:e["end"]] == e["text"]
+            assert e["score"] == pytest.approx(we["score"], abs=1e-4)
+        found += len(g["entities"])
+    assert found > 0  # the spans above were checked on real entities
+    # Length-sorted batches of 3 answer as one batch of all: padding changes nothing.
+    small = model.predict(texts, batch_size=3)
+    assert [s["tags"] for s in small] == [g["tags"] for g in got]
+    per_text = model.logits(texts[:2])
+    assert [len(r) for r in per_text] == [len(model.tokenizer.encode(t.split(), is_pretokenized=True).ids)
+                                          for t in texts[:2]]
+
+
+def test_predict_prints_entities_with_spans_and_json(token_export, capsys):
+    out, _ = token_export
+    model = ExportedModel.load(str(out))
+    texts = _texts()[:4]
+    assert main(["predict", str(out), *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{format_prediction(p)}\t{t}" for p, t in zip(model.predict(texts), texts)]
+    assert main(["predict", str(out), "--json", SENTENCE]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    got = json.loads(line)
+    assert set(got) == {"text", "entities", "tags", "truncated_words"} and got["text"] == SENTENCE
+    assert len(got["tags"]) == len(SENTENCE.split())
+    assert got == {"text": SENTENCE, **json.loads(json.dumps(model.predict([SENTENCE])[0]))}
+
+
+def test_predict_and_serve_on_a_token_export_never_import_torch_or_transformers(token_export):
+    out, _ = token_export
+    code = f"""
+import sys
+from kdistill.cli import main
+assert main(["predict", {str(out)!r}, {SENTENCE!r}, "--json"]) == 0
+assert main(["predict", {str(out)!r}, {SENTENCE!r}, "--int8"]) == 0
+from kdistill.deploy.runtime import ExportedModel
+from kdistill.deploy.server import ServeConfig, create_app
+create_app(ExportedModel.load({str(out)!r}), ServeConfig())
+heavy = sorted(m for m in ("torch", "transformers", "datasets", "sklearn") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first = json.loads(lines[0])
+    assert first["text"] == SENTENCE and len(first["tags"]) == 9 and "entities" in first
+    assert lines[1].endswith("\t" + SENTENCE)
+    assert lines[-1] == "HEAVY []"
+
+
+def test_serve_answers_entities_for_a_token_export(token_export):
+    out, _ = token_export
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kdistill.cli", "serve", str(out), "--port", str(port),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if _request(url + "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not start")
+        model = ExportedModel.load(str(out))
+        texts = _texts()[:4]
+        want = json.loads(json.dumps(model.predict(texts)))
+        status, one = _request(url + "/predict", json.dumps({"text": texts[1]}).encode())
+        assert status == 200 and one == want[1] and set(one) == {"entities", "tags", "truncated_words"}
+        status, many = _request(url + "/predict", json.dumps({"texts": texts}).encode())
+        assert status == 200 and many == {"predictions": want}
+        status, facts = _request(url + "/model")
+        assert status == 200 and facts["task"] == "token_classification" and facts["labels"] == TAGS
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
