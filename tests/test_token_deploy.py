@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -282,3 +283,70 @@ def test_serve_answers_entities_for_a_token_export(token_export):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+# --- compare -------------------------------------------------------------------------------------------------------
+
+
+def test_a_token_sweep_is_judged_on_entity_f1(tmp_path, token_run, capsys):
+    """Hard against soft labels, one seed each, from the tiny run's trained teacher (not trained again)."""
+    out = tmp_path / "sweep"
+    doc = {
+        "data": {"task": "token_classification", "train_file": str(CONLL / "train.txt"),
+                 "validation_file": str(CONLL / "dev.txt"), "test_file": str(CONLL / "test.txt"),
+                 "text_column": "tokens", "label_column": "tags", "max_train_samples": 200, "max_eval_samples": 40,
+                 "max_length": 64},
+        "teacher": {"teacher_model": str(token_run / "teacher"), "teacher_train": False},
+        "student": {"student_init": "from_config", "student_config_overrides": json.dumps({"num_hidden_layers": 1})},
+        "distill": {"output_dir": str(out), "num_train_epochs": 6, "learning_rate": 3e-3,
+                    "per_device_train_batch_size": 16, "logging_steps": 4, "save_strategy": "no",
+                    "speed_batches": 0, "use_cpu": True},
+        "grid": {"strategies": ["hard", "soft"], "temperatures": [2], "seeds": [0]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["compare", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "f1"
+    assert [(c["setting"], c["n"]) for c in results["cells"]] == [("hard", 1), ("soft T=2", 1)]
+    for run in results["runs"]:  # entity F1 on test, and on validation from the Trainer's metrics
+        assert 0.0 <= run["metrics"]["f1"] <= 1.0 and 0.0 <= run["metrics"]["validation_f1"] <= 1.0
+    hard, soft = (r["metrics"]["f1"] for r in results["runs"])
+    assert max(hard, soft) > 0  # the students tag some entities right: F1 is measured, not a 0 everywhere
+    assert results["teacher"]["f1"] > 0
+    (diff,) = results["comparisons"]
+    assert diff["metric"] == "f1" and diff["mean"] == pytest.approx(soft - hard)
+    assert f"{100 * (soft - hard):+.1f} points" in results["verdict"][0]
+    # The diagnostics are per word (the teacher's soft label at each word's first sub-token).
+    assert results["diagnostics"]["train"]["1"]["num_classes"] == len(TAGS)
+    report = (out / "report.md").read_text()
+    assert "test entity F1 % [95% CI]" in report and "test accuracy %" not in report
+    (verdict,) = results["verdict"]
+    assert "entity F1" in verdict
+    assert "test entity F1 % [95% CI]" in printed
+
+
+
+def test_the_trainers_metrics_for_a_tagger_add_entity_f1_from_its_tag_names():
+    """What a sweep's validation_f1 comes from: the Trainer's per-sub-token predictions, read at the labelled
+    (first) sub-tokens, scored by seqeval in strict IOB2 mode."""
+    from types import SimpleNamespace
+
+    from kdistill.tasks import get_task
+
+    task = get_task("token_classification")
+    names = ["B-PER", "I-PER", "O"]
+    model = SimpleNamespace(config=SimpleNamespace(id2label=dict(enumerate(names))))
+    # Two sentences of sub-tokens, -100 on special tokens, continuation pieces and padding.
+    labels = np.array([[-100, 0, -100, 1, 2, -100], [-100, 2, 0, -100, -100, -100]])
+    chosen = np.array([[2, 0, 2, 1, 2, 2], [2, 2, 2, 2, 2, 2]])  # sentence 1 right (B-PER I-PER O), 2 misses B-PER
+    logits = np.eye(3, dtype=np.float32)[chosen]
+    got = task.trainer_metrics_for(model)(SimpleNamespace(predictions=logits, label_ids=labels))
+    # Gold: 2 entities, predicted 1, correct 1: precision 1, recall 0.5, F1 2/3; 4 of the 5 labelled words right.
+    assert got["f1"] == pytest.approx(2 / 3)
+    assert got["accuracy"] == pytest.approx(4 / 5)
+    # A model whose config does not name IOB2 tags gets the accuracy alone.
+    plain = SimpleNamespace(config=SimpleNamespace(id2label={0: "LABEL_0", 1: "LABEL_1"}))
+    assert set(task.trainer_metrics_for(plain)(SimpleNamespace(predictions=logits[..., :2],
+                                                               label_ids=np.minimum(labels, 1)))) == {"accuracy"}

@@ -12,7 +12,8 @@ A task answers the engine's questions about one kind of problem:
   per item of each row: what the soft-label pass caches and evaluation scores), `item_labels` (the split's labels
   per item);
 - outputs: `metrics` (quality and fidelity on a split), `eval_metrics` (the same, given the label map: what
-  `kdistill eval` writes), `check_teacher_logits`, `trainer_metrics` (the Trainer's compute_metrics);
+  `kdistill eval` writes), `check_teacher_logits`, `trainer_metrics` (the Trainer's compute_metrics; `trainer_metrics_for`
+  gives it for one model, whose config may name the labels);
 - export: `export_inputs` and `export_output_axes`, the ONNX signature; `item_logits` (a model's raw outputs as one
   vector per item, for the export's int8 check); `export_notes` (what the export report records of how raw text
   becomes the model's input);
@@ -84,16 +85,18 @@ class ItemCollator:
         return batch
 
 
-def flat_items(items: Tensor | list[Tensor], labels: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
+def flat_items(items: Tensor | list[Tensor], labels: Any = None) -> tuple[Tensor, Tensor | None]:
     """Items' logits and labels as two flat tensors, [items, C] and [items], whatever the task's layout.
 
     `items` and `labels` are what `item_logits` and `item_labels` give: one vector (label) per row, or per row a
     [items_i, C] tensor beside that row's labels. A row's items may stop before its labels do (words cut by
     truncation), and an all-zero vector marks an item the model never saw (a word with no sub-token): both are left
-    out, as are items labelled IGNORE_INDEX.
+    out, as are items labelled IGNORE_INDEX. Without labels (None), only the items the model saw are kept.
     """
     if isinstance(items, Tensor):
-        return items, torch.as_tensor(labels)
+        return items, None if labels is None else torch.as_tensor(labels)
+    if labels is None:
+        return torch.cat([row[row.ne(0).any(dim=-1)] for row in items]), None
     logits, kept = [], []
     for row, row_labels in zip(items, labels):
         row_labels = torch.as_tensor(row_labels)[: len(row)]
@@ -165,3 +168,8 @@ class Task:
         from .. import metrics
 
         return {"accuracy": metrics.accuracy(pred.predictions, pred.label_ids)}
+
+    def trainer_metrics_for(self, model: Any) -> Callable[[Any], dict[str, float]]:
+        """The Trainer's compute_metrics for `model` (a task whose metrics need the label names reads them from its
+        config): `trainer_metrics` by default."""
+        return self.trainer_metrics
