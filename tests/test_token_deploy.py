@@ -9,6 +9,7 @@ student) serves every test here. Nothing here times anything.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,3 +351,23 @@ def test_the_trainers_metrics_for_a_tagger_add_entity_f1_from_its_tag_names():
     plain = SimpleNamespace(config=SimpleNamespace(id2label={0: "LABEL_0", 1: "LABEL_1"}))
     assert set(task.trainer_metrics_for(plain)(SimpleNamespace(predictions=logits[..., :2],
                                                                label_ids=np.minimum(labels, 1)))) == {"accuracy"}
+
+
+
+def test_predict_refuses_a_tagger_outside_its_export_and_an_export_whose_report_names_another_task(
+        token_run, token_export, tmp_path, capsys):
+    from conftest import one_error_line
+
+    for where in (token_run, token_run / "student"):
+        assert main(["predict", str(where), SENTENCE]) == 2
+        assert one_error_line(capsys) == (
+            f"kdistill: error: {where}: a token-classification model; predict from its export (kdistill export "
+            'RUN_DIR --format onnx, then kdistill predict RUN_DIR/export "some text")')
+    out, report = token_export
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    (copy / "export_report.json").write_text(json.dumps({**report, "task": "sequence_classification"}))
+    assert main(["predict", str(copy), SENTENCE]) == 2
+    assert one_error_line(capsys) == (
+        f"kdistill: error: {copy}: the model gives 2-D logits per text, which does not fit the task its export "
+        "report names (sequence_classification); re-export the run")

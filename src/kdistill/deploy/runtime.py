@@ -89,8 +89,9 @@ class ExportedModel:
         if not os.path.isfile(model_file):
             hint = "export with --int8, or drop --int8" if int8 else "make one with kdistill export RUN_DIR --format onnx"
             raise UserError(f"{directory}: no {os.path.basename(model_file)} ({hint})")
-        report_file = os.path.join(directory, REPORT_FILE)
-        report = _read_json(report_file) if os.path.isfile(report_file) else {}
+        # An export's teacher/ (export --teacher) has no report of its own: its parent's describes it too.
+        reports = [os.path.join(d, REPORT_FILE) for d in (directory, os.path.join(directory, os.pardir))]
+        report = next((_read_json(r) for r in reports if os.path.isfile(r)), {})
         task = report.get("task", "sequence_classification")
         if task not in TASKS:
             raise UserError(f"{directory}: an export of a {task} model; this runtime predicts {', '.join(TASKS)}")
@@ -150,6 +151,9 @@ class ExportedModel:
         sub-tokens (the padding, on whichever side, left out)."""
         for chunk, feed in self._batches(encodings, batch_size):
             out = self.run(feed)
+            if (out.ndim == 3) != (self.task in TOKEN_TASKS):
+                raise UserError(f"{self.directory}: the model gives {out.ndim - 1}-D logits per text, which does not "
+                                f"fit the task its export report names ({self.task}); re-export the run")
             for j, i in enumerate(chunk):
                 if out.ndim == 2:
                     yield i, out[j]
