@@ -94,6 +94,9 @@ def test_token_export_writes_per_token_logits_with_dynamic_axes_and_passes_parit
     words = sum(len({w for w in ids if w >= 0}) for ids in word_ids)
     assert lost > 0 and report["eval"]["items"] == words == sum(len(s) for s in _test_sentences(40)) - lost
     assert report["int8"]["flips"]["rows"] == words
+    card = (out / "README.md").read_text()
+    assert "| entity F1 (seqeval, strict IOB2) |" in card and "macro-F1" not in card
+    assert "accuracy on these words" in card
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     (output,) = session.get_outputs()
     assert isinstance(output.shape[0], str) and isinstance(output.shape[1], str) and output.shape[2] == len(TAGS)
