@@ -262,7 +262,7 @@ def _export(argv: list[str]) -> int:
 
 def _predict(argv: list[str]) -> int:
     from .deploy import FP32_FILE, INT8_FILE
-    from .deploy.runtime import read_texts
+    from .deploy.runtime import format_prediction, read_texts
 
     parser = _parser("predict", "Classify texts with an exported (ONNX) or PyTorch model.")
     parser.add_argument("model_dir", help="an export directory (runs on ONNX Runtime, without torch), a model "
@@ -295,8 +295,7 @@ def _predict(argv: list[str]) -> int:
         if args.json:
             print(json.dumps({"text": text, **prediction}))
         else:
-            shown = " ".join(f"p({k})={v:.4f}" for k, v in prediction["probabilities"].items())
-            print(f"{prediction['label']}\t{shown}\t{text}")
+            print(f"{format_prediction(prediction)}\t{text}")
     sys.stdout.flush()
     if not count:
         raise UserError(f"predict: {args.file} holds no text (only blank lines)")

@@ -16,7 +16,9 @@ cell of the grid runs the same `pipeline.distill` and `evaluation.evaluate` as `
 `<output_dir>/runs/<student>/<setting>/seed<k>/`. A cell is finished when its `cell.json` exists; rerunning the
 command skips finished cells and restarts unfinished ones from scratch. The report (results.json, report.md,
 report.html, plots) is written by `report.compare.write_report`, which needs nothing but the results dict, so
-`kdistill report DIR` rebuilds it from `results.json`.
+`kdistill report DIR` rebuilds it from `results.json`. Settings are judged on the task's headline metric
+(`Task.headline_metric`, recorded as results["metric"]): test accuracy for classification, entity F1 for token
+classification, chosen on its validation value where every cell has one.
 """
 
 from __future__ import annotations
@@ -288,12 +290,18 @@ def run_cell(config, cell: Cell) -> dict:
     if os.path.exists(out):  # an unfinished cell from an interrupted sweep: start it over
         logger.info("restarting the unfinished run in %s", out)
         shutil.rmtree(out)
+    from .tasks import get_task
+
     trained = pipeline.distill(config, progress=False)
     evaluated = evaluation.evaluate(config)
+    # The validation split's accuracy, and its headline metric when that is another (a tagger's entity F1): what a
+    # sweep chooses its best setting on (report.compare.best_cell).
+    metric = get_task(config.data.task).headline_metric
+    validation = {f"validation_{m}": trained.get(f"eval_{m}") for m in dict.fromkeys(("accuracy", metric))}
     record = {
         **dataclasses.asdict(cell),
         "setting": cell.setting,
-        "metrics": {**evaluated["student"], "validation_accuracy": trained.get("eval_accuracy")},
+        "metrics": {**evaluated["student"], **validation},
         "teacher_metrics": evaluated["teacher"],
         "train_seconds": trained["train_seconds"],
         "train_loss": trained["train_loss"],
@@ -314,12 +322,14 @@ def read_cell(sweep: Sweep, cell: Cell) -> dict | None:
 
 
 def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
-    """The teacher's soft labels on each split at T=1 and each grid temperature (labels where the split has them)."""
-    import torch
-
+    """The teacher's soft labels on each split at T=1 and each grid temperature (labels where the split has them),
+    over the task's items (rows, or words)."""
     from . import metrics, pipeline
-    from .data import encode_labels, load_split
+    from .data import load_split
+    from .tasks import get_task
+    from .tasks.base import flat_items
 
+    task = get_task(config.data.task)
     label2id = pipeline.label_map(config)
     logits = pipeline.make_soft_labels(config, progress=True)
     out = {}
@@ -327,7 +337,8 @@ def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
         labels = None
         if split != "transfer":
             table = load_split(config.data, split)
-            labels = torch.tensor(encode_labels(table, config.data, label2id, split))
+            labels = task.encode_labels(table, config.data, label2id, split)
+        values, labels = flat_items(values, labels)
         out[split] = {f"{t:g}": metrics.soft_label_stats(values, t, labels) for t in sorted({1.0, *temperatures})}
     return out
 
@@ -379,6 +390,7 @@ def run_sweep(sweep: Sweep, argv: list[str] | None = None, keep_models: bool = T
 
 def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
     from . import __version__, pipeline
+    from .tasks import get_task
     # Training's formatter for time left ('42s', '3m05s', '1h02m'), so a sweep's line reads like a run's.
     from .trainer import _duration as duration
 
@@ -437,6 +449,7 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
                  "seeds": sweep.seeds, "students": sweep.students},
         "config": {name: _fingerprint(c) for name, c in student_configs.items()},
         "teacher": runs[0]["teacher_metrics"],
+        "metric": get_task(first.data.task).headline_metric,  # what the report judges the settings on
         "diagnostics": diagnostics,
         "validation_is_test": validation_is_test(first.data),
         "speed": speeds,

@@ -155,7 +155,7 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
         eval_dataset=eval_dataset,
         data_collator=task.collator(tokenizer, teacher_logits, **collate),
         processing_class=tokenizer,
-        compute_metrics=task.trainer_metrics if eval_dataset is not None else None,
+        compute_metrics=task.trainer_metrics_for(model) if eval_dataset is not None else None,
         task=task,
         online_teachers=online_teachers,
         teacher_tokenizers=teacher_tokenizers,

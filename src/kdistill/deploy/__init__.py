@@ -6,7 +6,8 @@ Runtime, the `tokenizers` library and numpy only, so a service can be installed 
 
     pip install --no-deps kdistill && pip install onnxruntime tokenizers numpy starlette uvicorn
 
-    runtime.py  ExportedModel: texts -> token ids -> ONNX Runtime -> labels and probabilities
+    runtime.py  ExportedModel: texts -> token ids -> ONNX Runtime -> labels and probabilities (a tagger: words ->
+                tags per word -> entities with character spans)
     server.py   the HTTP service (Starlette under uvicorn) with dynamic batching and request limits
 
 Nothing in this package may import torch, transformers or a kdistill module that does (tests/test_deploy.py checks

@@ -3,12 +3,21 @@
 The tokenizer is the export's tokenizer.json, which is what a transformers fast tokenizer runs underneath, set up
 as `kdistill export` checked it: truncation at the run's max_length, padding to the longest text of a batch with the
 tokenizer's pad token. tests/test_deploy.py checks the logits against the PyTorch student's within 1e-4.
+
+Token classification (a tagger's export, `"task": "token_classification"` in export_report.json): a text is split
+into words at whitespace (`str.split`'s rule; the report's `"words": "whitespace"`), as CoNLL-style training data
+has one word per token with punctuation apart ("lamb ." rather than "lamb."). The words are encoded as
+pre-tokenised input (`is_pretokenized=True`, what transformers' `is_split_into_words=True` does), each word's tag is
+the argmax at its first sub-token, and the IOB2 tags become entities with character offsets into the text
+(`decode_entities`). Words past max_length get no tag and are counted (`truncated_words`).
+tests/test_token_deploy.py checks this against the PyTorch student decoded the same way.
 """
 
 import codecs
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,8 +31,10 @@ from . import FP32_FILE, INT8_FILE, REPORT_FILE, TOKENIZER_CONFIG, TOKENIZER_FIL
 STREAM_WINDOW = 16
 # A batch stops growing when padding would make it cost more than this many times its texts' own tokens.
 PADDING_SLACK = 1.25
-# The tasks whose exports this runtime can run, and what their logits are per text.
-TASKS = ("sequence_classification",)
+# The tasks whose exports this runtime can run: a label per text, or tagged words and their entities.
+TASKS = ("sequence_classification", "token_classification")
+TOKEN_TASKS = ("token_classification",)
+_WORD = re.compile(r"\S+")
 
 
 def _read_json(path: str) -> dict:
@@ -49,8 +60,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ExportedModel:
     """A `kdistill export` directory loaded for prediction: an ONNX Runtime session and the export's tokenizer.
 
-    Build it with `ExportedModel.load(export_dir)`. `predict(texts)` gives each text's label and probabilities;
-    `logits(texts)` the raw [texts, labels] array.
+    Build it with `ExportedModel.load(export_dir)`. `predict(texts)` gives each text's label and probabilities
+    (for a tagger: its entities, tags and truncated words); `logits(texts)` the raw [texts, labels] array (for a
+    tagger: a [sub-tokens, labels] array per text).
     """
 
     directory: str
@@ -62,6 +74,7 @@ class ExportedModel:
     pad_left: bool
     int8: bool
     report: dict = field(default_factory=dict)
+    task: str = "sequence_classification"
 
     @classmethod
     def load(cls, directory: str, int8: bool = False, threads: int | None = None) -> "ExportedModel":
@@ -76,8 +89,9 @@ class ExportedModel:
         if not os.path.isfile(model_file):
             hint = "export with --int8, or drop --int8" if int8 else "make one with kdistill export RUN_DIR --format onnx"
             raise UserError(f"{directory}: no {os.path.basename(model_file)} ({hint})")
-        report_file = os.path.join(directory, REPORT_FILE)
-        report = _read_json(report_file) if os.path.isfile(report_file) else {}
+        # An export's teacher/ (export --teacher) has no report of its own: its parent's describes it too.
+        reports = [os.path.join(d, REPORT_FILE) for d in (directory, os.path.join(directory, os.pardir))]
+        report = next((_read_json(r) for r in reports if os.path.isfile(r)), {})
         task = report.get("task", "sequence_classification")
         if task not in TASKS:
             raise UserError(f"{directory}: an export of a {task} model; this runtime predicts {', '.join(TASKS)}")
@@ -88,7 +102,7 @@ class ExportedModel:
         if isinstance(outputs, int) and outputs != len(labels):
             raise UserError(f"{directory}: {os.path.basename(model_file)} gives {outputs} scores per text but "
                             f"{LABELS_FILE} names {len(labels)} labels; re-export the run with kdistill export")
-        return cls(directory, session, tokenizer, labels, max_length, pad_id, pad_left, int8, report)
+        return cls(directory, session, tokenizer, labels, max_length, pad_id, pad_left, int8, report, task)
 
     @property
     def input_names(self) -> list[str]:
@@ -116,25 +130,64 @@ class ExportedModel:
         padded to one long text: on the SST-2 student, 16 sorted texts a call ran 2.4x the texts per second of 16
         in arrival order, while batches themselves gained little over one text a call (compute grows with tokens).
         """
+        return self._batches(self._encode(texts)[0], batch_size)
+
+    def _encode(self, texts: list[str]) -> tuple[list, list[list[tuple[int, int]]] | None]:
+        """The tokenizer's encodings of `texts` and, for a tagger, each text's words as (start, end) offsets."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not is_unicode(text):
                 raise UserError(f"text {i + 1} is not valid Unicode text: {text!r:.60}")
-        encodings = self.tokenizer.encode_batch(texts)
+        if self.task not in TOKEN_TASKS:
+            return self.tokenizer.encode_batch(texts), None
+        spans = [split_words(text) for text in texts]
+        words = [[text[a:b] for a, b in row] for text, row in zip(texts, spans)]
+        return self.tokenizer.encode_batch(words, is_pretokenized=True), spans
+
+    def _batches(self, encodings: list, batch_size: int) -> list[tuple[list[int], dict[str, np.ndarray]]]:
         return [(chunk, self._feed([encodings[i] for i in chunk]))
                 for chunk in length_batches([len(e.ids) for e in encodings], batch_size)]
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, feed)[0]
 
-    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """[texts, labels] logits, in the order of `texts`."""
+    def _rows(self, encodings: list, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(text index, its output) for every text, batch by batch; a per-token output is cut to the text's own
+        sub-tokens (the padding, on whichever side, left out)."""
+        for chunk, feed in self._batches(encodings, batch_size):
+            out = self.run(feed)
+            if (out.ndim == 3) != (self.task in TOKEN_TASKS):
+                raise UserError(f"{self.directory}: the model gives {out.ndim - 1}-D logits per text, which does not "
+                                f"fit the task its export report names ({self.task}); re-export the run")
+            for j, i in enumerate(chunk):
+                if out.ndim == 2:
+                    yield i, out[j]
+                else:
+                    n = len(encodings[i].ids)
+                    yield i, out[j, out.shape[1] - n:] if self.pad_left else out[j, :n]
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+        """[texts, labels] logits in the order of `texts`; for a tagger, a [sub-tokens, labels] array per text."""
+        encodings, _ = self._encode(texts)
+        if self.task in TOKEN_TASKS:
+            rows: list = [None] * len(texts)
+            for i, row in self._rows(encodings, batch_size):
+                rows[i] = row
+            return rows
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for chunk, feed in self.batches(texts, batch_size):
-            out[chunk] = self.run(feed)
+        for i, row in self._rows(encodings, batch_size):
+            out[i] = row
         return out
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
-        """Each text's {"label": name, "probabilities": {name: p}}."""
+        """Each text's {"label": name, "probabilities": {name: p}}; for a tagger, each text's
+        {"entities": [{"type", "text", "start", "end", "score"}], "tags": [a tag per word, None for a word past
+        max_length], "truncated_words": n} (see `tag_words`)."""
+        if self.task in TOKEN_TASKS:
+            encodings, spans = self._encode(texts)
+            out: list = [None] * len(texts)
+            for i, row in self._rows(encodings, batch_size):
+                out[i] = tag_words(texts[i], spans[i], encodings[i].word_ids, row, self.labels)
+            return out
         out = []
         for p in softmax(self.logits(texts, batch_size)):
             out.append({"label": self.labels[int(p.argmax())],
@@ -154,7 +207,7 @@ class ExportedModel:
         return {
             "directory": os.path.abspath(self.directory),
             "model_file": INT8_FILE if self.int8 else FP32_FILE,
-            "task": report.get("task", "sequence_classification"),
+            "task": self.task,
             "labels": self.labels,
             "max_length": self.max_length,
             "inputs": self.input_names,
@@ -162,6 +215,80 @@ class ExportedModel:
             "fp32_parity_passed": report.get("parity", {}).get("passed"),
             "int8_agreement_with_fp32": report.get("int8", {}).get("agreement_with_fp32"),
         }
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """A text's words as (start, end) character offsets: its runs of non-whitespace (`str.split`'s words)."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def decode_entities(tags: list[str | None]) -> list[tuple[str, int, int]]:
+    """IOB2 tags (one per word) as entities: (type, first word, last word + 1).
+
+    `B-X` starts an entity of type X and `I-X` continues one of type X. An `I-X` that follows `O`, nothing, or an
+    entity of another type starts a new entity, as conlleval and the transformers NER pipeline read it (seqeval's
+    strict IOB2 mode, which `kdistill eval` scores with, would not count it: a model's stray `I-X` is still shown to
+    the user rather than dropped). `O`, a tag without a `B-`/`I-` prefix, and None (a word the model did not see)
+    end an entity. A pure function: tests/test_token_deploy.py checks it.
+    """
+    out: list[tuple[str, int, int]] = []
+    current: list | None = None  # [type, first, end]
+    for i, tag in enumerate(tags):
+        prefix, _, kind = (tag or "").partition("-")
+        if prefix == "I" and kind and current is not None and current[0] == kind:
+            current[2] = i + 1
+            continue
+        if current is not None:
+            out.append(tuple(current))
+            current = None
+        if prefix in ("B", "I") and kind:
+            current = [kind, i, i + 1]
+    if current is not None:
+        out.append(tuple(current))
+    return out
+
+
+def tag_words(text: str, spans: list[tuple[int, int]], word_ids: list[int | None], logits: np.ndarray,
+              labels: list[str]) -> dict:
+    """One text's prediction from a tagger's logits at its sub-tokens.
+
+    Each word's tag is the argmax at its first sub-token; an entity's score is the mean, over its words, of the
+    probability of the tag each was given. A word with no sub-token (cut at max_length) gets the tag None; the words
+    after the last one the model saw are counted as `truncated_words`.
+
+    Args:
+        spans: the words' (start, end) offsets in `text` (`split_words`).
+        word_ids: the word of each sub-token (None for special tokens), as the tokenizer's encoding gives them.
+        logits: [sub-tokens, labels], the model's output for this text without padding.
+    """
+    first: dict[int, int] = {}
+    for position, word in enumerate(word_ids[: len(logits)]):
+        if word is not None and word not in first:
+            first[word] = position
+    probabilities = softmax(logits[list(first.values())]) if first else np.zeros((0, len(labels)))
+    best = probabilities.argmax(axis=-1)
+    tags: list[str | None] = [None] * len(spans)
+    scores = [0.0] * len(spans)
+    for word, b, p in zip(first, best, probabilities):
+        tags[word], scores[word] = labels[int(b)], float(p[b])
+    entities = []
+    for kind, a, b in decode_entities(tags):
+        start, end = spans[a][0], spans[b - 1][1]
+        entities.append({"type": kind, "text": text[start:end], "start": start, "end": end,
+                         "score": sum(scores[a:b]) / (b - a)})
+    seen = max(first) + 1 if first else 0
+    return {"entities": entities, "tags": tags, "truncated_words": len(spans) - seen}
+
+
+def format_prediction(prediction: dict) -> str:
+    """A prediction as `kdistill predict` prints it before the text: the label and its probabilities, or for a
+    tagger each entity as `text [TYPE start:end]` (and how many words were cut at max_length)."""
+    if "entities" not in prediction:
+        shown = " ".join(f"p({k})={v:.4f}" for k, v in prediction["probabilities"].items())
+        return f"{prediction['label']}\t{shown}"
+    shown = "  ".join(f"{e['text']} [{e['type']} {e['start']}:{e['end']}]" for e in prediction["entities"])
+    cut = prediction.get("truncated_words")
+    return (shown or "(no entities)") + (f"  ({cut} word{'s' * (cut != 1)} past max_length, untagged)" if cut else "")
 
 
 def is_unicode(text: str) -> bool:

@@ -2,6 +2,8 @@
 
     POST /predict   {"text": "a fine film"}            -> {"label": ..., "probabilities": {label: p}}
                     {"texts": ["a fine film", "dull"]} -> {"predictions": [{"label": ..., "probabilities": ...}, ...]}
+                    a tagger's export answers {"entities": [{"type", "text", "start", "end", "score"}], "tags": [...],
+                    "truncated_words": n} per text instead (ExportedModel.predict)
     GET  /health    {"status": "ok", ...}
     GET  /model     the export's facts: labels, teacher, strategy, metrics, sizes (ExportedModel.facts)
 

@@ -6,7 +6,8 @@
 An export directory (default RUN_DIR/export) holds:
 
     model.onnx          the student, fp32: inputs input_ids, attention_mask (and token_type_ids when the tokenizer
-                        makes them), each [batch, sequence] with both axes dynamic; output logits [batch, labels]
+                        makes them), each [batch, sequence] with both axes dynamic; output logits [batch, labels], or for
+                        token_classification [batch, sequence, labels] (per sub-token; batch and sequence dynamic)
     model.int8.onnx     (--int8) dynamic int8 quantisation of model.onnx (onnxruntime.quantization.quantize_dynamic)
     config.json, tokenizer files, labels.json
     teacher/            (--teacher) the teacher exported the same way, so student and teacher can be timed on one runtime
@@ -15,7 +16,7 @@ An export directory (default RUN_DIR/export) holds:
 
 Checks. The fp32 ONNX logits must match PyTorch's within 1e-4 (max abs) on the run's evaluation rows; a miss makes
 the command exit 1 (files are kept for inspection, the report says FAILED) unless --no_check. The int8 model's top-1
-agreement with fp32 is reported against a 99.5% target, beside both accuracies: quantisation is a trade-off the
+agreement with fp32 (per row, or per word at its first sub-token for token_classification) is reported against a 99.5% target, beside both accuracies: quantisation is a trade-off the
 user judges, so a miss there is a warning, not a failure.
 
     onnx.py     exporting (fp32, int8), running an export with ONNX Runtime, parity, int8 fidelity, timing
@@ -45,4 +46,4 @@ from .onnx import (
 )
 from .predict import Predictor, load_predictor
 from ..rundir import locate, read_json  # noqa: F401 - the run directory's readers, as benchmarks and tests use them
-from .run import Run, data_config, eval_rows, export_run, load_run, machine, model_rows, pad, teacher_dir, versions
+from .run import EvalSplit, Run, data_config, eval_rows, eval_split, export_run, load_run, machine, model_rows, pad, teacher_dir, versions

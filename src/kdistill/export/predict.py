@@ -78,8 +78,18 @@ def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
         raise UserError(f"{model_dir}: no {INT8_FILE} (export with --int8, or drop --int8)")
     for candidate in (model_dir, RunPaths(model_dir).student):
         if os.path.isfile(os.path.join(candidate, "config.json")):
+            _refuse_taggers(candidate, model_dir)
             model = load_classifier(candidate, "model").eval()
             tokenizer = load_tokenizer(candidate, "tokenizer")
             id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
             return Predictor(model, tokenizer, id2label, _max_length(candidate, tokenizer), "pytorch")
     raise UserError(f"{model_dir}: no model here (no {FP32_FILE}, config.json or student/config.json)")
+
+
+def _refuse_taggers(model_dir: str, given: str) -> None:
+    """A token-classification model predicts from its export only (entities with spans: deploy.runtime); loaded
+    here it would be read as a sequence classifier with a fresh head, and answer nonsense."""
+    architectures = read_json(os.path.join(model_dir, "config.json")).get("architectures") or []
+    if any(str(a).endswith("ForTokenClassification") for a in architectures):
+        raise UserError(f"{given}: a token-classification model; predict from its export (kdistill export RUN_DIR "
+                        "--format onnx, then kdistill predict RUN_DIR/export \"some text\")")

@@ -8,6 +8,7 @@ import platform
 import shlex
 import shutil
 from contextlib import ExitStack
+from typing import Any, NamedTuple
 from importlib import metadata
 
 import torch
@@ -18,7 +19,7 @@ from ..data import load_split, split_file
 from ..errors import UserError
 from ..rundir import Run, data_config, load_run, run_teacher_dir as teacher_dir
 from ..tasks import get_task
-from ..tasks.base import stack_labels
+from ..tasks.base import flat_items
 from ..evaluation import size_on_disk
 from ..files import atomic_directory, stale_siblings, write_json, write_text
 from ..lock import directory_lock
@@ -30,8 +31,17 @@ from .onnx import CARD_FILE, FP32_FILE, INT8_FILE, REPORT_FILE, OnnxClassifier, 
 
 logger = logging.getLogger(__package__)  # "kdistill.export", as before the split
 
-def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int) -> tuple[list[dict], torch.Tensor, str]:
-    """The first `limit` rows of the run's evaluation split, prepared by the run's task: (model rows, labels, source)."""
+class EvalSplit(NamedTuple):
+    """The rows an export is checked on, prepared by the run's task."""
+
+    rows: list[dict]  # model inputs, as the task's pad_inputs takes them
+    item_rows: list[dict]  # the same rows as the task's item_logits reads them (word_ids too, for words)
+    labels: torch.Tensor | list[torch.Tensor]  # per item (the task's item_labels)
+    source: str
+
+
+def eval_split(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int) -> EvalSplit:
+    """The first `limit` rows of the run's evaluation split, prepared by the run's task."""
     task = get_task(data.task)
     table = load_split(data, "test")
     source = split_file(data, "test") or f"{data.dataset_name}/{data.dataset_config_name}"
@@ -40,7 +50,22 @@ def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int)
     table = table.select(range(min(limit, len(table))))
     labels = task.encode_labels(table, data, label2id, source)
     encoded = task.prepare(table, tokenizer, data, labels)
-    return task.model_rows(encoded, tokenizer), stack_labels(labels), source
+    return EvalSplit(task.model_rows(encoded, tokenizer), task.item_rows(encoded, tokenizer),
+                     task.item_labels(encoded), source)
+
+
+def eval_rows(data: DataConfig, tokenizer, label2id: dict[str, int], limit: int) -> tuple[list[dict], Any, str]:
+    """`eval_split` as (model rows, labels per item, source)."""
+    split = eval_split(data, tokenizer, label2id, limit)
+    return split.rows, split.labels, split.source
+
+
+def positions(logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """`predict_logits`' output as one [positions, C] tensor: a row each for one vector per row, every real
+    (non-padding) sub-token of every row for per-token outputs (predict_logits cuts each row to its length)."""
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+        return logits
+    return torch.cat([row.reshape(-1, row.shape[-1]) for row in logits])
 
 
 def run_task(run: Run):
@@ -169,11 +194,15 @@ def _export(run: Run, run_dir: str, target: str, out: str, int8: bool, teacher: 
     student = load_classifier(run.student_dir, "student", auto_model=task.auto_model).eval()
     tokenizer = load_tokenizer(run.student_dir, "student tokenizer")
     data = data_config(run, data_file)
-    eval_set, labels, source = eval_rows(data, tokenizer, run.label2id, rows)
+    split = eval_split(data, tokenizer, run.label2id, rows)
+    eval_set = split.rows
     collate = task.pad_inputs(tokenizer)
 
     fp32_path, int8_path = os.path.join(out, FP32_FILE), os.path.join(out, INT8_FILE)
     names = export_model(student, tokenizer, run.label2id, out, int8, inputs=task.export_inputs)
+
+    def items(logits):  # the model's logits per item (row, word) and their labels, flat
+        return flat_items(task.item_logits(logits, split.item_rows), split.labels)
 
     report: dict = {
         "format": "onnx",
@@ -185,24 +214,31 @@ def _export(run: Run, run_dir: str, target: str, out: str, int8: bool, teacher: 
         "out": target,
         "inputs": names,
         "output": "logits",
+        "output_axes": [*task.export_output_axes["logits"].values(), "labels"],
         "task": task.name,
+        **task.export_notes,
         "max_length": data.max_length,
         "labels": run.label2id,
         "model": model_facts(run.config, run.evaluation),
-        "eval": {"source": source, "rows": len(eval_set)},
+        "eval": {"source": split.source, "rows": len(eval_set), "item": task.item},
         "parameters": {"student": count_parameters(student)},
         "sizes": {"student PyTorch": size_on_disk(run.student_dir), "student ONNX fp32": os.path.getsize(fp32_path)},
     }
     pt_logits = predict_logits(student, eval_set, collate)
     fp32 = OnnxClassifier(fp32_path)
     fp32_logits = predict_logits(fp32, eval_set, collate)
-    report["parity"] = check_parity(pt_logits, fp32_logits)
-    report["accuracy_pytorch"] = metrics.accuracy(pt_logits, labels)
+    # Parity over every real position (each row's vector, or each non-padding sub-token's); fidelity and accuracy
+    # over the task's items (rows, or words at their first sub-token).
+    report["parity"] = check_parity(positions(pt_logits), positions(fp32_logits))
+    pt_items, labels = items(pt_logits)
+    fp32_items, _ = items(fp32_logits)
+    report["eval"]["items"] = len(labels)
+    report["accuracy_pytorch"] = metrics.accuracy(pt_items, labels)
     candidates: dict[str, tuple] = {"student PyTorch": (student, eval_set, collate),
                                     "student ONNX fp32": (fp32, eval_set, collate)}
     if int8:
         int8_model = OnnxClassifier(int8_path)
-        report["int8"] = int8_fidelity(fp32_logits, predict_logits(int8_model, eval_set, collate), labels)
+        report["int8"] = int8_fidelity(fp32_items, items(predict_logits(int8_model, eval_set, collate))[0], labels)
         report["sizes"]["student ONNX int8"] = os.path.getsize(int8_path)
         candidates["student ONNX int8"] = (int8_model, eval_set, collate)
     if tdir is not None:
@@ -239,8 +275,8 @@ def _teacher_side(report: dict, tdir: str, run: Run, data: DataConfig, rows: int
         t32, t8 = os.path.join(tout, FP32_FILE), os.path.join(tout, INT8_FILE)
         export_model(teacher, teacher_tok, run.label2id, tout, int8, inputs=task.export_inputs)
         teacher_fp32 = OnnxClassifier(t32)
-        report["teacher_parity"] = check_parity(predict_logits(teacher, teacher_rows, tcollate),
-                                                predict_logits(teacher_fp32, teacher_rows, tcollate))
+        report["teacher_parity"] = check_parity(positions(predict_logits(teacher, teacher_rows, tcollate)),
+                                                positions(predict_logits(teacher_fp32, teacher_rows, tcollate)))
         report["sizes"]["teacher ONNX fp32"] = os.path.getsize(t32)
         timed["teacher ONNX fp32"] = (teacher_fp32, teacher_rows, tcollate)
         if int8:

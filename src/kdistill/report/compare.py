@@ -20,7 +20,11 @@ from ..metrics import ONE_HOT_TOP_PROB, uniform_limit
 from ..stats import CONFIDENCE, bootstrap_interval, paired_difference, t_interval
 from .common import pyplot, save_figure, to_html, to_markdown
 
-METRICS = ("accuracy", "macro_f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy")
+METRICS = ("accuracy", "macro_f1", "f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy",
+           "validation_f1")
+# The headline metric a sweep is judged on is the task's (`Task.headline_metric`, results["metric"]): accuracy for
+# classification, entity-level micro F1 for token classification. Its name in tables, plots and verdicts:
+TITLES = {"accuracy": "accuracy", "f1": "entity F1"}
 # Metrics whose values sit near a bound (0 for calibration error, KL and epsilon, 1 for agreement), where a t-interval
 # over a few seeds crosses it: their intervals are percentile-bootstrap ones, which stay inside the seeds' range.
 BOUNDED = ("agreement", "kl_to_teacher", "epsilon", "ece")
@@ -70,20 +74,31 @@ def compare_to_hard(runs: list[dict], metric: str = "accuracy", confidence: floa
     return out
 
 
-def _selection_metric(cells: list[dict]) -> str:
-    return "validation_accuracy" if cells and all("validation_accuracy" in c for c in cells) else "accuracy"
+def headline(results: dict) -> str:
+    """The metric the sweep is judged on (results written before it was recorded: accuracy)."""
+    return results.get("metric") or "accuracy"
 
 
-def best_cell(cells: list[dict], strategies: tuple[str, ...]) -> dict | None:
+def _title(metric: str, capital: bool = False) -> str:
+    title = TITLES.get(metric, metric)
+    return title[:1].upper() + title[1:] if capital else title
+
+
+def _selection_metric(cells: list[dict], metric: str = "accuracy") -> str:
+    validation = f"validation_{metric}"
+    return validation if cells and all(validation in c for c in cells) else metric
+
+
+def best_cell(cells: list[dict], strategies: tuple[str, ...], metric: str = "accuracy") -> dict | None:
     """The setting of `strategies` with the best mean selection metric (validation when every cell has it)."""
     candidates = [c for c in cells if c["strategy"] in strategies]
     if not candidates:
         return None
-    metric = _selection_metric(candidates)
-    return max(candidates, key=lambda c: c[metric]["mean"])  # max keeps the first of ties: the simpler setting
+    chosen_by = _selection_metric(candidates, metric)
+    return max(candidates, key=lambda c: c[chosen_by]["mean"])  # max keeps the first of ties: the simpler setting
 
 
-def best_replicated(cells: list[dict], strategies: tuple[str, ...]) -> dict | None:
+def best_replicated(cells: list[dict], strategies: tuple[str, ...], metric: str = "accuracy") -> dict | None:
     """best_cell among the settings run with the most seeds, so that a verdict rests on an interval.
 
     In a sweep where every setting has the same seeds this is best_cell. In a two-stage design (every setting with
@@ -94,7 +109,7 @@ def best_replicated(cells: list[dict], strategies: tuple[str, ...]) -> dict | No
     if not candidates:
         return None
     most = max(c["n"] for c in candidates)
-    return best_cell([c for c in candidates if c["n"] == most], strategies)
+    return best_cell([c for c in candidates if c["n"] == most], strategies, metric)
 
 
 def _points(value: float) -> str:
@@ -155,26 +170,28 @@ def _not_one_hot_sentence(diagnostics: dict, temperature: float | None = None) -
     return text
 
 
-def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation_is_test: bool = False) -> list[str]:
+def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation_is_test: bool = False,
+             metric: str = "accuracy") -> list[str]:
     """One plain paragraph per student: does the best soft-label setting beat hard labels, and why (not).
 
     Args:
         validation_is_test: the sweep's validation file is its test file, so a choice "on validation" is a choice
             on the test set.
+        metric: the headline metric (the `diffs` are on it); a verdict on another than accuracy names it.
     """
     out = []
     for student in dict.fromkeys(c["student"] for c in cells):
         mine = [c for c in cells if c["student"] == student]
         diff_of = {d["setting"]: d for d in diffs if d["student"] == student}
         hard = next((c for c in mine if c["setting"] == "hard"), None)
-        best = best_replicated(mine, ("soft", "mixed"))
+        best = best_replicated(mine, ("soft", "mixed"), metric)
         name = f"the {student} student" if student != "student" else "the student"
         if hard is None or best is None:
             out.append(f"For {name}, the grid has no {'hard-label' if hard is None else 'soft-label'} runs to compare.")
             continue
         soft_cells = [c for c in mine if c["strategy"] in ("soft", "mixed")]
-        chosen = "validation" if _selection_metric(soft_cells) == \
-            "validation_accuracy" else "test (no validation split: the difference is optimistic)"
+        chosen = "validation" if _selection_metric(soft_cells, metric).startswith("validation_") \
+            else "test (no validation split: the difference is optimistic)"
         if validation_is_test and chosen == "validation":
             chosen = "the test set (the validation file is the test file: the difference is optimistic)"
         if any(c["n"] != best["n"] for c in soft_cells):
@@ -198,11 +215,12 @@ def verdicts(cells: list[dict], diffs: list[dict], diagnostics: dict, validation
         else:
             text = (f"On this data, soft labels do not measurably beat hard labels for {name}: the best setting, "
                     f"{best['setting']}, differs from hard by {_diff_text(diff)}, an interval that includes 0")
-        text += f" (settings chosen on {chosen})."
-        other = best_replicated(mine, ("mixed",) if best["strategy"] == "soft" else ("soft",))
+        judged = "" if metric == "accuracy" else f"test {_title(metric)}; "
+        text += f" ({judged}settings chosen on {chosen})."
+        other = best_replicated(mine, ("mixed",) if best["strategy"] == "soft" else ("soft",), metric)
         if other is not None:
-            rel = paired_difference(dict(zip(other["seeds"], other["accuracy"]["values"])),
-                                    dict(zip(best["seeds"], best["accuracy"]["values"])))
+            rel = paired_difference(dict(zip(other["seeds"], other[metric]["values"])),
+                                    dict(zip(best["seeds"], best[metric]["values"])))
             if rel is not None:
                 word = {0: "is not distinguishable from", 1: "beats", -1: "is worse than"}[_differs(rel)]
                 text += f" The best {other['strategy']} setting, {other['setting']}, {word} {best['setting']}: {_diff_text(rel)}."
@@ -240,27 +258,29 @@ COLORS = {"hard": "black", "scratch": "gray", "soft": "tab:blue", "mixed": "tab:
 
 
 def plot_accuracy_by_strategy(results: dict, path: str) -> None:
+    """The headline metric (accuracy, or the task's: see `headline`) by setting; the file keeps its name."""
     plt = pyplot()
-    cells, students = results["cells"], _students(results["cells"])
-    teacher = results.get("teacher", {}).get("accuracy")
+    cells, students, metric = results["cells"], _students(results["cells"]), headline(results)
+    title = _title(metric)
+    teacher = results.get("teacher", {}).get(metric)
     n = max(sum(c["student"] == s for c in cells) for s in students)
     fig, axes = plt.subplots(len(students), 1, figsize=(7, (0.35 * n + 1.3) * len(students)), squeeze=False,
                              layout="constrained")
     for ax, student in zip(axes[:, 0], students):
         mine = [c for c in cells if c["student"] == student]
         for i, c in enumerate(mine):
-            mean, err = _pct(c["accuracy"])
+            mean, err = _pct(c[metric])
             ax.errorbar([mean], [i], xerr=[[err[0]], [err[1]]], fmt="o", capsize=3, color=COLORS[c["strategy"]])
         hard = next((c for c in mine if c["setting"] == "hard"), None)
-        if hard and hard["accuracy"].get("low") is not None:
-            ax.axvspan(100 * hard["accuracy"]["low"], 100 * hard["accuracy"]["high"], color="gray", alpha=0.15,
+        if hard and hard[metric].get("low") is not None:
+            ax.axvspan(100 * hard[metric]["low"], 100 * hard[metric]["high"], color="gray", alpha=0.15,
                        label="hard labels, 95% CI")
         if teacher is not None:
             ax.axvline(100 * teacher, color="green", ls="--", label="teacher")
         ax.set_yticks(range(len(mine)), [c["setting"] for c in mine])
         ax.invert_yaxis()
-        ax.set_title(f"{student}: test accuracy, mean and 95% t-interval over seeds", fontsize=10)
-        ax.set_xlabel("accuracy (%)")
+        ax.set_title(f"{student}: test {title}, mean and 95% t-interval over seeds", fontsize=10)
+        ax.set_xlabel(f"{title} (%)")
         ax.legend(fontsize=8, loc="best")
     save_figure(fig, path)
 
@@ -270,7 +290,8 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
     if not any(c.get("temperature") is not None for c in cells):
         return False
     plt = pyplot()
-    teacher = results.get("teacher", {}).get("accuracy")
+    metric = headline(results)
+    teacher = results.get("teacher", {}).get(metric)
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4), squeeze=False, layout="constrained")
     for ax, student in zip(axes[0], students):
         mine = [c for c in cells if c["student"] == student]
@@ -281,14 +302,14 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
                 lines.setdefault(label, []).append(c)
         for label, group in lines.items():
             group.sort(key=lambda c: c["temperature"])
-            means, errs = zip(*[_pct(c["accuracy"]) for c in group])
+            means, errs = zip(*[_pct(c[metric]) for c in group])
             ax.errorbar([c["temperature"] for c in group], means, yerr=list(zip(*errs)), marker="o", capsize=3,
                         label=label, ls="-" if label == "soft" else "--")
         hard = next((c for c in mine if c["setting"] == "hard"), None)
         if hard:
-            ax.axhline(100 * hard["accuracy"]["mean"], color="black", label="hard (band: 95% CI)")
-            if hard["accuracy"].get("low") is not None:
-                ax.axhspan(100 * hard["accuracy"]["low"], 100 * hard["accuracy"]["high"], color="gray", alpha=0.15)
+            ax.axhline(100 * hard[metric]["mean"], color="black", label="hard (band: 95% CI)")
+            if hard[metric].get("low") is not None:
+                ax.axhspan(100 * hard[metric]["low"], 100 * hard[metric]["high"], color="gray", alpha=0.15)
         if teacher is not None:
             ax.axhline(100 * teacher, color="green", ls=":", label="teacher")
         temps = sorted({c["temperature"] for c in mine if c.get("temperature") is not None})
@@ -296,10 +317,10 @@ def plot_accuracy_vs_temperature(results: dict, path: str) -> bool:
         ax.set_xticks(temps, [f"{t:g}" for t in temps])
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {_title(metric)} (%)")
         ax.set_title(student)
         ax.legend(fontsize=8)
-    fig.suptitle("Accuracy against temperature, mean and 95% t-interval over seeds")
+    fig.suptitle(f"{_title(metric, True)} against temperature, mean and 95% t-interval over seeds")
     save_figure(fig, path)
     return True
 
@@ -319,18 +340,19 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     if not names:
         return False
     plt = pyplot()
+    metric = headline(results)
     points, labels = [], []
     teacher_latency = [speed[s]["teacher"]["latency_ms_b1"] for s in names]
-    if results.get("teacher", {}).get("accuracy") is not None:
-        points.append((sum(teacher_latency) / len(teacher_latency), 100 * results["teacher"]["accuracy"]))
+    if results.get("teacher", {}).get(metric) is not None:
+        points.append((sum(teacher_latency) / len(teacher_latency), 100 * results["teacher"][metric]))
         labels.append("teacher")
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     for s in names:
         latency = speed[s]["student"]["latency_ms_b1"]
         mine = [c for c in cells if c["student"] == s]
-        ax.scatter([latency] * len(mine), [100 * c["accuracy"]["mean"] for c in mine], s=12, color="lightgray")
-        top = max(mine, key=lambda c: c["accuracy"]["mean"])
-        points.append((latency, 100 * top["accuracy"]["mean"]))
+        ax.scatter([latency] * len(mine), [100 * c[metric]["mean"] for c in mine], s=12, color="lightgray")
+        top = max(mine, key=lambda c: c[metric]["mean"])
+        points.append((latency, 100 * top[metric]["mean"]))
         labels.append(f"{s} ({top['setting']})")
     front = set(pareto_front(points))
     for i, ((lat, acc), label) in enumerate(zip(points, labels)):
@@ -341,7 +363,7 @@ def plot_accuracy_vs_latency(results: dict, path: str) -> bool:
     ax.plot([p[0] for p in ordered], [p[1] for p in ordered], color="tab:red", lw=1, ls="--",
             label="Pareto front (stars)")
     ax.set_xlabel("CPU latency at batch 1 (ms, median)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"test {_title(metric)} (%)")
     ax.set_title("Compression trade-off: best setting per model (gray: other settings)")
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -382,6 +404,10 @@ def _blocks(results: dict) -> list[tuple]:
     cells, diffs, diagnostics = results["cells"], results["comparisons"], results.get("diagnostics", {})
     teacher, speed = results.get("teacher", {}), results.get("speed") or {}
     diff_of = {(d["student"], d["setting"]): d for d in diffs}
+    metric = headline(results)
+    title = _title(metric)
+    # Beside the headline, a second quality column: macro-F1 for classification, accuracy (per item) otherwise.
+    second, second_title = ("macro_f1", "macro-F1 %") if metric == "accuracy" else ("accuracy", "accuracy %")
     b: list[tuple] = [("h1", "Do soft labels pay off here? (kdistill compare)")]
     b += [("p", f"**Verdict.** {v}") for v in results["verdict"]]
     grid = results.get("grid", {})
@@ -393,17 +419,19 @@ def _blocks(results: dict) -> list[tuple]:
     rows = []
     for c in cells:
         d = diff_of.get((c["student"], c["setting"]))
-        rows.append([c["student"], c["setting"], str(c["n"]), _ci_text(c.get("accuracy")),
-                     _diff_text(d) if d else "-", _ci_text(c.get("validation_accuracy")), _ci_text(c.get("macro_f1")),
+        rows.append([c["student"], c["setting"], str(c["n"]), _ci_text(c.get(metric)),
+                     _diff_text(d) if d else "-", _ci_text(c.get(f"validation_{metric}")), _ci_text(c.get(second)),
                      _ci_text(c.get("agreement")), _ci_text(c.get("kl_to_teacher"), 1, 3), _ci_text(c.get("ece"))])
-    b.append(("table", ["student", "setting", "seeds", "test accuracy % [95% CI]", "minus hard (paired)",
-                        "validation acc. %", "macro-F1 %", "agreement %", "KL to teacher", "ECE %"], rows))
+    validation_title = "validation acc. %" if metric == "accuracy" else f"validation {title} %"
+    b.append(("table", ["student", "setting", "seeds", f"test {title} % [95% CI]", "minus hard (paired)",
+                        validation_title, second_title, "agreement %", "KL to teacher", "ECE %"], rows))
     if teacher:
-        b.append(("p", f"Teacher on the same test rows: accuracy {100 * teacher['accuracy']:.2f}%, macro-F1 "
-                       f"{100 * teacher['macro_f1']:.2f}%, ECE {100 * teacher['ece']:.2f}%."))
-    b.append(("img", "accuracy_by_strategy.png", "Test accuracy by setting with 95% intervals"))
+        shown = ", ".join(f"{name} {100 * teacher[key]:.2f}%" for key, name in
+                          ((metric, title), (second, second_title[:-2]), ("ece", "ECE")) if teacher.get(key) is not None)
+        b.append(("p", f"Teacher on the same test rows: {shown}."))
+    b.append(("img", "accuracy_by_strategy.png", f"Test {title} by setting with 95% intervals"))
     if "accuracy_vs_temperature.png" in results.get("plots", []):
-        b.append(("img", "accuracy_vs_temperature.png", "Accuracy against temperature"))
+        b.append(("img", "accuracy_vs_temperature.png", f"{_title(metric, True)} against temperature"))
     b.append(("img", "fidelity_by_strategy.png", "Agreement with the teacher and calibration by setting"))
 
     b.append(("h2", "The teacher's soft labels"))
@@ -434,7 +462,7 @@ def _blocks(results: dict) -> list[tuple]:
                        "the ratios, not the absolute times (shared machines are noisy). One timing per student "
                        "shape: the setting does not change a model's speed."))
         if "accuracy_vs_latency.png" in results.get("plots", []):
-            b.append(("img", "accuracy_vs_latency.png", "Accuracy against CPU latency, Pareto front marked"))
+            b.append(("img", "accuracy_vs_latency.png", f"{_title(metric, True)} against CPU latency, Pareto front marked"))
     b.append(("h2", "Cost"))
     seconds = [r["train_seconds"] for r in results["runs"] if "train_seconds" in r]
     if seconds:
@@ -464,9 +492,10 @@ def summarise(results: dict, confidence: float = CONFIDENCE) -> dict:
     """Recompute cells, comparisons and verdict from the runs (what `kdistill report` relies on)."""
     results = dict(results)
     results["cells"] = aggregate(results["runs"], confidence)
-    results["comparisons"] = compare_to_hard(results["runs"], "accuracy", confidence)
+    metric = headline(results)
+    results["comparisons"] = compare_to_hard(results["runs"], metric, confidence)
     results["verdict"] = verdicts(results["cells"], results["comparisons"], results.get("diagnostics", {}),
-                                  results.get("validation_is_test", False))
+                                  results.get("validation_is_test", False), metric)
     return results
 
 
@@ -492,9 +521,11 @@ def write_report(directory: str, results: dict) -> dict:
 def format_summary(results: dict) -> str:
     """The verdict and a short table, for the terminal."""
     diff_of = {(d["student"], d["setting"]): d for d in results["comparisons"]}
-    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<20}{'n':>3}  {'test accuracy % [95% CI]':<26}{'minus hard (points)':<30}"]
+    metric = headline(results)
+    column = f"test {_title(metric)} % [95% CI]"
+    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<20}{'n':>3}  {column:<26}{'minus hard (points)':<30}"]
     for c in results["cells"]:
         d = diff_of.get((c["student"], c["setting"]))
-        lines.append(f"{c['student']:<12}{c['setting']:<20}{c['n']:>3}  {_ci_text(c.get('accuracy')):<26}"
+        lines.append(f"{c['student']:<12}{c['setting']:<20}{c['n']:>3}  {_ci_text(c.get(metric)):<26}"
                      f"{_diff_text(d) if d else '-':<30}")
     return "\n".join(lines)

@@ -101,7 +101,9 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-METRIC_KEYS = ("accuracy", "macro_f1", "ece", "agreement", "kl_to_teacher")
+METRIC_KEYS = ("accuracy", "macro_f1", "f1", "ece", "agreement", "kl_to_teacher")
+METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "entity F1 (seqeval, strict IOB2)",
+                 "ece": "ECE (15 bins)", "agreement": "agreement with teacher", "kl_to_teacher": "KL(teacher ‖ student)"}
 
 
 def model_facts(config: dict, evaluation: dict | None) -> dict:
@@ -167,8 +169,8 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
     ]
     ev = evaluation
     if ev:
-        titles = ("accuracy", "macro-F1", "ECE (15 bins)", "agreement with teacher", "KL(teacher ‖ student)")
-        keys = list(zip(titles, METRIC_KEYS))
+        # The metrics this task's eval.json has (a tagger's: entity F1, no macro-F1).
+        keys = [(METRIC_TITLES[k], k) for k in METRIC_KEYS if k in ev.get("student", {}) or k in ev.get("teacher", {})]
         lines += [f"## Metrics (`eval.json`: {ev.get('split')}, {ev.get('rows')} rows, PyTorch)", "",
                   "| metric | student | teacher |", "|---|---|---|"]
         for title, key in keys:
@@ -183,7 +185,7 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
         "",
         f"- **fp32 parity**: max |logit(ONNX) − logit(PyTorch)| = {p['max_abs_diff']:.2e} "
         f"(bound {p['bound']:g}): **{'passed' if p['passed'] else 'FAILED'}**; top-1 agreement {pct(p['top1_agreement'])}; "
-        f"accuracy on these rows {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
+        f"accuracy on these {report['eval'].get('item', 'row')}s {100 * report['accuracy_pytorch']:.2f} (PyTorch).",
     ]
     if "int8" in report:
         i8 = report["int8"]

@@ -12,8 +12,12 @@ A task answers the engine's questions about one kind of problem:
   per item of each row: what the soft-label pass caches and evaluation scores), `item_labels` (the split's labels
   per item);
 - outputs: `metrics` (quality and fidelity on a split), `eval_metrics` (the same, given the label map: what
-  `kdistill eval` writes), `check_teacher_logits`, `trainer_metrics` (the Trainer's compute_metrics);
-- export: `export_inputs` and `export_output_axes`, the ONNX signature.
+  `kdistill eval` writes), `check_teacher_logits`, `trainer_metrics` (the Trainer's compute_metrics; `trainer_metrics_for`
+  gives it for one model, whose config may name the labels);
+- export: `export_inputs` and `export_output_axes`, the ONNX signature; `item_logits` (a model's raw outputs as one
+  vector per item, for the export's int8 check); `export_notes` (what the export report records of how raw text
+  becomes the model's input);
+- reports: `headline_metric`, the eval.json key a sweep compares settings on (`kdistill compare`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,27 @@ class ItemCollator:
         return batch
 
 
+def flat_items(items: Tensor | list[Tensor], labels: Any = None) -> tuple[Tensor, Tensor | None]:
+    """Items' logits and labels as two flat tensors, [items, C] and [items], whatever the task's layout.
+
+    `items` and `labels` are what `item_logits` and `item_labels` give: one vector (label) per row, or per row a
+    [items_i, C] tensor beside that row's labels. A row's items may stop before its labels do (words cut by
+    truncation), and an all-zero vector marks an item the model never saw (a word with no sub-token): both are left
+    out, as are items labelled IGNORE_INDEX. Without labels (None), only the items the model saw are kept.
+    """
+    if isinstance(items, Tensor):
+        return items, None if labels is None else torch.as_tensor(labels)
+    if labels is None:
+        return torch.cat([row[row.ne(0).any(dim=-1)] for row in items]), None
+    logits, kept = [], []
+    for row, row_labels in zip(items, labels):
+        row_labels = torch.as_tensor(row_labels)[: len(row)]
+        keep = row[: len(row_labels)].ne(0).any(dim=-1) & row_labels.ne(IGNORE_INDEX)
+        logits.append(row[: len(row_labels)][keep])
+        kept.append(row_labels[keep])
+    return torch.cat(logits), torch.cat(kept)
+
+
 class Task:
     """The base of every task: the defaults suit classification with one label per row."""
 
@@ -89,6 +114,8 @@ class Task:
     auto_model: str | None = None
     export_inputs: tuple[str, ...] = ()
     export_output_axes: dict[str, dict[int, str]] = {"logits": {0: "batch"}}
+    export_notes: dict[str, str] = {}
+    headline_metric = "accuracy"
 
     def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
         raise NotImplementedError
@@ -109,6 +136,11 @@ class Task:
         from ..soft_labels.produce import predict_logits
 
         return predict_logits(model, rows, self.pad_inputs(tokenizer), batch_size=batch_size, progress=progress)
+
+    def item_logits(self, logits: Tensor | list[Tensor], rows: list[dict]) -> Tensor | list[Tensor]:
+        """`predict_logits`' output over `rows` (as `item_rows` gives them) as one vector per item: what
+        `predict_items` returns. One item per row: the logits as they are."""
+        return logits
 
     def item_labels(self, table: Any) -> Tensor | list[Tensor]:
         return stack_labels(table["labels"][:])
@@ -136,3 +168,8 @@ class Task:
         from .. import metrics
 
         return {"accuracy": metrics.accuracy(pred.predictions, pred.label_ids)}
+
+    def trainer_metrics_for(self, model: Any) -> Callable[[Any], dict[str, float]]:
+        """The Trainer's compute_metrics for `model` (a task whose metrics need the label names reads them from its
+        config): `trainer_metrics` by default."""
+        return self.trainer_metrics

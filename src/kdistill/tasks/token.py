@@ -164,6 +164,10 @@ class TokenClassification(Task):
     auto_model = "AutoModelForTokenClassification"
     export_inputs = ("input_ids", "attention_mask", "token_type_ids")
     export_output_axes = {"logits": {0: "batch", 1: "sequence"}}
+    # How kdistill.deploy.runtime turns a raw text into words (the export report records it): CoNLL-style data has
+    # one word per whitespace-separated token, punctuation included ("lamb ." not "lamb.").
+    export_notes = {"words": "whitespace"}
+    headline_metric = "f1"
 
     # --- data
     def label_values(self, table, config) -> list[str]:
@@ -232,6 +236,10 @@ class TokenClassification(Task):
         model_rows = [{k: v for k, v in r.items() if k not in _TASK_FIELDS} for r in rows]
         logits = predict_logits(model, model_rows, self.pad_inputs(tokenizer), batch_size=batch_size,
                                 progress=progress)
+        return self.item_logits(logits, rows)
+
+    def item_logits(self, logits, rows: list[dict]) -> list[Tensor]:
+        """Per-sub-token logits (a [L_i, C] tensor per row, or [rows, L, C]) as each word's: [words seen, C]."""
         return [word_logits(row, r["word_ids"]) for row, r in zip(logits, rows)]
 
     # --- outputs
@@ -255,3 +263,27 @@ class TokenClassification(Task):
         keep = labels != IGNORE_INDEX
         preds = np.asarray(pred.predictions).argmax(-1)
         return {"accuracy": float((preds[keep] == labels[keep]).mean()) if keep.any() else float("nan")}
+
+    def trainer_metrics_for(self, model) -> Callable[[Any], dict[str, float]]:
+        """Word accuracy, plus entity F1 (seqeval, strict IOB2) when the model's config names its tags: what a sweep
+        chooses its settings on (`validation_f1`). The F1 is over the labelled sub-tokens, each word's first unless
+        `label_all_tokens` labels them all (then it counts entities over sub-tokens, an approximation)."""
+        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+        names = [str(id2label.get(i, "")) for i in range(len(id2label))]
+        if not any(n.startswith("B-") for n in names):
+            return self.trainer_metrics
+        return lambda pred: {**self.trainer_metrics(pred), "f1": self._entity_f1(pred, names)}
+
+    @staticmethod
+    def _entity_f1(pred: Any, names: list[str]) -> float:
+        import numpy as np
+
+        from .. import metrics
+
+        labels, logits = np.asarray(pred.label_ids), np.asarray(pred.predictions)
+        keep = labels != IGNORE_INDEX
+        rows = [r for r in range(len(labels)) if keep[r].any()]
+        if not rows:
+            return float("nan")
+        return metrics.token_classification_metrics([torch.from_numpy(logits[r][keep[r]]) for r in rows],
+                                                     [labels[r][keep[r]] for r in rows], None, names)["f1"]
