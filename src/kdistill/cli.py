@@ -58,6 +58,9 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def _format_table(result: dict) -> str:
     rows = [
+        ("entity F1 (seqeval)", "f1", "{:.4f}"),
+        ("entity precision", "precision", "{:.4f}"),
+        ("entity recall", "recall", "{:.4f}"),
         ("accuracy", "accuracy", "{:.4f}"),
         ("macro-F1", "macro_f1", "{:.4f}"),
         ("ECE (15 bins)", "ece", "{:.4f}"),
@@ -72,6 +75,8 @@ def _format_table(result: dict) -> str:
     s, t = result["student"], result["teacher"]
     lines = [f"{'metric':<26}{'student':>14}{'teacher':>14}", "-" * 54]
     for title, key, fmt in rows:
+        if key not in s and key not in t:
+            continue  # a metric this task does not have (entity F1 for a classifier, macro-F1 for a tagger)
         cells = []
         for side in (s, t):
             value = side.get(key)
@@ -83,7 +88,8 @@ def _format_table(result: dict) -> str:
                 cells.append(fmt.format(value))
         lines.append(f"{title:<26}{cells[0]:>14}{cells[1]:>14}")
     extras = [f"{k}: {result[k]:.2f}x" for k in ("compression", "speedup_b1", "speedup_b64") if k in result]
-    lines.append(f"rows: {result['rows']} ({result['split']})   " + "   ".join(extras))
+    words = f", {s['words']} words" if "words" in s else ""  # a tagger's metrics are over words
+    lines.append(f"rows: {result['rows']}{words} ({result['split']})   " + "   ".join(extras))
     return "\n".join(lines)
 
 
