@@ -61,15 +61,18 @@ def make_word_tokenizer(directory: Path, vocab_size: int = 2000, lowercase_piece
 
 
 def make_tiny_bert(
-    directory: Path, tokenizer_dir: str, num_labels: int = 2, layers: int = 2, hidden: int = 32, seed: int = 0
+    directory: Path, tokenizer_dir: str, num_labels: int = 2, layers: int = 2, hidden: int = 32, seed: int = 0,
+    model_class: type = BertForSequenceClassification,
 ) -> str:
+    """A random BERT classifier (`model_class`: sequence by default, BertForTokenClassification for taggers) from a
+    small config, saved with `tokenizer_dir`'s tokenizer."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=130, num_labels=num_labels,
     )
     torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(directory)
+    model_class(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
 

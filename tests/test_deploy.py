@@ -228,24 +228,29 @@ def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.fixture(scope="module")
-def server(wordpiece_export):
-    """`kdistill serve` on a free loopback port, in its own process (no torch there), stopped with SIGTERM."""
+def start_server(export_dir: Path, *flags: str) -> tuple[str, subprocess.Popen]:
+    """`kdistill serve EXPORT_DIR` on a free loopback port, in its own process (no torch there), one model thread:
+    (its URL, the process) once GET /health answers."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdistill.cli", "serve", str(wordpiece_export), "--port", str(port),
-                             "--max_texts", "1000", "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "kdistill.cli", "serve", str(export_dir), "--port", str(port),
+                             "--threads", "1", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
             if _request(url + "/health")[0] == 200:
-                break
+                return url, proc
         except OSError:
             time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"the server did not start: {proc.communicate()[1]}")
+    proc.kill()
+    pytest.fail(f"the server did not start: {proc.communicate()[1]}")
+
+
+@pytest.fixture(scope="module")
+def server(wordpiece_export):
+    """The sequence export served, stopped with SIGTERM by the last test that uses it."""
+    url, proc = start_server(wordpiece_export, "--max_texts", "1000")
     yield url, proc
     if proc.poll() is None:
         proc.kill()

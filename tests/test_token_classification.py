@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+from transformers import BertForTokenClassification, PreTrainedTokenizerFast
 
 from kdistill import pipeline
 from kdistill.config import make_config
@@ -20,7 +20,7 @@ from kdistill.soft_labels import read_cache, write_cache
 from kdistill.tasks import get_task
 from kdistill.tasks.token import TokenCollator, align, encode_tags, word_logits
 
-from conftest import SHARED
+from conftest import SHARED, make_tiny_bert
 
 CONLL = SHARED / "conll2003"
 TAGS = ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
@@ -62,14 +62,9 @@ def make_wordpiece_tokenizer(directory, vocab_size: int = 200) -> str:
 
 def make_tiny_token_bert(directory, tokenizer_dir: str, num_labels: int = len(TAGS), layers: int = 2,
                          hidden: int = 32, seed: int = 0) -> str:
-    """make_tiny_bert's token-classification twin: a random BertForTokenClassification from a small config."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=130, num_labels=num_labels)
-    torch.manual_seed(seed)
-    BertForTokenClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    """A random BertForTokenClassification from a small config (conftest's make_tiny_bert with a tagging head)."""
+    return make_tiny_bert(directory, tokenizer_dir, num_labels, layers, hidden, seed,
+                          model_class=BertForTokenClassification)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from kdistill.deploy.runtime import ExportedModel, decode_entities, format_predi
 from kdistill.evaluation import evaluate
 from kdistill.tasks.token import align, word_logits
 
-from test_deploy import _free_port, _request
+from test_deploy import _request, start_server
 from test_token_classification import CONLL, TAGS, make_tiny_token_bert, make_wordpiece_tokenizer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -256,20 +255,8 @@ print("HEAVY", heavy)
 
 def test_serve_answers_entities_for_a_token_export(token_export):
     out, _ = token_export
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdistill.cli", "serve", str(out), "--port", str(port),
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url, proc = start_server(out)
     try:
-        for _ in range(200):
-            try:
-                if _request(url + "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not start")
         model = ExportedModel.load(str(out))
         texts = _texts()[:4]
         want = json.loads(json.dumps(model.predict(texts)))
