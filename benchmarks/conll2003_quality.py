@@ -3,6 +3,7 @@
     python benchmarks/conll2003_quality.py --quick        # 3,000 sentences, 500 dev/test, 2 seeds: ~15 min, 2 cores
     python benchmarks/conll2003_quality.py                # all 14,041 sentences, full dev/test, 3 seeds: ~2.5 h
     python benchmarks/conll2003_quality.py --teacher /tmp/run/teacher    # reuse a fine-tuned teacher
+    python benchmarks/conll2003_quality.py --rebuild benchmarks/results/conll2003_quality_quick.json   # page again
 
 Drives kdistill's Python API (make_config, teach, distill, evaluate) with `task: token_classification` on
 ../shared/data/conll2003 (train.txt, dev.txt, test.txt; settings as configs/conll2003_minilm.yaml):
@@ -221,6 +222,52 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def last(entry: dict) -> str:
+    """The last training loss of a run's learning curve, or '-'."""
+    points = entry.get("learning_curve") or []
+    return f"{points[-1][1]:.3f}" if points else "-"
+
+
+def render(result: dict) -> str:
+    """The results page: header, table, and why the targets that were missed were missed."""
+    text = table(result)
+    m, p = result["machine"], result["settings"]
+    quick = p["rows"] is not None
+    missed = [k for k, v in result["targets"].items() if not v["met"]]
+    why = ""
+    three = result["comparisons"]["3-layer"]
+    weak_teacher = three["hard"]["mean"] >= result["teacher"]["test_f1"]
+    hard_first = result["cells"].get(f"3-layer|hard|{p['seeds'][0]}", {})
+    if missed:
+        why = ("\n## Targets missed\n\n" + "\n".join(f"- {k}" for k in missed) + "\n\n"
+               + (f"The teacher (test F1 {f1(result['teacher']['test_f1'])}) is below its own 3-layer student "
+                  f"trained on the gold tags ({f1(three['hard']['mean'])}): its soft labels carry a worse model's "
+                  "mistakes, so soft and mixed labels pull the student toward a worse model, and the share-of-teacher "
+                  "target is met vacuously (above 100%). The teacher is wrong on "
+                  f"{100 * next(iter(result['soft_label_stats'].values())).get('teacher_error_rate', float('nan')):.1f}% "
+                  f"of its own training words, and its last training loss is {last(result['teacher'])} against "
+                  f"{last(hard_first)} for the hard "
+                  f"student (learning curves at the end of the table): with lr 5e-5 and {p['teacher_epochs']} "
+                  "epoch(s) the teacher is undertrained, not at a ceiling. "
+                  if weak_teacher and result["soft_label_stats"] else "")
+               + "The measurements to read beside them are in the table: the soft labels' entropy per training "
+               "word and the teacher's error rate on those words at each temperature (nearly one-hot labels carry "
+               "little beyond the gold tags; a teacher wrong on many training words passes its errors on), and "
+               "each run's training-loss curve (a curve still falling at the end says the students are "
+               "undertrained, not that distillation does not help). "
+               + (f"This is a subset run (--quick: the first 3,000): {p['rows']:,} training sentences and {p['eval_rows']} test "
+                  "sentences, so the teacher and the differences are far from the full run's. " if quick else "")
+               + "Tried here: hard; soft at T = 1, 4, 8; mixed alpha 0.5 at T = 4; the best on dev F1.\n")
+    header = (f"# CoNLL-2003 named entities: soft vs hard labels (issue 15)\n\n- **Date**: {result['date']}. "
+              f"**Machine**: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, Python {m['python']}.\n"
+              f"{bench_env.versions_line(result)}\n- **Command**: `{result['command']}`. **Duration**: "
+              f"{result['seconds'] / 60:.1f} min; load {result['load_start']} at the start, {result['load_end']} "
+              f"at the end.\n- Entity F1: seqeval, strict IOB2, on test.txt. Intervals: 95% t-intervals over the "
+              "seeds; differences paired by seed (each seed starts both settings alike). Anchors: TextBrewer, "
+              "docs/source/ExperimentResults.md (BERT-base-cased teacher; its students' shares are of 91.1).\n")
+    return f"{header}\n```\n{text}\n```\n{why}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3,000 training sentences, 500 dev/test, 2 seeds")
@@ -234,7 +281,18 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--name", default=None, help="results file name (default conll2003_quality[_quick])")
+    parser.add_argument("--rebuild", default=None, metavar="JSON",
+                        help="write the results page (.md) again from a results JSON this script wrote; runs nothing")
     args = parser.parse_args()
+    if args.rebuild:
+        with open(args.rebuild, encoding="utf-8") as fh:
+            stored = json.load(fh)
+        name = os.path.splitext(os.path.basename(args.rebuild))[0]
+        with open(os.path.join(os.path.dirname(os.path.abspath(args.rebuild)), f"{name}.md"), "w",
+                  encoding="utf-8") as fh:
+            fh.write(render(stored))
+        print(render(stored))
+        return 0
     prof = profile(args)
     logging.basicConfig(level=logging.WARNING)
     from kdistill import make_config, teach
@@ -287,29 +345,8 @@ def main() -> int:
                          "bilstm_best_minus_hard": cl["best_minus_hard"],
                          "targets_met": {k: v["met"] for k, v in result["targets"].items()},
                          "seconds": result["seconds"]}
-    text = table(result)
-    m = result["machine"]
-    missed = [k for k, v in result["targets"].items() if not v["met"]]
-    why = ""
-    if missed:
-        why = ("\n## Targets missed\n\n" + "\n".join(f"- {k}" for k in missed) +
-               "\n\nThe measurements to read beside them are in the table: the soft labels' entropy per training "
-               "word and the teacher's error rate on those words at each temperature (nearly one-hot labels carry "
-               "little beyond the gold tags; a teacher wrong on many training words passes its errors on), and "
-               "each run's training-loss curve (a curve still falling at the end says the students are "
-               "undertrained, not that distillation does not help). "
-               + ("This is the --quick profile: 3,000 training sentences and 500 test sentences, so the teacher "
-                  "and the differences are far from the full run's. " if args.quick else "")
-               + "Tried here: hard; soft at T = 1, 4, 8; mixed alpha 0.5 at T = 4; the best on dev F1.\n")
-    header = (f"# CoNLL-2003 named entities: soft vs hard labels (issue 15)\n\n- **Date**: {result['date']}. "
-              f"**Machine**: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, Python {m['python']}.\n"
-              f"{bench_env.versions_line(result)}\n- **Command**: `{result['command']}`. **Duration**: "
-              f"{result['seconds'] / 60:.1f} min; load {result['load_start']} at the start, {result['load_end']} "
-              f"at the end.\n- Entity F1: seqeval, strict IOB2, on test.txt. Intervals: 95% t-intervals over the "
-              "seeds; differences paired by seed (each seed starts both settings alike). Anchors: TextBrewer, "
-              "docs/source/ExperimentResults.md (BERT-base-cased teacher; its students' shares are of 91.1).\n")
     name = args.name or ("conll2003_quality" + ("_quick" if args.quick else ""))
-    bench_env.write_results(args.results_dir, name, result, f"{header}\n```\n{text}\n```\n{why}")
+    bench_env.write_results(args.results_dir, name, result, render(result))
     return 0
 
 
