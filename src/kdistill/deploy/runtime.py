@@ -109,8 +109,9 @@ class ExportedModel:
         return [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """The model's inputs for `texts` as one batch: int64 arrays [texts, longest], padded on the right."""
-        return self._feed(self.tokenizer.encode_batch(texts))
+        """The model's inputs for `texts` as one batch, unsorted: int64 arrays [texts, longest], padded on the side
+        the tokenizer pads (what `batches` makes, without the sorting and cutting)."""
+        return self._feed(self._encode(texts)[0])
 
     def _feed(self, encodings: list) -> dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encodings)
