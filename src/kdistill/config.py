@@ -21,6 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import ConfigError, UserError, raise_on_usage_error  # noqa: F401 - UserError: others import it from here
 from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
+from .losses.features import LAYER_MAP_RULES, layer_map
 from .validate import check_fields
 from .config_sections import (  # noqa: F401 - re-exported: the config's public names stay config.py's
     DATA_FILE_FIELDS, SOFT_LABEL_SOURCES, STUDENT_INITS, TEACHER_CALIBRATIONS, DataConfig, StudentConfig,
@@ -45,6 +46,13 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": f"The student's loss as named terms and weights, e.g. {{soft_kl: 0.7, hard_ce: 0.3}} "
                   f"(terms: {', '.join(TERMS)}); replaces the preset that strategy, alpha and soft_loss make."},
+    )
+    layer_map: str | None = field(
+        default=None,
+        metadata={"help": "Which teacher layer each student layer learns from in the feature terms (hidden_mse, "
+                  "hidden_cosine, pkd, attention_kl): a mapping {student_layer: teacher_layer} (0-based), 'uniform' "
+                  "(every k-th teacher layer, ending at the last) or 'last' (the teacher's last layers); default: "
+                  "the layers a from_teacher student was copied from, else uniform."},
     )
     soft_label_source: str = field(
         default="cache",
@@ -100,7 +108,24 @@ class DistillationConfig(TrainingArguments):
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
                     raise ConfigError(f"distill: objective weight of {name!r} must be a number >= 0, got {weight!r}")
             self.objective = json.dumps(weights)
+        if self.layer_map is not None:
+            value = self.layer_map
+            if isinstance(value, str) and value.strip() in LAYER_MAP_RULES:
+                self.layer_map = value.strip()
+            else:
+                value = _json_field(value, "distill: layer_map", dict)
+                try:  # bounds are checked against the models' layer counts when the trainer is built
+                    layer_map(value, 10**6, 10**6)
+                except ValueError as err:
+                    raise ConfigError(f"distill: {err}") from None
+                self.layer_map = json.dumps({str(k): v for k, v in value.items()})
         super().__post_init__()
+
+    def layer_map_spec(self):
+        """`layer_map` as `losses.features.layer_map` takes it: None, a rule name, or a {student: teacher} dict."""
+        if self.layer_map is None or self.layer_map in LAYER_MAP_RULES:
+            return self.layer_map
+        return json.loads(self.layer_map)
 
     def objective_weights(self) -> dict[str, float]:
         """The objective's terms and weights: `objective` if given, else the strategy's preset."""

@@ -19,7 +19,7 @@ from . import metrics
 from .config import RunConfig, UserError
 from .data import build_label_map, load_split, save_label_map, split_file, warn_if_validation_is_test
 from .files import write_json
-from .losses import ensemble_logits, needs
+from .losses import FEATURE_TERMS, ensemble_logits, layer_map, needs
 from .rundir import (
     checkpoint_step,
     check_output_dir,
@@ -48,6 +48,7 @@ from .soft_labels.produce import (
 from .students import (
     build_student,
     check_label_count,
+    copied_layers,
     count_parameters,
     load_classifier,
     load_tokenizer,
@@ -132,7 +133,7 @@ def _check_vocabulary(model, tokenizer, what: str) -> None:
 
 def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=None, teacher_logits=None,
                  online_teachers=None, teacher_tokenizers=None, teacher_weights: list[float] | None = None,
-                 collate: dict | None = None) -> DistillationTrainer:
+                 collate: dict | None = None, layer_map: dict[int, int] | None = None) -> DistillationTrainer:
     """The one way kdistill builds a trainer: the task's collator (with the teacher's cached logits, if any) and
     its metrics, for any model the task's batches fit (a transformers model or a plain nn.Module).
 
@@ -159,7 +160,23 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
         task=task,
         online_teachers=online_teachers,
         teacher_tokenizers=teacher_tokenizers,
+        layer_map=layer_map,
     )
+
+
+def _layer_map(config: RunConfig, student, teacher) -> dict[int, int] | None:
+    """The feature terms' `{student_layer: teacher_layer}`: the config's, or by default the layers a from_teacher
+    student was copied from (uniform for any other student). None when a model has no layer count (the trainer
+    then says what the feature terms need)."""
+    n_student = getattr(getattr(student, "config", None), "num_hidden_layers", None)
+    n_teacher = getattr(getattr(teacher, "config", None), "num_hidden_layers", None)
+    if n_student is None or n_teacher is None:
+        return None
+    copied = copied_layers(config.student, teacher) if config.student.student_init == "from_teacher" else None
+    try:
+        return layer_map(config.distill.layer_map_spec(), n_student, n_teacher, copied)
+    except ValueError as err:
+        raise UserError(f"distill: {err} (the student has {n_student} layers, the teacher {n_teacher})") from None
 
 
 def _loss_curve(trainer) -> list[list[float]]:
@@ -419,14 +436,16 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
                      for s, v in sources.items() if s in ("train", "transfer")}
         diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature, task)
     online_teachers = teacher_tokenizers = None
-    if online and wants_teacher:
+    wants_features = any(name in FEATURE_TERMS for name in weights)
+    if online and wants_teacher or wants_features:
+        # Feature terms read the teacher's inside, so it runs in the trainer even when its logits are cached.
         loaded = [(load_teacher(config, path, label2id), w) for path, w in teachers(config)]
         online_teachers = [(model, w) for (model, _), w in loaded]
         teacher_tokenizers = [tok for (_, tok), _ in loaded]
 
     trainer = make_trainer(task, student, dataclasses.replace(args, output_dir=p.student), train,
                            parts.get("validation"), tokenizer, combined, online_teachers, teacher_tokenizers,
-                           teacher_weights)
+                           teacher_weights, layer_map=_layer_map(config, student, online_teachers[0][0]) if wants_features else None)
     # The first process clears (with overwrite) and records; the others find the checkpoint it left, or none.
     with args.main_process_first(local=False, desc="output_dir"):
         take_output_dir(config, stale)

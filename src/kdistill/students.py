@@ -122,6 +122,11 @@ def spaced_layers(num_teacher_layers: int, num_layers: int) -> list[int]:
     return [round(i * step) for i in range(num_layers)]
 
 
+def copied_layers(spec: StudentConfig, teacher: PreTrainedModel) -> list[int]:
+    """The teacher layers a `from_teacher` student is made of, in order: student_layers, or evenly spaced ones."""
+    return spec.student_layers or spaced_layers(teacher.config.num_hidden_layers, spec.student_num_layers)
+
+
 def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
     """A student holding copies of the teacher's embeddings, the given layers (in order) and its head."""
     n_teacher = teacher.config.num_hidden_layers
@@ -201,7 +206,7 @@ def build_student(
     if spec.student_init == "from_teacher":
         if teacher is None:
             raise UserError("student: student_init=from_teacher needs the teacher model")
-        layers = spec.student_layers or spaced_layers(teacher.config.num_hidden_layers, spec.student_num_layers)
+        layers = copied_layers(spec, teacher)
         model = from_teacher(teacher, layers)
         tokenizer_name = spec.student_tokenizer or teacher_name
         logger.info("student: teacher layers %s", layers)

@@ -21,11 +21,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
 from .files import write_json
-from .losses import TermInputs, ensemble_logits, objective
+from .errors import UserError
+from .losses import FEATURE_TERMS, LayerProjections, TermInputs, ensemble_logits, layer_map, needs, objective
 
 # A checkpoint's running loss sums (DistillationTrainer._save_checkpoint); kdistill_loss_sums_<rank>.json under DDP.
 LOSS_SUMS_NAME = "kdistill_loss_sums.json"
 _NON_MODEL_KEYS = ("labels", "teacher_logits", "idx", "item_mask")
+# Where the trainer attaches a narrower student's width projections (losses.LayerProjections) while it trains.
+PROJECTIONS_NAME = "kdistill_projections"
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +141,23 @@ class DistillationTrainer(Trainer):
             by `losses.ensemble_logits`.
         teacher_tokenizers: each online teacher's tokenizer, checked against the student's (`processing_class`)
             here, since an online teacher reads the student's input ids.
+        layer_map: `{student_layer: teacher_layer}` for the feature terms (hidden_mse, pkd, attention_kl, ...);
+            None: `uniform`. Feature terms need exactly one online teacher, which then runs on every batch (also
+            when its logits come from the cache); a student narrower than its teacher gets learned projections
+            (`PROJECTIONS_NAME`), saved in checkpoints but not with the trained student.
     """
 
     # compute_loss divides by num_items_in_batch, which _get_num_items_in_batch always provides in training.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, task=None, online_teachers=None, teacher_tokenizers=None, **kwargs):
+    def __init__(self, *args, task=None, online_teachers=None, teacher_tokenizers=None, layer_map=None, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        weights = kwargs["args"].objective_weights() if isinstance(kwargs.get("args"), DistillationConfig) else {}
+        self.layer_pairs, self._projections = (), None
+        self._wants_hidden, self._wants_attentions = needs(weights, "student_hidden"), needs(weights, "student_attentions")
+        if self._wants_hidden or self._wants_attentions:
+            self.layer_pairs, self._projections = _prepare_features(model, online_teachers, layer_map, weights,
+                                                                    self._wants_attentions)
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, DistillationConfig):
             raise TypeError("DistillationTrainer needs args=DistillationConfig(...)")
@@ -243,6 +257,27 @@ class DistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        # Checkpoints keep the width projections (a resumed run needs them); the trained student does not.
+        if self._projections is None or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        delattr(model, PROJECTIONS_NAME)
+        try:
+            return super().save_model(output_dir, _internal_call)
+        finally:
+            setattr(model, PROJECTIONS_NAME, self._projections)
+
+    def _feature_scale(self, training: bool, num_items_in_batch) -> float:
+        """The factor that gives a feature term's batch mean the logit terms' units: those are sums over the whole
+        accumulated batch (all processes) divided by its item count, so a micro-batch's mean counts 1/k of it."""
+        if not training or num_items_in_batch is None:
+            return 1.0
+        scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            scale /= self.accelerator.num_processes  # compute_loss multiplies the loss by it again
+        return scale
+
     def _online_teacher_logits(self, model_inputs: dict) -> torch.Tensor:
         with torch.no_grad():
             outputs = [teacher(**model_inputs) for teacher, _ in self.online_teachers]
@@ -251,10 +286,23 @@ class DistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        outputs = model(**model_inputs)
+        feature_kwargs = {}
+        if self.layer_pairs:
+            feature_kwargs = {"output_hidden_states": self._wants_hidden, "output_attentions": self._wants_attentions}
+        outputs = model(**model_inputs, **feature_kwargs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         teacher_logits = inputs.get("teacher_logits")
-        if teacher_logits is None and self.online_teachers:
+        features = {}
+        if self.layer_pairs:
+            with torch.no_grad():
+                teacher_out = self.online_teachers[0][0](**model_inputs, **feature_kwargs)
+            if teacher_logits is None:
+                teacher_logits = teacher_out["logits"].float()
+            features = _feature_inputs(outputs, teacher_out, self._wants_hidden, self._wants_attentions)
+            features.update(attention_mask=model_inputs.get("attention_mask"), layer_pairs=self.layer_pairs,
+                            project=self._projections,
+                            feature_scale=self._feature_scale(model.training, num_items_in_batch))
+        elif teacher_logits is None and self.online_teachers:
             teacher_logits = self._online_teacher_logits(model_inputs)
         terms = TermInputs(
             student_logits=logits,
@@ -263,11 +311,13 @@ class DistillationTrainer(Trainer):
             temperature=self.args.temperature,
             mask=self.task.item_mask(inputs) if self.task is not None else None,
             num_items=num_items_in_batch,
+            **features,
         )
         weights = self.objective_weights
         if not model.training and teacher_logits is None:
             # Evaluation data without soft labels: report the terms that need none, or the hard loss.
-            weights = {k: w for k, w in weights.items() if k == "hard_ce"} or {"hard_ce": 1.0}
+            weights = {k: w for k, w in weights.items() if k == "hard_ce" or k in FEATURE_TERMS and features} \
+                or {"hard_ce": 1.0}
         loss, parts = objective(weights, terms, step=self.state.global_step, max_steps=self.state.max_steps)
         if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
             # num_items counts every process's items while DDP averages gradients over processes.
@@ -318,3 +368,67 @@ def check_same_tokenizer(teacher_tokenizer, student_tokenizer, what: str) -> Non
             "student the teacher's tokenizer (student_tokenizer), or use soft_label_source: cache, whose soft "
             "labels are looked up by example and work with any student tokenizer"
         )
+
+
+def _layers(model) -> int | None:
+    return getattr(getattr(model, "config", None), "num_hidden_layers", None)
+
+
+def _prepare_features(student, online_teachers, spec, weights, attentions: bool):
+    """The (student, teacher) layer pairs of the feature terms and the width projections (None: same width),
+    attached to the student; checks the models can give what the terms read."""
+    terms = ", ".join(name for name in weights if name in FEATURE_TERMS)
+    if not online_teachers or len(online_teachers) != 1:
+        raise UserError(f"the objective's {terms} read the teacher's hidden states, which need exactly one teacher "
+                        f"running in the trainer; got {len(online_teachers or [])}")
+    teacher = online_teachers[0][0]
+    for what, model in (("student", student), ("teacher", teacher)):
+        if _layers(model) is None or not hasattr(model.config, "hidden_size"):
+            raise UserError(f"the objective's {terms} need a transformers {what} whose config gives num_hidden_layers "
+                            f"and hidden_size; the {what} is a {type(model).__name__}")
+    try:
+        pairs = tuple(sorted(layer_map(spec, _layers(student), _layers(teacher)).items()))
+    except ValueError as err:
+        raise UserError(f"distill: {err} (the student has {_layers(student)} layers, the teacher {_layers(teacher)})") \
+            from None
+    if attentions:
+        for model in (student, teacher):
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")  # sdpa kernels do not return the attention maps
+        _no_attention_dropout(student)
+        if student.config.num_attention_heads != teacher.config.num_attention_heads:
+            logger.info("attention_kl: the student has %d heads, the teacher %d: head-averaged maps are compared",
+                        student.config.num_attention_heads, teacher.config.num_attention_heads)
+    projections = None
+    if student.config.hidden_size != teacher.config.hidden_size:
+        projections = LayerProjections(student.config.hidden_size, teacher.config.hidden_size, [s for s, _ in pairs])
+        setattr(student, PROJECTIONS_NAME, projections)
+        logger.info("feature terms: learned projections from the student's width %d to the teacher's %d "
+                    "(%s parameters, not saved with the student)", student.config.hidden_size,
+                    teacher.config.hidden_size, f"{sum(p.numel() for p in projections.parameters()):,}")
+    logger.info("feature terms %s: student layer -> teacher layer %s", terms,
+                ", ".join(f"{s}->{t}" for s, t in pairs))
+    return pairs, projections
+
+
+def _no_attention_dropout(model) -> None:
+    """attention_kl compares attention distributions; the maps a model returns in training are after dropout
+    (zeros and rescaled rows), so the student's attention dropout is turned off."""
+    for module in model.modules():
+        dropout = getattr(module, "dropout", None)
+        if type(module).__name__.endswith("Attention") and isinstance(dropout, torch.nn.Dropout):
+            dropout.p = 0.0
+
+
+def _feature_inputs(student_out, teacher_out, hidden: bool, attentions: bool) -> dict:
+    out = {}
+    for key, wanted in (("hidden_states", hidden), ("attentions", attentions)):
+        if not wanted:
+            continue
+        for who, o in (("student", student_out), ("teacher", teacher_out)):
+            value = o.get(key) if isinstance(o, dict) else getattr(o, key, None)
+            if not value:
+                raise UserError(f"the {who} returned no {key}; feature terms need a model that returns them "
+                                f"(output_{key}=True)")
+            out[f"{who}_{'hidden' if key == 'hidden_states' else 'attentions'}"] = tuple(value)
+    return out

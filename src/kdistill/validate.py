@@ -109,6 +109,23 @@ def check_run(config) -> None:
     _check_data_files(config)
     _check_tags(config)
     _check_models(config)
+    _check_feature_terms(config)
+
+
+def _check_feature_terms(config) -> None:
+    """Feature terms (hidden_mse, pkd, attention_kl, ...) read one teacher's and a transformers student's inside:
+    refused here, before any teacher pass, for a BiLSTM student or several teachers."""
+    from .losses import FEATURE_TERMS
+
+    terms = [name for name in config.distill.objective_weights() if name in FEATURE_TERMS]
+    if not terms:
+        return
+    if config.student.student_init == "bilstm":
+        raise ConfigError(f"distill: objective terms {', '.join(terms)} compare hidden states layer by layer, which a "
+                          "BiLSTM student does not have; use them with a transformers student, or drop them")
+    if config.teacher.teachers is not None and len(json.loads(config.teacher.teachers)) > 1:
+        raise ConfigError(f"distill: objective terms {', '.join(terms)} read one teacher's hidden states; with several "
+                          "teachers use the logit terms (soft_kl, logit_mse) only")
 
 
 def _check_data_files(config) -> None:

@@ -1,10 +1,12 @@
 """Loss terms as pure functions of tensors (`logits`), and the objective that weights and sums them (`objective`).
 
-Feature terms (hidden states, attention) join `TERMS` as files beside `logits.py`.
+Feature terms (hidden states, attention: `features`) are in `TERMS` beside the logit terms.
 """
 
 from .logits import IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
+from .features import LayerProjections, layer_map
 from .objective import (
+    FEATURE_TERMS,
     SOFT_LOSSES,
     SOFT_TERMS,
     STRATEGIES,
@@ -19,6 +21,7 @@ from .objective import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights",
-    "distillation_loss", "ensemble_logits", "hard_ce", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
+    "FEATURE_TERMS", "IGNORE_INDEX", "LayerProjections", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term",
+    "TermInputs", "check_weights", "distillation_loss", "ensemble_logits", "hard_ce", "layer_map", "logit_mse", "needs",
+    "objective", "preset_weights", "soft_kl",
 ]

@@ -1,7 +1,8 @@
 """The student's objective: a weighted sum of named loss terms, ``sum_i weight_i(step) * term_i``.
 
 A term is a pure function of what one batch offers (`TermInputs`): the student's logits, the gold labels, the
-teacher's logits (from the cache or from a teacher running in the trainer), the item mask and the item count.
+teacher's logits (from the cache or from a teacher running in the trainer), the item mask and the item count, and
+for the feature terms (`features.py`) both models' hidden states and attention maps with the layer map.
 `TERMS` maps each name a config may use to its function and to the inputs it needs, so adding a term is one
 function and one dict entry (torchdistill's plain name-to-function dict). Weights are numbers or schedules
 (`kdistill.schedules`): functions of the training step, resolved once per step.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..schedules import Weight, value_at
+from . import features
 from .logits import hard_ce, logit_mse, soft_kl
 
 STRATEGIES = ("hard", "soft", "mixed")
@@ -36,8 +38,48 @@ class TermInputs:
     temperature: float = 1.0
     mask: Tensor | None = None
     num_items: int | Tensor | None = None
+    # Feature terms: hidden_states as transformers returns them (embeddings first, then each layer's output),
+    # attentions one per layer, the [batch, seq] attention mask, the (student layer, teacher layer) pairs, the
+    # student-to-teacher width projection (None: same width), and the factor that turns a feature term's batch mean
+    # into the logit terms' units (1 / micro-batches accumulated, see DistillationTrainer.compute_loss).
+    student_hidden: tuple[Tensor, ...] | None = None
+    teacher_hidden: tuple[Tensor, ...] | None = None
+    student_attentions: tuple[Tensor, ...] | None = None
+    teacher_attentions: tuple[Tensor, ...] | None = None
+    attention_mask: Tensor | None = None
+    layer_pairs: tuple[tuple[int, int], ...] = ()
+    project: Callable[[Tensor, int | None], Tensor] | None = None
+    feature_scale: float = 1.0
 
 
+def _mapped_states(x: TermInputs) -> tuple[list[Tensor], list[Tensor]]:
+    """The student's mapped layers' states (projected to the teacher's width) and the teacher's layers they map to."""
+    if not x.layer_pairs:
+        raise ValueError("feature terms need a layer map (layer_pairs), got none")
+    project = x.project or (lambda states, layer: states)
+    student = [project(x.student_hidden[s + 1], s) for s, _ in x.layer_pairs]
+    teacher = [x.teacher_hidden[t + 1] for _, t in x.layer_pairs]
+    return student, teacher
+
+
+def _hidden_term(fn: Callable) -> Callable[[TermInputs], Tensor]:
+    return lambda x: x.feature_scale * fn(*_mapped_states(x), x.attention_mask)
+
+
+def _attention_term(x: TermInputs) -> Tensor:
+    student = [x.student_attentions[s] for s, _ in x.layer_pairs]
+    teacher = [x.teacher_attentions[t] for _, t in x.layer_pairs]
+    return x.feature_scale * features.attention_kl(student, teacher, x.attention_mask)
+
+
+def _embedding_term(x: TermInputs) -> Tensor:
+    project = x.project or (lambda states, layer: states)
+    return x.feature_scale * features.embedding_mse(project(x.student_hidden[0], None), x.teacher_hidden[0],
+                                                    x.attention_mask)
+
+
+_HIDDEN = ("student_hidden", "teacher_hidden")
+_ATTENTION = ("student_attentions", "teacher_attentions")
 @dataclass(frozen=True)
 class Term:
     fn: Callable[[TermInputs], Tensor]
@@ -58,7 +100,18 @@ TERMS: dict[str, Term] = {
         lambda x: logit_mse(x.student_logits, x.teacher_logits, mask=x.mask, num_items=x.num_items),
         ("teacher_logits",), "squared error between raw logits (Ba & Caruana 2014)",
     ),
+    "hidden_mse": Term(_hidden_term(features.hidden_mse), _HIDDEN,
+                       "MSE between mapped hidden states, projected when widths differ (TinyBERT; PKD)"),
+    "hidden_cosine": Term(_hidden_term(features.hidden_cosine), _HIDDEN,
+                          "1 - cosine between mapped hidden states (DistilBERT)"),
+    "pkd": Term(_hidden_term(features.pkd), _HIDDEN,
+                "MSE between L2-normalised [CLS] states of mapped layers (Sun et al. 2019)"),
+    "attention_kl": Term(_attention_term, _ATTENTION,
+                         "KL between mapped layers' self-attention distributions (MiniLM; TinyBERT)"),
+    "embedding_mse": Term(_embedding_term, _HIDDEN, "MSE between the embedding layers' outputs (TinyBERT)"),
 }
+# Terms that read the teacher's inside, which only a teacher running in the trainer provides.
+FEATURE_TERMS = tuple(name for name, term in TERMS.items() if set(term.needs) & {*_HIDDEN, *_ATTENTION})
 
 
 def preset_weights(strategy: str, alpha: float = 0.5, soft_loss: str = "kl") -> dict[str, float]:
