@@ -533,9 +533,12 @@ def format_summary(results: dict) -> str:
     diff_of = {(d["student"], d["setting"]): d for d in results["comparisons"]}
     metric = headline(results)
     column = f"test {_title(metric)} % [95% CI]"
-    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<20}{'n':>3}  {column:<26}{'minus hard (points)':<30}"]
+    # A schedule's name makes a long setting ('mixed T=cosine 8→1 a=0.5'): the column widens to hold it.
+    width = max([20, *(len(c["setting"]) + 1 for c in results["cells"])])
+    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<{width}}{'n':>3}  {column:<26}"
+             f"{'minus hard (points)':<30}"]
     for c in results["cells"]:
         d = diff_of.get((c["student"], c["setting"]))
-        lines.append(f"{c['student']:<12}{c['setting']:<20}{c['n']:>3}  {_ci_text(c.get(metric)):<26}"
+        lines.append(f"{c['student']:<12}{c['setting']:<{width}}{c['n']:>3}  {_ci_text(c.get(metric)):<26}"
                      f"{_diff_text(d) if d else '-':<30}")
     return "\n".join(lines)
