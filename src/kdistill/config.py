@@ -39,8 +39,10 @@ class DistillationConfig(TrainingArguments):
 
     output_dir: str = field(default="runs/kdistill", metadata={"help": "Run directory: teacher/, soft_labels/, student/, eval.json."})
     strategy: str = field(default="soft", metadata={"help": f"Student loss: one of {', '.join(STRATEGIES)}."})
-    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0)."})
-    alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0); to "
+                                                      "follow the step, see temperature_schedule."})
+    alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard; to follow "
+                                                "the step, see alpha_schedule."})
     soft_loss: str = field(default="kl", metadata={"help": f"Soft loss: one of {', '.join(SOFT_LOSSES)}."})
     objective: str | None = field(
         default=None,
