@@ -4,6 +4,7 @@ trainer (the loss's temperature, the logged curves) and in a compare grid."""
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -261,8 +262,8 @@ def test_a_grid_lists_schedules_and_names_them():
                                           "mixed T=2 a=cosine 0.9→0.1", "mixed T=linear 8→1 a=0.5",
                                           "mixed T=linear 8→1 a=cosine 0.9→0.1"]
     scheduled = cells[2]
-    assert scheduled.path == "runs/student/soft-Tlinear-8to1/seed1"
-    assert cells[1].path == "runs/student/soft-T2/seed1"  # numbers keep the directories they always had
+    assert scheduled.path == os.path.join("runs", "student", "soft-Tlinear-8to1", "seed1")
+    assert cells[1].path == os.path.join("runs", "student", "soft-T2", "seed1")  # numbers keep the directories they always had
     record = scheduled.record()
     assert record["temperature"] is None and record["temperature_schedule"] == schedules.linear(8, 1).spec()
     assert cells[1].record() == {"student": "student", "strategy": "soft", "temperature": 2.0, "alpha": None, "seed": 1}
