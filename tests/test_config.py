@@ -57,7 +57,7 @@ def test_unknown_key_in_section_names_it_and_suggests_a_close_match(tmp_path):
     message = str(err.value)
     assert "unknown config key 'temprature'" in message
     assert "section 'distill'" in message
-    assert "Did you mean temperature?" in message
+    assert "Did you mean temperature, temperature_schedule?" in message
     assert "Valid keys:" in message
 
 
@@ -161,7 +161,7 @@ def test_make_config_unknown_key():
     with pytest.raises(ConfigError) as err:
         make_config(train_file="t.tsv", temprature=3.0)
     assert "unknown config key 'temprature'" in str(err.value)
-    assert "Did you mean temperature?" in str(err.value)
+    assert "Did you mean temperature, temperature_schedule?" in str(err.value)
 
 
 def test_make_config_needs_training_data():

@@ -7,8 +7,8 @@ A sweep file is a run config (data / teacher / student / distill sections) plus 
         student_layers: [0, 5]
     grid:
       strategies: [hard, soft, mixed, scratch]   # scratch: hard labels from random initialisation
-      temperatures: [2, 4]                        # for soft and mixed
-      alphas: [0.5]                               # for mixed
+      temperatures: [2, 4, {schedule: linear, from: 8, to: 1}]   # for soft and mixed; numbers or schedules
+      alphas: [0.5]                               # for mixed; numbers or schedules (kdistill.schedules)
       seeds: [1, 2, 3]
 
 The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
@@ -40,6 +40,8 @@ from .data import validation_is_test
 from .files import write_json
 from .lock import directory_lock
 from .rundir import RunPaths
+from .schedules import WEIGHT_KINDS, Schedule
+from .schedules import parse as parse_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds")
 SWEEP_STRATEGIES = ("hard", "soft", "mixed", "scratch")
 DISTILLED = ("soft", "mixed")
 # Fields the grid sets per cell; as flags they would silently flatten the grid.
-GRID_FIELDS = ("strategy", "temperature", "alpha", "seed")
+GRID_FIELDS = ("strategy", "temperature", "alpha", "seed", "temperature_schedule", "alpha_schedule")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_STUDENT = "student"
 
@@ -57,31 +59,48 @@ DEFAULT_STUDENT = "student"
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid: a student spec, a setting and a seed."""
+    """One run of the grid: a student spec, a setting and a seed. A temperature or alpha is a number or a
+    `schedules.Schedule`."""
 
     student: str
     strategy: str
-    temperature: float | None = None
-    alpha: float | None = None
+    temperature: float | Schedule | None = None
+    alpha: float | Schedule | None = None
     seed: int = 0
 
     @property
     def setting(self) -> str:
-        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5'."""
+        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5', 'soft T=cosine 8→1'."""
         return setting_label(self.strategy, self.temperature, self.alpha)
 
     @property
     def path(self) -> str:
-        slug = self.setting.replace(" ", "-").replace("=", "")
+        # Numbers' settings keep the directories they always had ('mixed-T4-a0.5'); a schedule's name is spelt in
+        # ASCII ('soft-Tlinear-8to1').
+        slug = self.setting.replace(" ", "-").replace("=", "").replace("→", "to")
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", slug)
         return os.path.join("runs", self.student, slug, f"seed{self.seed}")
 
+    def record(self) -> dict[str, Any]:
+        """The cell as JSON data: a scheduled temperature or alpha is None under its own key (it has no one number
+        to plot against) and its spec under `temperature_schedule` / `alpha_schedule`."""
+        out = dataclasses.asdict(dataclasses.replace(self, temperature=None, alpha=None))
+        for key in ("temperature", "alpha"):
+            value = getattr(self, key)
+            if isinstance(value, Schedule):
+                out[f"{key}_schedule"] = value.spec()
+            else:
+                out[key] = value
+        return out
 
-def setting_label(strategy: str, temperature: float | None, alpha: float | None) -> str:
+
+def setting_label(strategy: str, temperature: float | Schedule | None, alpha: float | Schedule | None) -> str:
+    """A setting's name in tables: numbers as 'T=4', schedules by their name ('T=cosine 8→1')."""
     label = strategy
     if temperature is not None:
-        label += f" T={temperature:g}"
+        label += f" T={temperature.name if isinstance(temperature, Schedule) else format(temperature, 'g')}"
     if alpha is not None:
-        label += f" a={alpha:g}"
+        label += f" a={alpha.name if isinstance(alpha, Schedule) else format(alpha, 'g')}"
     return label
 
 
@@ -91,8 +110,8 @@ class Sweep:
     flat: dict[str, Any]  # the run-config sections, flattened (see config.flatten_yaml)
     students: dict[str, dict[str, Any]]  # name -> student-section fields
     strategies: list[str]
-    temperatures: list[float]
-    alphas: list[float]
+    temperatures: list[float | Schedule]
+    alphas: list[float | Schedule]
     seeds: list[int]
 
     def cells(self) -> list[Cell]:
@@ -105,8 +124,12 @@ class Sweep:
                         out.append(Cell(student, strategy, seed=seed))
                     for t in self.temperatures if strategy in DISTILLED else ():
                         for a in self.alphas if strategy == "mixed" else (None,):
-                            out.append(Cell(student, strategy, float(t), None if a is None else float(a), seed))
+                            out.append(Cell(student, strategy, t, a, seed))
         return out
+
+    def grid_values(self, key: str) -> list:
+        """grid.temperatures or grid.alphas as JSON data: numbers, and schedules as their specs."""
+        return [v.spec() if isinstance(v, Schedule) else v for v in getattr(self, key)]
 
 
 def _grid_list(grid: dict, key: str, kind: type, source: str) -> list:
@@ -118,6 +141,23 @@ def _grid_list(grid: dict, key: str, kind: type, source: str) -> list:
         return [kind(v) for v in values]
     except (TypeError, ValueError):
         raise UserError(f"{source}: grid.{key} must be a list of {kind.__name__}s, got {values!r}") from None
+
+
+def _grid_settings(grid: dict, key: str, source: str, **bounds) -> list[float | Schedule]:
+    """grid.temperatures or grid.alphas: numbers, or schedule mappings (kdistill.schedules)."""
+    values = grid.get(key)
+    values = [] if values is None else values if isinstance(values, list) else [values]
+    out = []
+    for i, value in enumerate(values):
+        if isinstance(value, dict):
+            out.append(parse_schedule(value, f"{source}: grid.{key}[{i}]", **bounds))
+            continue
+        try:
+            out.append(float(value))
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: grid.{key} must be a list of numbers or schedule mappings, "
+                            f"got {values!r}") from None
+    return out
 
 
 def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
@@ -142,8 +182,8 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
     for s in strategies:
         if s not in SWEEP_STRATEGIES:
             raise UserError(f"{source}: unknown strategy {s!r} in grid.strategies; use {', '.join(SWEEP_STRATEGIES)}")
-    temperatures = _grid_list(grid, "temperatures", float, source)
-    alphas = _grid_list(grid, "alphas", float, source)
+    temperatures = _grid_settings(grid, "temperatures", source, low=0.0, open_low=True)
+    alphas = _grid_settings(grid, "alphas", source, low=0.0, high=1.0, kinds=WEIGHT_KINDS)
     seeds = _grid_list(grid, "seeds", int, source)
     if not strategies:
         raise UserError(f"{source}: the grid is empty: grid.strategies lists no strategy")
@@ -153,7 +193,8 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
         raise UserError(f"{source}: soft and mixed need grid.temperatures")
     if "mixed" in strategies and not alphas:
         raise UserError(f"{source}: mixed needs grid.alphas")
-    if any(not t > 0 for t in temperatures) or any(not 0 <= a <= 1 for a in alphas):
+    if any(not t > 0 for t in temperatures if not isinstance(t, Schedule)) or \
+            any(not 0 <= a <= 1 for a in alphas if not isinstance(a, Schedule)):
         raise UserError(f"{source}: temperatures must be > 0 and alphas in [0, 1]")
     for name, values in (("strategies", strategies), ("temperatures", temperatures), ("alphas", alphas), ("seeds", seeds)):
         if len(set(values)) != len(values):
@@ -235,8 +276,8 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
         d,
         output_dir=os.path.join(sweep.output_dir, cell.path),
         strategy="hard" if cell.strategy == "scratch" else cell.strategy,
-        temperature=cell.temperature if cell.temperature is not None else d.temperature,
-        alpha=cell.alpha if cell.alpha is not None else d.alpha,
+        **_grid_setting("temperature", cell.temperature, d),
+        **_grid_setting("alpha", cell.alpha, d),
         seed=cell.seed,
         soft_label_cache=paths_of_sweep(sweep).cache,
         speed_batches=0,  # timed once per student spec, after the grid (see `measure_speeds`)
@@ -250,6 +291,15 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
     teacher_cfg = dataclasses.replace(t, teacher_train=False, teacher_model=teacher, teacher_backbone=backbone,
                                       teacher_seed=teacher_seed)
     return RunConfig(data=student_config.data, teacher=teacher_cfg, student=spec, distill=distill)
+
+
+def _grid_setting(name: str, value: float | Schedule | None, distill) -> dict[str, Any]:
+    """A cell's temperature or alpha as config fields: a number, or a schedule's starting value and its spec."""
+    if value is None:  # not a setting of this cell (hard, scratch; alpha of soft)
+        return {name: getattr(distill, name), f"{name}_schedule": getattr(distill, f"{name}_schedule")}
+    if isinstance(value, Schedule):
+        return {name: value.initial, f"{name}_schedule": json.dumps(value.spec())}
+    return {name: value, f"{name}_schedule": None}
 
 
 def paths_of_sweep(sweep: "Sweep") -> RunPaths:
@@ -299,7 +349,7 @@ def run_cell(config, cell: Cell) -> dict:
     metric = get_task(config.data.task).headline_metric
     validation = {f"validation_{m}": trained.get(f"eval_{m}") for m in dict.fromkeys(("accuracy", metric))}
     record = {
-        **dataclasses.asdict(cell),
+        **cell.record(),
         "setting": cell.setting,
         "metrics": {**evaluated["student"], **validation},
         "teacher_metrics": evaluated["teacher"],
@@ -321,9 +371,9 @@ def read_cell(sweep: Sweep, cell: Cell) -> dict | None:
         return json.load(fh)
 
 
-def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
-    """The teacher's soft labels on each split at T=1 and each grid temperature (labels where the split has them),
-    over the task's items (rows, or words)."""
+def soft_label_diagnostics(config, temperatures: list[float | Schedule]) -> dict:
+    """The teacher's soft labels on each split at T=1 and each grid temperature (a schedule's: where it starts and
+    ends), with labels where the split has them, over the task's items (rows, or words)."""
     from . import metrics, pipeline
     from .data import load_split
     from .tasks import get_task
@@ -332,6 +382,7 @@ def soft_label_diagnostics(config, temperatures: list[float]) -> dict:
     task = get_task(config.data.task)
     label2id = pipeline.label_map(config)
     logits = pipeline.make_soft_labels(config, progress=True)
+    temperatures = [x for t in temperatures for x in ((t.first, t.last) if isinstance(t, Schedule) else (t,))]
     out = {}
     for split, values in logits.items():
         labels = None
@@ -445,8 +496,8 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "output_dir": out,
         "machine": _machine(),
-        "grid": {"strategies": sweep.strategies, "temperatures": sweep.temperatures, "alphas": sweep.alphas,
-                 "seeds": sweep.seeds, "students": sweep.students},
+        "grid": {"strategies": sweep.strategies, "temperatures": sweep.grid_values("temperatures"),
+                 "alphas": sweep.grid_values("alphas"), "seeds": sweep.seeds, "students": sweep.students},
         "config": {name: _fingerprint(c) for name, c in student_configs.items()},
         "teacher": runs[0]["teacher_metrics"],
         "metric": get_task(first.data.task).headline_metric,  # what the report judges the settings on

@@ -20,6 +20,7 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import ConfigError, UserError, raise_on_usage_error  # noqa: F401 - UserError: others import it from here
+from . import schedules
 from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
 from .losses.features import LAYER_MAP_RULES, layer_map
 from .validate import check_fields
@@ -39,13 +40,31 @@ class DistillationConfig(TrainingArguments):
 
     output_dir: str = field(default="runs/kdistill", metadata={"help": "Run directory: teacher/, soft_labels/, student/, eval.json."})
     strategy: str = field(default="soft", metadata={"help": f"Student loss: one of {', '.join(STRATEGIES)}."})
-    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0)."})
-    alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the soft loss (> 0); to "
+                                                      "follow the step, see temperature_schedule."})
+    alpha: float = field(default=0.5, metadata={"help": "mixed: loss = alpha * soft + (1 - alpha) * hard; to follow "
+                                                "the step, see alpha_schedule."})
     soft_loss: str = field(default="kl", metadata={"help": f"Soft loss: one of {', '.join(SOFT_LOSSES)}."})
     objective: str | None = field(
         default=None,
         metadata={"help": f"The student's loss as named terms and weights, e.g. {{soft_kl: 0.7, hard_ce: 0.3}} "
-                  f"(terms: {', '.join(TERMS)}); replaces the preset that strategy, alpha and soft_loss make."},
+                  f"(terms: {', '.join(TERMS)}); replaces the preset that strategy, alpha and soft_loss make. A "
+                  "weight may be a schedule mapping, e.g. {soft_kl: {schedule: linear, from: 1, to: 0}, hard_ce: 1}."},
+    )
+    temperature_schedule: str | None = field(
+        default=None,
+        metadata={"help": "The temperature as a function of the step: a mapping such as {schedule: cosine, from: 8, "
+                  f"to: 1, start: 0, end: null}} (kinds: {', '.join(schedules.KINDS)}; start/end are steps, end null "
+                  "the last; step takes from, to, at; annealing is Annealing-KD's, Jafari et al. 2021), JSON on the "
+                  "command line. In YAML or Python `temperature` may hold the mapping itself. temperature then "
+                  "holds the schedule's starting value, which the soft-label diagnostics and several cached "
+                  "teachers' combination use."},
+    )
+    alpha_schedule: str | None = field(
+        default=None,
+        metadata={"help": "mixed: alpha as a function of the step, a mapping like temperature_schedule's (kinds: "
+                  f"{', '.join(schedules.WEIGHT_KINDS)}; values in [0, 1]): the soft weight is alpha(t), the hard "
+                  "weight 1 - alpha(t). In YAML or Python `alpha` may hold the mapping itself."},
     )
     layer_map: str | None = field(
         default=None,
@@ -87,6 +106,9 @@ class DistillationConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator selects columns."})
 
     def __post_init__(self):
+        # Before check_fields: a temperature or alpha given as a mapping becomes its schedule's starting value.
+        _move_schedule(self, "temperature", dict(low=0.0, open_low=True))
+        _move_schedule(self, "alpha", dict(low=0.0, high=1.0, kinds=schedules.WEIGHT_KINDS))
         check_fields("distill", self)
         if not (self.num_train_epochs > 0 or self.max_steps > 0):
             raise ConfigError("distill: num_train_epochs must be > 0 (or max_steps set), "
@@ -105,8 +127,12 @@ class DistillationConfig(TrainingArguments):
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             for name, weight in weights.items():
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                    raise ConfigError(f"distill: objective weight of {name!r} must be a number >= 0, got {weight!r}")
+                if isinstance(weight, dict):
+                    weights[name] = schedules.parse(weight, f"distill: objective weight of {name!r}", low=0.0,
+                                                    kinds=schedules.WEIGHT_KINDS).spec()
+                elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                    raise ConfigError(f"distill: objective weight of {name!r} must be a number >= 0 or a schedule "
+                                      f"mapping, got {weight!r}")
             self.objective = json.dumps(weights)
         if self.layer_map is not None:
             value = self.layer_map
@@ -127,11 +153,47 @@ class DistillationConfig(TrainingArguments):
             return self.layer_map
         return json.loads(self.layer_map)
 
-    def objective_weights(self) -> dict[str, float]:
-        """The objective's terms and weights: `objective` if given, else the strategy's preset."""
+    def objective_weights(self) -> dict[str, "float | schedules.Schedule"]:
+        """The objective's terms and weights (numbers or `schedules.Schedule`s): `objective` if given, else the
+        strategy's preset, whose mixed weights follow `alpha_schedule` (soft alpha(t), hard 1 - alpha(t))."""
         if self.objective is not None:
-            return {name: float(w) for name, w in json.loads(self.objective).items()}
-        return preset_weights(self.strategy, self.alpha, self.soft_loss)
+            return {name: schedules.parse(w) if isinstance(w, dict) else float(w)
+                    for name, w in json.loads(self.objective).items()}
+        weights = preset_weights(self.strategy, self.alpha, self.soft_loss)
+        alpha = self.scheduled("alpha")
+        if self.strategy == "mixed" and isinstance(alpha, schedules.Schedule):
+            soft = next(iter(weights))
+            weights = {soft: alpha, "hard_ce": alpha.complement()}
+        return weights
+
+    def scheduled(self, name: str) -> "float | schedules.Schedule":
+        """`temperature` or `alpha` as the run uses it: its schedule if it has one, else its number."""
+        spec = getattr(self, f"{name}_schedule")
+        return schedules.parse(json.loads(spec)) if spec is not None else getattr(self, name)
+
+
+def _move_schedule(config: "DistillationConfig", name: str, bounds: dict) -> None:
+    """Check `<name>_schedule` (or a mapping given as `name` itself, moved there), store it as canonical JSON and set
+    `name` to its starting value. A number in `name` beside a schedule is refused unless it is that value (or the
+    field's default, which only means no number was given)."""
+    value, spec = getattr(config, name), getattr(config, f"{name}_schedule")
+    given_as_value = isinstance(value, (dict, schedules.Schedule))
+    if given_as_value:
+        if spec is not None:
+            raise ConfigError(f"distill: {name} is a schedule and {name}_schedule is set too; give one of them")
+        spec = value
+    if spec is None:
+        return
+    where = f"distill: {name}_schedule" if not given_as_value else f"distill: {name}"
+    if isinstance(spec, str):
+        spec = _json_field(spec, where, dict)
+    schedule = schedules.parse(spec, where, **bounds)
+    default = next(f.default for f in dataclasses.fields(config) if f.name == name)
+    if not given_as_value and value not in (default, schedule.initial):
+        raise ConfigError(f"distill: {name} {value!r} and {name}_schedule ({schedule.name}) are both set; give one "
+                          f"of them")
+    setattr(config, name, schedule.initial)
+    setattr(config, f"{name}_schedule", json.dumps(schedule.spec()))
 
 
 SECTIONS: dict[str, type] = {

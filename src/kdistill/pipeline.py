@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import metrics
+from . import metrics, schedules
 from .config import RunConfig, UserError
 from .data import build_label_map, load_split, save_label_map, split_file, warn_if_validation_is_test
 from .files import write_json
@@ -147,7 +147,14 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
         if len(teacher_logits) == 1:
             teacher_logits = teacher_logits[0]
         else:
+            # Cached teachers are combined once per batch in the collator, at one temperature. Under a temperature
+            # schedule that is args.temperature, the schedule's starting value: the mixture stays the one made at
+            # that temperature while the loss's temperature follows the schedule (an online teacher ensemble is
+            # combined in the trainer, at each step's temperature).
             w, t = teacher_weights or [1.0] * len(teacher_logits), args.temperature
+            if args.temperature_schedule is not None:
+                logger.info("several cached teachers are combined at the temperature schedule's starting value, "
+                            "T=%g, for the whole run", t)
             collate["combine"] = lambda parts: ensemble_logits(parts, w, t)
     return DistillationTrainer(
         model=model,
@@ -469,9 +476,14 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         "train_rows": len(train),
         "student_parameters": count_parameters(student),
         "strategy": args.strategy,
-        "objective": weights,
+        "objective": {name: schedules.to_data(w) for name, w in weights.items()},
         "temperature": args.temperature,
         "alpha": args.alpha,
+        # What followed a schedule, by the name it is logged under: its spec (as the config writes it) and its name.
+        # A mixed preset's alpha schedule shows as its two weights.
+        "schedules": {key: {"spec": w.spec(), "name": w.name} for key, w in (
+            ("temperature", args.scheduled("temperature")), *((f"weight_{name}", w) for name, w in weights.items()))
+            if isinstance(w, schedules.Schedule)},
         "loss_curve": _loss_curve(trainer),
         "log_history": trainer.state.log_history,
     }

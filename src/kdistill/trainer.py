@@ -23,6 +23,7 @@ from .config import DistillationConfig
 from .files import write_json
 from .errors import UserError
 from .losses import FEATURE_TERMS, LayerProjections, TermInputs, ensemble_logits, layer_map, needs, objective
+from .schedules import value_at
 
 # A checkpoint's running loss sums (DistillationTrainer._save_checkpoint); kdistill_loss_sums_<rank>.json under DDP.
 LOSS_SUMS_NAME = "kdistill_loss_sums.json"
@@ -124,7 +125,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 class DistillationTrainer(Trainer):
     """Trains a student on `args.objective_weights()` (the strategy's preset, or `args.objective`) at
-    `args.temperature`.
+    `args.temperature`, or at its schedule's value at each step (`args.temperature_schedule`). Scheduled values
+    are logged with the loss: `temperature`, `weight_<term>`.
 
     The loss is a sum over the items of the whole gradient-accumulated batch divided by their number
     (`num_items_in_batch`), so accumulating k batches of n gives the gradient of one batch of k*n.
@@ -166,6 +168,7 @@ class DistillationTrainer(Trainer):
             self.label_names = ["labels"]
         self.task = task
         self.objective_weights = self.args.objective_weights()
+        self.temperature = self.args.scheduled("temperature")  # a number, or a schedule of the step
         self.online_teachers = []
         for i, (teacher, weight) in enumerate(online_teachers or []):
             tokenizer = (teacher_tokenizers or [None] * (i + 1))[i]
@@ -282,7 +285,20 @@ class DistillationTrainer(Trainer):
         with torch.no_grad():
             outputs = [teacher(**model_inputs) for teacher, _ in self.online_teachers]
         logits = [(o["logits"] if isinstance(o, dict) else o[0]).float() for o in outputs]
-        return ensemble_logits(logits, [w for _, w in self.online_teachers], self.args.temperature)
+        return ensemble_logits(logits, [w for _, w in self.online_teachers], self._temperature())
+
+    def _temperature(self) -> float:
+        """The temperature of this step: `args.temperature`, or its schedule's value at the global step."""
+        return value_at(self.temperature, self.state.global_step, self.state.max_steps)
+
+    def _scheduled_values(self) -> dict[str, float]:
+        """What follows a schedule, at the current step: `temperature` and `weight_<term>` (fixed ones are left
+        out). Like the Trainer's learning_rate, the value logged at step N is the one the next step trains with."""
+        step, total = self.state.global_step, self.state.max_steps
+        out = {"temperature": value_at(self.temperature, step, total)} if callable(self.temperature) else {}
+        out.update({f"weight_{name}": value_at(w, step, total) for name, w in self.objective_weights.items()
+                    if callable(w)})
+        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
@@ -308,7 +324,7 @@ class DistillationTrainer(Trainer):
             student_logits=logits,
             labels=inputs.get("labels"),
             teacher_logits=teacher_logits,
-            temperature=self.args.temperature,
+            temperature=self._temperature(),
             mask=self.task.item_mask(inputs) if self.task is not None else None,
             num_items=num_items_in_batch,
             **features,
@@ -348,6 +364,8 @@ class DistillationTrainer(Trainer):
                     value = float(self.accelerator.gather(torch.tensor([value], device=self.args.device)).mean())
                 logs[f"{prefix}loss_{name}"] = round(value, 6)
             parts.clear()
+        if "loss" in logs:  # a training log: the scheduled values as curves beside the loss
+            logs.update(self._scheduled_values())
         if "train_loss" in logs:
             # The Trainer's mean is over this process's steps, as it starts its total at 0 on resume; with the
             # restored total it is over all the run's steps (the same value as the Trainer's on a run not resumed).

@@ -17,6 +17,7 @@ import os
 from ..errors import UserError
 from ..files import write_text
 from ..metrics import ONE_HOT_TOP_PROB, uniform_limit
+from ..schedules import parse as parse_schedule
 from ..stats import CONFIDENCE, bootstrap_interval, paired_difference, t_interval
 from .common import pyplot, save_figure, to_html, to_markdown
 
@@ -48,6 +49,8 @@ def aggregate(runs: list[dict], confidence: float = CONFIDENCE) -> list[dict]:
         entry = {"student": student, "setting": setting, "strategy": first["strategy"],
                  "temperature": first.get("temperature"), "alpha": first.get("alpha"),
                  "seeds": [r["seed"] for r in group], "n": len(group)}
+        # A scheduled temperature or alpha is None above, its spec here (the setting's label holds its name).
+        entry.update({k: first[k] for k in ("temperature_schedule", "alpha_schedule") if first.get(k) is not None})
         for metric in METRICS:
             values = [r["metrics"][metric] for r in group if r["metrics"].get(metric) is not None]
             if values:
@@ -399,6 +402,13 @@ def _ci_text(ci: dict | None, scale: float = 100, digits: int = 1) -> str:
     return f"{scale * ci['mean']:.{digits}f} [{scale * ci['low']:.{digits}f}, {scale * ci['high']:.{digits}f}]"
 
 
+def _grid_text(values: list | None) -> str:
+    """A grid's temperatures or alphas: '[2.0, 4.0]' as always, or with schedules '[2, cosine 8→1]' (by name)."""
+    if not values or not any(isinstance(v, dict) for v in values):
+        return str(values)
+    return "[" + ", ".join(parse_schedule(v).name if isinstance(v, dict) else f"{v:g}" for v in values) + "]"
+
+
 def _blocks(results: dict) -> list[tuple]:
     """The report as a list of blocks, rendered to both Markdown and HTML."""
     cells, diffs, diagnostics = results["cells"], results["comparisons"], results.get("diagnostics", {})
@@ -412,8 +422,8 @@ def _blocks(results: dict) -> list[tuple]:
     b += [("p", f"**Verdict.** {v}") for v in results["verdict"]]
     grid = results.get("grid", {})
     b.append(("p", f"{len(results['runs'])} runs in {results.get('output_dir', '.')}: strategies "
-                   f"{', '.join(grid.get('strategies', []))}; temperatures {grid.get('temperatures')}; alphas "
-                   f"{grid.get('alphas')}; seeds {grid.get('seeds')}. {METHOD} Made {results.get('created', '?')} on "
+                   f"{', '.join(grid.get('strategies', []))}; temperatures {_grid_text(grid.get('temperatures'))}; "
+                   f"alphas {_grid_text(grid.get('alphas'))}; seeds {grid.get('seeds')}. {METHOD} Made {results.get('created', '?')} on "
                    f"{results.get('machine', {}).get('cpu', '?')} ({results.get('machine', {}).get('cores', '?')} cores)."))
     b.append(("h2", "Results by setting"))
     rows = []
@@ -523,9 +533,12 @@ def format_summary(results: dict) -> str:
     diff_of = {(d["student"], d["setting"]): d for d in results["comparisons"]}
     metric = headline(results)
     column = f"test {_title(metric)} % [95% CI]"
-    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<20}{'n':>3}  {column:<26}{'minus hard (points)':<30}"]
+    # A schedule's name makes a long setting ('mixed T=cosine 8→1 a=0.5'): the column widens to hold it.
+    width = max([20, *(len(c["setting"]) + 1 for c in results["cells"])])
+    lines = [*results["verdict"], "", f"{'student':<12}{'setting':<{width}}{'n':>3}  {column:<26}"
+             f"{'minus hard (points)':<30}"]
     for c in results["cells"]:
         d = diff_of.get((c["student"], c["setting"]))
-        lines.append(f"{c['student']:<12}{c['setting']:<20}{c['n']:>3}  {_ci_text(c.get(metric)):<26}"
+        lines.append(f"{c['student']:<12}{c['setting']:<{width}}{c['n']:>3}  {_ci_text(c.get(metric)):<26}"
                      f"{_diff_text(d) if d else '-':<30}")
     return "\n".join(lines)

@@ -3,7 +3,10 @@
 Pure functions of the export report (a dict, see export.py) and the run's config; nothing here runs a model.
 """
 
+import json
 import os
+
+from ..schedules import parse as parse_schedule
 
 PARITY_BOUND = 1e-4  # max abs difference of fp32 ONNX logits from PyTorch's
 INT8_AGREEMENT_TARGET = 0.995  # top-1 agreement of int8 with fp32
@@ -123,6 +126,8 @@ def model_facts(config: dict, evaluation: dict | None) -> dict:
         "strategy": distill.get("strategy"),
         "temperature": distill.get("temperature"),
         "alpha": distill.get("alpha"),
+        # A scheduled one's spec (its starting value is above), as the config writes it.
+        **{key: json.loads(distill[key]) for key in ("temperature_schedule", "alpha_schedule") if distill.get(key)},
         "num_train_epochs": distill.get("num_train_epochs"),
         "train_data": data.get("train_file") or data.get("dataset_name"),
         "transfer_data": data.get("transfer_file"),
@@ -132,6 +137,12 @@ def model_facts(config: dict, evaluation: dict | None) -> dict:
                             **{side: {k: evaluation[side][k] for k in METRIC_KEYS if k in evaluation.get(side, {})}
                                for side in ("student", "teacher")}}
     return facts
+
+
+def _setting(distill: dict, name: str) -> str:
+    """The run's temperature or alpha as run_config.json records it: its number, or its schedule's name."""
+    spec = distill.get(f"{name}_schedule")
+    return parse_schedule(json.loads(spec)).name if spec else str(distill.get(name))
 
 
 def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
@@ -158,7 +169,8 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
         + (f", teacher layers {student.get('student_layers')}" if student.get("student_layers") else "")
         + (f", {student.get('student_num_layers')} evenly spaced teacher layers" if student.get("student_num_layers") else "")
         + f"; {report['parameters']['student']:,} parameters",
-        f"- **Distillation**: strategy `{strategy}`, temperature {distill.get('temperature')}, alpha {distill.get('alpha')}"
+        f"- **Distillation**: strategy `{strategy}`, temperature {_setting(distill, 'temperature')}, alpha "
+        f"{_setting(distill, 'alpha')}"
         + (" (hard labels only: temperature and alpha unused)" if strategy == "hard" else "")
         + f"; num_train_epochs {distill.get('num_train_epochs')}, learning rate {distill.get('learning_rate')}",
         f"- **Data**: trained on `{data.get('train_file') or data.get('dataset_name')}`"
