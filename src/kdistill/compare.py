@@ -10,6 +10,12 @@ A sweep file is a run config (data / teacher / student / distill sections) plus 
       temperatures: [2, 4]                        # for soft and mixed
       alphas: [0.5]                               # for mixed
       seeds: [1, 2, 3]
+      teacher_sets:                               # optional: soft and mixed run once per set (see below)
+        - name: a
+          teachers: [{model: teachers/a}]
+        - name: ensemble
+          teachers: [{model: teachers/a}, {model: teachers/b}]
+          ensemble_combine: probabilities          # optional, the teacher section's by default
 
 The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
 cell of the grid runs the same `pipeline.distill` and `evaluation.evaluate` as `kdistill run`, in
@@ -19,6 +25,13 @@ report.html, plots) is written by `report.compare.write_report`, which needs not
 `kdistill report DIR` rebuilds it from `results.json`. Settings are judged on the task's headline metric
 (`Task.headline_metric`, recorded as results["metric"]): test accuracy for classification, entity F1 for token
 classification, chosen on its validation value where every cell has one.
+
+`grid.teacher_sets` compares teachers (one against an ensemble, say): each set is a named `teachers` list of
+fine-tuned teachers (teacher_train: false), and every soft and mixed setting runs once per set, labelled
+'soft T=4 [ensemble]' and kept in runs/<student>/<set>/...; hard and scratch learn no soft labels and run once, with the
+teacher section's teachers. Each teacher's soft labels are cached once in the sweep's cache and shared by every set
+that lists it. A from_teacher student copies the first teacher of its set: sets that start with the same teacher
+(a, ensemble) give every setting the same student to start from, so their difference is the soft labels'.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from .rundir import RunPaths
 
 logger = logging.getLogger(__name__)
 
-GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds")
+GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds", "teacher_sets")
 SWEEP_STRATEGIES = ("hard", "soft", "mixed", "scratch")
 DISTILLED = ("soft", "mixed")
 # Fields the grid sets per cell; as flags they would silently flatten the grid.
@@ -64,16 +77,18 @@ class Cell:
     temperature: float | None = None
     alpha: float | None = None
     seed: int = 0
+    teachers: str | None = None  # the name of its grid.teacher_sets entry (None: the teacher section's)
 
     @property
     def setting(self) -> str:
-        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5'."""
-        return setting_label(self.strategy, self.temperature, self.alpha)
+        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5'; 'soft T=4 [ensemble]' with a teacher set."""
+        label = setting_label(self.strategy, self.temperature, self.alpha)
+        return f"{label} [{self.teachers}]" if self.teachers else label
 
     @property
     def path(self) -> str:
-        slug = self.setting.replace(" ", "-").replace("=", "")
-        return os.path.join("runs", self.student, slug, f"seed{self.seed}")
+        slug = setting_label(self.strategy, self.temperature, self.alpha).replace(" ", "-").replace("=", "")
+        return os.path.join("runs", self.student, *([self.teachers] if self.teachers else []), slug, f"seed{self.seed}")
 
 
 def setting_label(strategy: str, temperature: float | None, alpha: float | None) -> str:
@@ -94,6 +109,8 @@ class Sweep:
     temperatures: list[float]
     alphas: list[float]
     seeds: list[int]
+    # name -> teacher-section fields (teachers, ensemble_combine); empty: the teacher section's teachers only
+    teacher_sets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """Every run, student by student, seed-major within a setting so early results cover all settings."""
@@ -105,7 +122,9 @@ class Sweep:
                         out.append(Cell(student, strategy, seed=seed))
                     for t in self.temperatures if strategy in DISTILLED else ():
                         for a in self.alphas if strategy == "mixed" else (None,):
-                            out.append(Cell(student, strategy, float(t), None if a is None else float(a), seed))
+                            for teachers in self.teacher_sets or (None,):
+                                out.append(Cell(student, strategy, float(t), None if a is None else float(a), seed,
+                                                teachers))
         return out
 
 
@@ -179,7 +198,43 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
     if not students:
         raise UserError(f"{source}: 'students' lists no student")
     output_dir = flat.get("output_dir") or "runs/compare"
-    return Sweep(output_dir, flat, students, strategies, temperatures, alphas, seeds)
+    return Sweep(output_dir, flat, students, strategies, temperatures, alphas, seeds,
+                 _teacher_sets(grid.get("teacher_sets"), flat, strategies, source))
+
+
+TEACHER_SET_KEYS = ("teachers", "ensemble_combine")
+
+
+def _teacher_sets(raw: Any, flat: dict[str, Any], strategies: list[str], source: str) -> dict[str, dict[str, Any]]:
+    """grid.teacher_sets as name -> {teachers, ensemble_combine}, each checked as the teacher section would be."""
+    from .config import ConfigError, TeacherConfig, _unknown_key_error
+
+    if raw is None:
+        return {}
+    if not any(s in DISTILLED for s in strategies):
+        raise UserError(f"{source}: grid.teacher_sets varies the soft labels; grid.strategies needs soft or mixed")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{source}: grid.teacher_sets must be a list of {{name: NAME, teachers: [...]}}")
+    base = {k: flat[k] for k in ("teacher_train", "teacher_folds") if k in flat}
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "name" not in entry or "teachers" not in entry:
+            raise UserError(f"{source}: grid.teacher_sets[{i}] must be a mapping with a 'name' and 'teachers'")
+        entry = dict(entry)
+        name = str(entry.pop("name"))
+        if not NAME.match(name) or name in out:
+            raise UserError(f"{source}: teacher set name {name!r} must be unique and use only letters, digits, '.', "
+                            "'_', '-'")
+        for key in entry:
+            if key not in TEACHER_SET_KEYS:
+                raise _unknown_key_error(str(key), f"{source} grid.teacher_sets[{i}]", ["name", *TEACHER_SET_KEYS])
+        try:
+            checked = TeacherConfig(**base, **entry)
+        except ConfigError as err:
+            raise UserError(f"{source}: grid.teacher_sets[{i}] ({name}): {str(err).removeprefix('teacher: ')}") from None
+        out[name] = {"teachers": json.loads(checked.teachers), **({"ensemble_combine": entry["ensemble_combine"]}
+                                                                 if "ensemble_combine" in entry else {})}
+    return out
 
 
 def load_sweep(path: str) -> Sweep:
@@ -243,6 +298,8 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
         report_to=report_to,
     )
     t = student_config.teacher
+    if cell.teachers is not None:  # its teacher set's fine-tuned teachers, in place of the teacher section's
+        t = dataclasses.replace(t, **sweep.teacher_sets[cell.teachers])
     # Every cell reads the sweep's teacher; out-of-fold teachers still start from the backbone.
     backbone = t.teacher_backbone or (t.teacher_model if t.teacher_train else None)
     # The teacher side keeps the sweep's seed while each cell sets its own (so out-of-fold labels are made once).
@@ -302,7 +359,8 @@ def run_cell(config, cell: Cell) -> dict:
         **dataclasses.asdict(cell),
         "setting": cell.setting,
         "metrics": {**evaluated["student"], **validation},
-        "teacher_metrics": evaluated["teacher"],
+        "teacher_metrics": {**evaluated["teacher"], **{k: evaluated[k] for k in ("teachers", "teacher_disagreement")
+                                                       if k in evaluated}},
         "train_seconds": trained["train_seconds"],
         "train_loss": trained["train_loss"],
         "train_rows": trained["train_rows"],
@@ -406,8 +464,9 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))
-    _check_same_sweep(out, {f"{name}/{section}": values for name, config in student_configs.items()
-                            for section, values in _fingerprint(config).items()})
+    _check_same_sweep(out, {**{f"{name}/{section}": values for name, config in student_configs.items()
+                               for section, values in _fingerprint(config).items()},
+                            "grid/teacher_sets": sweep.teacher_sets})
 
     # The teacher, once. A teacher this sweep fine-tuned lives in <out>/teacher and is reused when the sweep resumes.
     shared_paths = paths_of_sweep(sweep)  # the sweep's own teacher and cache
@@ -446,9 +505,12 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
         "output_dir": out,
         "machine": _machine(),
         "grid": {"strategies": sweep.strategies, "temperatures": sweep.temperatures, "alphas": sweep.alphas,
-                 "seeds": sweep.seeds, "students": sweep.students},
+                 "seeds": sweep.seeds, "students": sweep.students, "teacher_sets": sweep.teacher_sets},
         "config": {name: _fingerprint(c) for name, c in student_configs.items()},
         "teacher": runs[0]["teacher_metrics"],
+        # Each teacher set's teacher on the test rows (an ensemble's with its members' and their disagreement).
+        "teacher_sets": {name: next(done[c]["teacher_metrics"] for c in cells if c.teachers == name)
+                         for name in sweep.teacher_sets},
         "metric": get_task(first.data.task).headline_metric,  # what the report judges the settings on
         "diagnostics": diagnostics,
         "validation_is_test": validation_is_test(first.data),

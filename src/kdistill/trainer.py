@@ -243,11 +243,15 @@ class DistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
+    # How several online teachers combine (losses.ensemble_logits); pipeline.make_trainer sets the run's.
+    ensemble_combine = "probabilities"
+
     def _online_teacher_logits(self, model_inputs: dict) -> torch.Tensor:
         with torch.no_grad():
             outputs = [teacher(**model_inputs) for teacher, _ in self.online_teachers]
         logits = [(o["logits"] if isinstance(o, dict) else o[0]).float() for o in outputs]
-        return ensemble_logits(logits, [w for _, w in self.online_teachers], self.args.temperature)
+        return ensemble_logits(logits, [w for _, w in self.online_teachers], self.args.temperature,
+                               self.ensemble_combine)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}

@@ -3,7 +3,7 @@
 Feature terms (hidden states, attention) join `TERMS` as files beside `logits.py`.
 """
 
-from .logits import IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
+from .logits import ENSEMBLE_COMBINES, IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
 from .objective import (
     SOFT_LOSSES,
     SOFT_TERMS,
@@ -19,6 +19,6 @@ from .objective import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights",
+    "ENSEMBLE_COMBINES", "IGNORE_INDEX", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights",
     "distillation_loss", "ensemble_logits", "hard_ce", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
 ]
