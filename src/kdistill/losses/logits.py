@@ -163,14 +163,15 @@ def ensemble_logits(logits: list[Tensor], weights: list[float], temperature: flo
     """Several teachers as one, weights normalised to sum to 1; one teacher gives its own logits back, untouched.
 
     ``combine="probabilities"`` (the default): ``T * log(sum_i w_i * softmax(z_i / T))``. Its softmax at temperature
-    T is the weighted mean of the teachers' softened probabilities (the usual ensemble of distillation, Hinton et
-    al. 2015, section 3), so `soft_kl` against it is KL against that mixture; where the teachers agree it is their
+    T is the weighted mean of the teachers' softened probabilities (the arithmetic mean that Hinton et al. 2015,
+    section 1, name as an ensemble's soft targets), so `soft_kl` against it is KL against that mixture; where the teachers agree it is their
     logits (up to a constant). `logit_mse` against these logits compares with log-probabilities scaled by T, not
     with any one teacher's raw logits.
 
     ``combine="logits"``: ``sum_i w_i * z_i``, the weighted mean of the raw logits, whatever T. Its softmax at T is
-    not the mixture: it is a normalised weighted geometric mean of the teachers' softened distributions, and a
-    confident teacher (large logit margins) pulls it further than its weight says, since its logits are larger.
+    not the mixture: it is the normalised weighted geometric mean of the teachers' softened distributions (the
+    other choice Hinton et al. name), and a confident teacher (large logit margins) pulls it further than its weight
+    says, since its logits are larger.
     It is the natural target of `logit_mse` (Ba & Caruana 2014 regress onto logits).
 
     Args:
