@@ -42,11 +42,18 @@ def read_sst2_rows(split: str, n: int) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def make_word_tokenizer(directory: Path, vocab_size: int = 2000, lowercase_pieces: bool = False) -> str:
-    """A word-level tokenizer trained on SST-2 sentences, saved as a transformers tokenizer."""
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+def make_word_tokenizer(directory: Path, vocab_size: int = 2000, lowercase_pieces: bool = False,
+                        wordpiece: bool = False) -> str:
+    """A word-level tokenizer trained on SST-2 sentences, saved as a transformers tokenizer (`wordpiece`: a
+    WordPiece one, whose rare words split into ##pieces, as BERT's do)."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    if wordpiece:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    else:
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
     tok.train_from_iterator(read_sst2_sentences(3000), trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(

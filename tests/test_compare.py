@@ -12,8 +12,9 @@ import yaml
 from kdistill import compare
 from kdistill.report import compare as compare_report
 from kdistill.cli import main
+from kdistill.errors import UserError
 from kdistill.stats import paired_difference, t_interval
-from conftest import SST2
+from conftest import SST2, make_tiny_bert
 
 T975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
 
@@ -115,6 +116,25 @@ def test_cells_of_a_grid():
     assert len(cells) == 2 * 2 * 6
     assert [c.setting for c in cells[:6]] == ["hard", "soft T=2", "soft T=4", "mixed T=2 a=0.5", "mixed T=4 a=0.5", "scratch"]
     assert cells[3].path == os.path.join("runs", "a", "mixed-T2-a0.5", "seed1")
+
+
+def test_teacher_sets_run_each_distilled_setting_once_per_set():
+    sets = [{"name": "one", "teachers": [{"model": "a"}]},
+            {"name": "both", "teachers": [{"model": "a"}, {"model": "b", "weight": 2}], "ensemble_combine": "logits"}]
+    doc = {"data": {"train_file": "x.tsv"}, "teacher": {"teacher_train": False, "teacher_model": "a"},
+           "grid": {"strategies": ["hard", "soft"], "temperatures": [2], "seeds": [1], "teacher_sets": sets}}
+    sweep = compare.parse_sweep(doc)
+    assert [c.setting for c in sweep.cells()] == ["hard", "soft T=2 [one]", "soft T=2 [both]"]
+    assert sweep.cells()[2].path == os.path.join("runs", "student", "both", "soft-T2", "seed1")
+    assert sweep.teacher_sets["both"] == {"teachers": [{"model": "a", "weight": 1.0}, {"model": "b", "weight": 2}],
+                                          "ensemble_combine": "logits"}
+    with pytest.raises(UserError, match=r"teacher_sets\[0\] \(one\): teachers lists fine-tuned teachers; set "
+                                        "teacher_train: false"):
+        compare.parse_sweep({**doc, "teacher": {}})
+    with pytest.raises(UserError, match="unknown config key 'weights' in sweep grid.teacher_sets"):
+        compare.parse_sweep({**doc, "grid": {**doc["grid"], "teacher_sets": [{**sets[0], "weights": [1]}]}})
+    with pytest.raises(UserError, match="grid.strategies needs soft or mixed"):
+        compare.parse_sweep({**doc, "grid": {**doc["grid"], "strategies": ["hard"]}})
 
 
 @pytest.mark.parametrize("change, message", [
@@ -322,3 +342,33 @@ def test_nearly_uniform_soft_labels_are_named_as_the_reason_and_warned_about():
     unsure = soft_label_stats(torch.tensor([[0.2, 0.0, 0.1], [0.0, 0.3, 0.1]]), 2.0)
     assert uniform_warning(unsure, 2.0).startswith(
         "the teacher's soft labels on train at T=2 are nearly uniform (mean top probability 0.35")
+
+
+def test_a_sweep_compares_one_teacher_with_an_ensemble(sweep_file, tmp_path, word_tokenizer, tiny_bert):
+    """grid.teacher_sets: the same soft setting from one teacher and from two, each teacher's soft labels cached once
+    for both sets; the report names each set's teacher, and the ensemble's members and their disagreement."""
+    path, _ = sweep_file
+    other = make_tiny_bert(tmp_path / "other", word_tokenizer, seed=5)
+    doc = yaml.safe_load(path.read_text())
+    doc["teacher"] = {"teacher_train": False, "teacher_model": tiny_bert}
+    doc["data"].update(max_train_samples=64, max_eval_samples=32)
+    doc["distill"].update(output_dir=str(tmp_path / "sets"), speed_batches=0)
+    doc["students"] = doc["students"][:1]
+    doc["grid"] = {"strategies": ["soft"], "temperatures": [2], "seeds": [0],
+                   "teacher_sets": [{"name": "one", "teachers": [{"model": tiny_bert}]},
+                                    {"name": "both", "teachers": [{"model": tiny_bert}, {"model": other}]}]}
+    sets_yaml = tmp_path / "sets.yaml"
+    sets_yaml.write_text(yaml.safe_dump(doc))
+    assert main(["compare", "--config", str(sets_yaml)]) == 0
+    out = tmp_path / "sets"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["setting"] for r in results["runs"]] == ["soft T=2 [one]", "soft T=2 [both]"]
+    assert (out / "runs" / "one" / "both" / "soft-T2" / "seed0" / "cell.json").is_file()
+    assert len(list((out / "soft_labels").glob("train-*.safetensors"))) == 2  # tiny_bert's shared by both sets
+    both, one = results["teacher_sets"]["both"], results["teacher_sets"]["one"]
+    assert [e["path"] for e in both["teachers"]] == [tiny_bert, other] and "teachers" not in one
+    assert both["teachers"][0]["accuracy"] == one["accuracy"]  # the same teacher, on the same cache
+    report = (out / "report.md").read_text()
+    assert "teacher sets one, both" in report
+    assert f"Teacher set **both** on the same test rows: accuracy {100 * both['accuracy']:.2f}%" in report
+    assert f"their top-1 classes differ on {100 * both['teacher_disagreement']:.2f}% of the test items" in report

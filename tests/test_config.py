@@ -189,6 +189,10 @@ def test_teachers_list_and_objective_are_validated():
         make_config(train_file="x.tsv", teachers=[{"model": "a"}])
     with pytest.raises(ConfigError, match=r"teachers\[1\].weight must be a number > 0, got -1"):
         make_config(train_file="x.tsv", teacher_train=False, teachers=[{"model": "a"}, {"model": "b", "weight": -1}])
+    assert config.teacher.ensemble_combine == "probabilities"
+    assert make_config(train_file="x.tsv", ensemble_combine="logits").teacher.ensemble_combine == "logits"
+    with pytest.raises(ConfigError, match="teacher: ensemble_combine must be one of probabilities, logits, got 'mean'"):
+        make_config(train_file="x.tsv", ensemble_combine="mean")
     assert make_config(train_file="x.tsv", strategy="mixed", alpha=0.25).distill.objective_weights() == \
         {"soft_kl": 0.25, "hard_ce": 0.75}
     assert make_config(train_file="x.tsv", objective={"logit_mse": 2}).distill.objective_weights() == {"logit_mse": 2.0}

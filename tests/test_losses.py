@@ -167,3 +167,32 @@ def test_ensemble_of_teachers_is_the_weighted_mixture_of_their_softened_probabil
     expected = 0.75 * F.softmax(a / 2, -1) + 0.25 * F.softmax(b / 2, -1)
     torch.testing.assert_close(F.softmax(mixed / 2, -1), expected)
     assert ensemble_logits([a], [5.0], 2.0) is a  # one teacher: its own logits, untouched
+
+
+def test_ensemble_combines_probabilities_or_logits_by_hand():
+    from kdistill.config_sections import ENSEMBLE_COMBINES
+    from kdistill.losses import ENSEMBLE_COMBINES as MODES, ensemble_logits
+
+    assert ENSEMBLE_COMBINES == MODES  # the config's copy of the modes (config_sections imports no torch)
+    a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    # Probabilities at T=1: softmax(a) = (1/2, 1/2), softmax(b) = (3/4, 1/4); weights 1:1 mix to (5/8, 3/8).
+    mixed = ensemble_logits([a, b], [1.0, 1.0], 1.0)
+    torch.testing.assert_close(mixed, torch.tensor([[math.log(5 / 8), math.log(3 / 8)]]))
+    # Logits, weights 1:3 normalised to 1/4, 3/4: (0 + 3 ln 3) / 4, 0, whatever the temperature.
+    for t in (1.0, 4.0):
+        torch.testing.assert_close(ensemble_logits([a, b], [1.0, 3.0], t, "logits"),
+                                   torch.tensor([[0.75 * math.log(3.0), 0.0]]))
+    # Weights are normalised: 2:6 is 1:3.
+    torch.testing.assert_close(ensemble_logits([a, b], [2.0, 6.0], 2.0, "logits"),
+                               ensemble_logits([a, b], [1.0, 3.0], 2.0, "logits"))
+    torch.testing.assert_close(ensemble_logits([a, b], [2.0, 2.0], 1.0), mixed)
+    # One teacher: its own logits, untouched, in either mode.
+    assert ensemble_logits([b], [5.0], 2.0, "logits") is b
+    # A confident teacher pulls the logit mean further than the mixture: softmax at T=1 of the two targets.
+    confident, unsure = torch.tensor([[8.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    top = [F.softmax(ensemble_logits([confident, unsure], [1.0, 1.0], 1.0, how), -1)[0, 0].item()
+           for how in ("probabilities", "logits")]
+    assert top[0] == pytest.approx((F.softmax(confident, -1)[0, 0] + F.softmax(unsure, -1)[0, 0]).item() / 2)
+    assert top[1] == pytest.approx(torch.sigmoid(torch.tensor(3.5)).item()) and top[1] > top[0]
+    with pytest.raises(ValueError, match="combine must be one of probabilities, logits, got 'mean'"):
+        ensemble_logits([a, b], [1.0, 1.0], 1.0, "mean")

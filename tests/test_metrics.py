@@ -155,3 +155,16 @@ def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at()
     assert nll(logits, labels, t_fit) <= min(nll(logits, labels, t_fit * 0.9), nll(logits, labels, t_fit * 1.1))
     under = fit_temperature(logits / 4, labels)  # an underconfident one is sharpened: T below 1
     assert under == pytest.approx(2.5 / 4, rel=0.05)
+
+
+def test_disagreement_rate_is_the_share_of_items_whose_top_classes_are_not_all_the_same():
+    from kdistill.metrics import disagreement_rate
+
+    a = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])  # classes 0, 1, 0, 1
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 1.0], [0.0, 5.0]])  # classes 0, 0, 0, 1
+    c = np.array([0, 1, 1, 1])  # predicted classes, as they are
+    assert disagreement_rate([a, b]) == pytest.approx(1 / 4)
+    assert disagreement_rate([a, b, c]) == pytest.approx(2 / 4)  # items 1 and 2
+    assert disagreement_rate([a]) == 0.0
+    with pytest.raises(ValueError, match="they must cover the same items"):
+        disagreement_rate([a, b[:3]])

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import kdistill
 from kdistill import pipeline
 from kdistill.soft_labels import produce
-from conftest import make_tiny_bert, read_sst2_rows, tiny_run_values
+from conftest import make_tiny_bert, make_word_tokenizer, read_sst2_rows, tiny_run_values
 
 EVAL_KEYS = {
     "accuracy", "macro_f1", "ece", "agreement", "kl_to_teacher", "epsilon", "parameters", "size_bytes",
@@ -235,6 +235,56 @@ def test_several_teachers_each_have_a_cache_and_combine_by_weight(tmp_path, tiny
     torch.testing.assert_close(both["train"], ensemble_logits([one["train"], two["train"]], [1, 3], 2.0))
     result = kdistill.distill(config)
     assert result["train_rows"] == 60 and result["objective"] == {"soft_kl": 1.0}
+
+
+def test_teachers_with_their_own_tokenizers_teach_a_student_with_a_third(tmp_path, tiny_bert, word_tokenizer):
+    """Soft labels are read by example: a word-level teacher (2,000 words) and a WordPiece one (300 pieces) label
+    the same rows with their own tokenizers, and a BiLSTM student with its own 500-word vocabulary learns from the
+    combined cache. eval.json scores each teacher on its own cache beside the ensemble, and their disagreement."""
+    from kdistill import metrics
+    from kdistill.cli import _format_table
+    from kdistill.losses import ensemble_logits
+
+    pieces = make_word_tokenizer(tmp_path / "wordpiece", vocab_size=300, wordpiece=True)
+    other = make_tiny_bert(tmp_path / "piece-bert", pieces, seed=3)
+    vocabularies = [AutoTokenizer.from_pretrained(d).get_vocab() for d in (tiny_bert, other)]
+    assert (len(vocabularies[0]), len(vocabularies[1])) == (2000, 300) and vocabularies[0] != vocabularies[1]
+    values = tiny_run_values(
+        tmp_path / "run", tiny_bert, teacher_train=False, teachers=[{"model": tiny_bert}, {"model": other, "weight": 3}],
+        student_init="bilstm", student_num_layers=None, bilstm_vocab_size=500, bilstm_embedding_dim=16,
+        bilstm_hidden_size=16, bilstm_classifier_size=16, strategy="soft", temperature=2.0, max_train_samples=64,
+        max_eval_samples=32, num_train_epochs=1, speed_batches=0, report_to="none")
+    config = kdistill.make_config(values)
+    trained = kdistill.distill(config)
+    evaluated = kdistill.evaluate(config)
+    assert len(json.loads((tmp_path / "run" / "student" / "tokenizer.json").read_text())["model"]["vocab"]) == 500
+    assert any("loss_soft_kl" in e for e in trained["log_history"])
+
+    # Each teacher's test cache holds its logits through its own tokenizer (the wordpiece one splits rare words).
+    texts, labels = read_sst2_rows("test", 32)
+    per_teacher = pipeline.teacher_soft_labels(config, ("test",))["test"]
+    for cached, model_dir in zip(per_teacher, (tiny_bert, other)):
+        torch.testing.assert_close(cached, _logits(model_dir, texts), atol=1e-4, rtol=1e-4)
+    assert set(AutoTokenizer.from_pretrained(other).tokenize(" ".join(texts))) & {t for t in vocabularies[1] if t.startswith("##")}
+    on_disk = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [(e["path"], e["weight"]) for e in on_disk["teachers"]] == [(tiny_bert, 1.0), (other, 3.0)]
+    for entry, logits in zip(on_disk["teachers"], per_teacher):
+        assert entry["accuracy"] == pytest.approx(metrics.accuracy(logits, labels))
+        assert entry["ece"] == pytest.approx(metrics.expected_calibration_error(logits, torch.tensor(labels)))
+    ensemble = ensemble_logits(per_teacher, [1.0, 3.0], 2.0)
+    assert on_disk["teacher"]["accuracy"] == pytest.approx(metrics.accuracy(ensemble, labels))
+    differ = (per_teacher[0].argmax(-1) != per_teacher[1].argmax(-1)).float().mean().item()
+    assert on_disk["teacher_disagreement"] == pytest.approx(differ)
+    assert on_disk["teacher"]["parameters"] == sum(e["parameters"] for e in on_disk["teachers"])
+    table = _format_table(evaluated)
+    assert f"the teacher column is the ensemble of 2 teachers: {os.path.basename(tiny_bert)} (weight 1) accuracy " \
+        f"{100 * on_disk['teachers'][0]['accuracy']:.2f}%" in table
+    assert f"their top-1 classes differ on {100 * differ:.2f}% of the test items" in table
+
+    # ensemble_combine: logits trains on (and evaluates against) the weighted mean of the raw logits.
+    by_logits = kdistill.make_config({**values, "ensemble_combine": "logits", "output_dir": str(tmp_path / "mean")})
+    torch.testing.assert_close(kdistill.make_soft_labels(by_logits, ("test",))["test"],
+                               0.25 * per_teacher[0] + 0.75 * per_teacher[1])
 
 
 def test_one_teacher_many_students_and_eval_from_the_run_directory(taught, tmp_path, capsys, monkeypatch):

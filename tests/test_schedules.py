@@ -266,7 +266,8 @@ def test_a_grid_lists_schedules_and_names_them():
     assert cells[1].path == os.path.join("runs", "student", "soft-T2", "seed1")  # numbers keep the directories they always had
     record = scheduled.record()
     assert record["temperature"] is None and record["temperature_schedule"] == schedules.linear(8, 1).spec()
-    assert cells[1].record() == {"student": "student", "strategy": "soft", "temperature": 2.0, "alpha": None, "seed": 1}
+    assert cells[1].record() == {"student": "student", "strategy": "soft", "temperature": 2.0, "alpha": None, "seed": 1,
+                                 "teachers": None}
     assert sweep.grid_values("temperatures") == [2.0, schedules.linear(8, 1).spec()]
 
 

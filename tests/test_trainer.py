@@ -140,6 +140,24 @@ def test_online_teacher_gives_the_loss_of_its_cached_logits(tmp_path, word_token
     assert abs(other - from_cache) > 0.05  # another teacher: another loss, so the teacher really ran
 
 
+def test_several_online_teachers_combine_as_ensemble_combine_says(tmp_path, word_tokenizer):
+    from kdistill.losses import ensemble_logits
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(word_tokenizer)
+    rows = _rows(tokenizer, [0, 1, 1, 0])
+    teachers = [_tiny_bert(tokenizer, seed, layers=2, init=1.0).eval() for seed in (7, 8)]
+    batch = get_task("sequence_classification").collator(tokenizer)(rows)
+    with torch.no_grad():
+        a, b = (t(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits for t in teachers)
+    trainer, online = _loss_on_one_batch(tmp_path, tokenizer, rows, online=[(teachers[0], 1.0), (teachers[1], 3.0)])
+    _, mixture = _loss_on_one_batch(tmp_path, tokenizer, rows, teacher_logits=ensemble_logits([a, b], [1, 3], 2.0))
+    assert online == pytest.approx(mixture, rel=1e-6)
+    trainer.ensemble_combine = "logits"  # as pipeline.make_trainer sets it from the teacher section
+    by_logits = float(trainer.compute_loss(trainer.model, trainer.data_collator(rows)).detach())
+    _, mean = _loss_on_one_batch(tmp_path, tokenizer, rows, teacher_logits=0.25 * a + 0.75 * b)
+    assert by_logits == pytest.approx(mean, rel=1e-6) and abs(by_logits - online) > 1e-3
+
+
 def test_online_teacher_with_another_tokenizer_is_refused(tmp_path, word_tokenizer):
     from conftest import make_word_tokenizer
 

@@ -90,6 +90,11 @@ def _format_table(result: dict) -> str:
     extras = [f"{k}: {result[k]:.2f}x" for k in ("compression", "speedup_b1", "speedup_b64") if k in result]
     words = f", {s['words']} words" if "words" in s else ""  # a tagger's metrics are over words
     lines.append(f"rows: {result['rows']}{words} ({result['split']})   " + "   ".join(extras))
+    from .report.common import teachers_text
+
+    ensemble = teachers_text(result, "f1" if "f1" in t else "accuracy")
+    if ensemble:  # several teachers: the teacher column is their combination
+        lines.append(f"the teacher column is the ensemble of {len(result['teachers'])} {ensemble}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,12 @@ A sweep file is a run config (data / teacher / student / distill sections) plus 
       temperatures: [2, 4, {schedule: linear, from: 8, to: 1}]   # for soft and mixed; numbers or schedules
       alphas: [0.5]                               # for mixed; numbers or schedules (kdistill.schedules)
       seeds: [1, 2, 3]
+      teacher_sets:                               # optional: soft and mixed run once per set (see below)
+        - name: a
+          teachers: [{model: teachers/a}]
+        - name: ensemble
+          teachers: [{model: teachers/a}, {model: teachers/b}]
+          ensemble_combine: probabilities          # optional, the teacher section's by default
 
 The teacher is fine-tuned (or checked) once, its soft labels are made once into `<output_dir>/soft_labels`, and every
 cell of the grid runs the same `pipeline.distill` and `evaluation.evaluate` as `kdistill run`, in
@@ -19,6 +25,13 @@ report.html, plots) is written by `report.compare.write_report`, which needs not
 `kdistill report DIR` rebuilds it from `results.json`. Settings are judged on the task's headline metric
 (`Task.headline_metric`, recorded as results["metric"]): test accuracy for classification, entity F1 for token
 classification, chosen on its validation value where every cell has one.
+
+`grid.teacher_sets` compares teachers (one against an ensemble, say): each set is a named `teachers` list of
+fine-tuned teachers (teacher_train: false), and every soft and mixed setting runs once per set, labelled
+'soft T=4 [ensemble]' and kept in runs/<student>/<set>/...; hard and scratch learn no soft labels and run once, with the
+teacher section's teachers. Each teacher's soft labels are cached once in the sweep's cache and shared by every set
+that lists it. A from_teacher student copies the first teacher of its set: sets that start with the same teacher
+(a, ensemble) give every setting the same student to start from, so their difference is the soft labels'.
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ from .schedules import parse as parse_schedule
 
 logger = logging.getLogger(__name__)
 
-GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds")
+GRID_KEYS = ("strategies", "temperatures", "alphas", "seeds", "teacher_sets")
 SWEEP_STRATEGIES = ("hard", "soft", "mixed", "scratch")
 DISTILLED = ("soft", "mixed")
 # Fields the grid sets per cell; as flags they would silently flatten the grid.
@@ -67,19 +80,23 @@ class Cell:
     temperature: float | Schedule | None = None
     alpha: float | Schedule | None = None
     seed: int = 0
+    teachers: str | None = None  # the name of its grid.teacher_sets entry (None: the teacher section's)
 
     @property
     def setting(self) -> str:
-        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5', 'soft T=cosine 8→1'."""
-        return setting_label(self.strategy, self.temperature, self.alpha)
+        """'hard', 'scratch', 'soft T=4', 'mixed T=4 a=0.5', 'soft T=cosine 8→1'; 'soft T=4 [ensemble]' with a
+        teacher set."""
+        label = setting_label(self.strategy, self.temperature, self.alpha)
+        return f"{label} [{self.teachers}]" if self.teachers else label
 
     @property
     def path(self) -> str:
         # Numbers' settings keep the directories they always had ('mixed-T4-a0.5'); a schedule's name is spelt in
-        # ASCII ('soft-Tlinear-8to1').
-        slug = self.setting.replace(" ", "-").replace("=", "").replace("→", "to")
+        # ASCII ('soft-Tlinear-8to1'); a teacher set's cells lie in a directory of the set's name.
+        slug = setting_label(self.strategy, self.temperature, self.alpha)
+        slug = slug.replace(" ", "-").replace("=", "").replace("→", "to")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", slug)
-        return os.path.join("runs", self.student, slug, f"seed{self.seed}")
+        return os.path.join("runs", self.student, *([self.teachers] if self.teachers else []), slug, f"seed{self.seed}")
 
     def record(self) -> dict[str, Any]:
         """The cell as JSON data: a scheduled temperature or alpha is None under its own key (it has no one number
@@ -113,6 +130,8 @@ class Sweep:
     temperatures: list[float | Schedule]
     alphas: list[float | Schedule]
     seeds: list[int]
+    # name -> teacher-section fields (teachers, ensemble_combine); empty: the teacher section's teachers only
+    teacher_sets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """Every run, student by student, seed-major within a setting so early results cover all settings."""
@@ -124,7 +143,8 @@ class Sweep:
                         out.append(Cell(student, strategy, seed=seed))
                     for t in self.temperatures if strategy in DISTILLED else ():
                         for a in self.alphas if strategy == "mixed" else (None,):
-                            out.append(Cell(student, strategy, t, a, seed))
+                            for teachers in self.teacher_sets or (None,):
+                                out.append(Cell(student, strategy, t, a, seed, teachers))
         return out
 
     def grid_values(self, key: str) -> list:
@@ -220,7 +240,43 @@ def parse_sweep(raw: Any, source: str = "sweep") -> Sweep:
     if not students:
         raise UserError(f"{source}: 'students' lists no student")
     output_dir = flat.get("output_dir") or "runs/compare"
-    return Sweep(output_dir, flat, students, strategies, temperatures, alphas, seeds)
+    return Sweep(output_dir, flat, students, strategies, temperatures, alphas, seeds,
+                 _teacher_sets(grid.get("teacher_sets"), flat, strategies, source))
+
+
+TEACHER_SET_KEYS = ("teachers", "ensemble_combine")
+
+
+def _teacher_sets(raw: Any, flat: dict[str, Any], strategies: list[str], source: str) -> dict[str, dict[str, Any]]:
+    """grid.teacher_sets as name -> {teachers, ensemble_combine}, each checked as the teacher section would be."""
+    from .config import ConfigError, TeacherConfig, _unknown_key_error
+
+    if raw is None:
+        return {}
+    if not any(s in DISTILLED for s in strategies):
+        raise UserError(f"{source}: grid.teacher_sets varies the soft labels; grid.strategies needs soft or mixed")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{source}: grid.teacher_sets must be a list of {{name: NAME, teachers: [...]}}")
+    base = {k: flat[k] for k in ("teacher_train", "teacher_folds") if k in flat}
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "name" not in entry or "teachers" not in entry:
+            raise UserError(f"{source}: grid.teacher_sets[{i}] must be a mapping with a 'name' and 'teachers'")
+        entry = dict(entry)
+        name = str(entry.pop("name"))
+        if not NAME.match(name) or name in out:
+            raise UserError(f"{source}: teacher set name {name!r} must be unique and use only letters, digits, '.', "
+                            "'_', '-'")
+        for key in entry:
+            if key not in TEACHER_SET_KEYS:
+                raise _unknown_key_error(str(key), f"{source} grid.teacher_sets[{i}]", ["name", *TEACHER_SET_KEYS])
+        try:
+            checked = TeacherConfig(**base, **entry)
+        except ConfigError as err:
+            raise UserError(f"{source}: grid.teacher_sets[{i}] ({name}): {str(err).removeprefix('teacher: ')}") from None
+        out[name] = {"teachers": json.loads(checked.teachers), **({"ensemble_combine": entry["ensemble_combine"]}
+                                                                 if "ensemble_combine" in entry else {})}
+    return out
 
 
 def load_sweep(path: str) -> Sweep:
@@ -284,6 +340,8 @@ def cell_config(student_config, cell: Cell, sweep: Sweep, teacher: str, report_t
         report_to=report_to,
     )
     t = student_config.teacher
+    if cell.teachers is not None:  # its teacher set's fine-tuned teachers, in place of the teacher section's
+        t = dataclasses.replace(t, **sweep.teacher_sets[cell.teachers])
     # Every cell reads the sweep's teacher; out-of-fold teachers still start from the backbone.
     backbone = t.teacher_backbone or (t.teacher_model if t.teacher_train else None)
     # The teacher side keeps the sweep's seed while each cell sets its own (so out-of-fold labels are made once).
@@ -352,7 +410,8 @@ def run_cell(config, cell: Cell) -> dict:
         **cell.record(),
         "setting": cell.setting,
         "metrics": {**evaluated["student"], **validation},
-        "teacher_metrics": evaluated["teacher"],
+        "teacher_metrics": {**evaluated["teacher"], **{k: evaluated[k] for k in ("teachers", "teacher_disagreement")
+                                                       if k in evaluated}},
         "train_seconds": trained["train_seconds"],
         "train_loss": trained["train_loss"],
         "train_rows": trained["train_rows"],
@@ -457,8 +516,9 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
     cells = [c for c in sweep.cells()
              if not (c.strategy == "scratch" and scratch_spec(student_configs[c.student].student) is None)]
     first = next(iter(student_configs.values()))
-    _check_same_sweep(out, {f"{name}/{section}": values for name, config in student_configs.items()
-                            for section, values in _fingerprint(config).items()})
+    _check_same_sweep(out, {**{f"{name}/{section}": values for name, config in student_configs.items()
+                               for section, values in _fingerprint(config).items()},
+                            "grid/teacher_sets": sweep.teacher_sets})
 
     # The teacher, once. A teacher this sweep fine-tuned lives in <out>/teacher and is reused when the sweep resumes.
     shared_paths = paths_of_sweep(sweep)  # the sweep's own teacher and cache
@@ -497,9 +557,13 @@ def _run_sweep(sweep: Sweep, argv: list[str] | None, keep_models: bool) -> dict:
         "output_dir": out,
         "machine": _machine(),
         "grid": {"strategies": sweep.strategies, "temperatures": sweep.grid_values("temperatures"),
-                 "alphas": sweep.grid_values("alphas"), "seeds": sweep.seeds, "students": sweep.students},
+                 "alphas": sweep.grid_values("alphas"), "seeds": sweep.seeds, "students": sweep.students,
+                 "teacher_sets": sweep.teacher_sets},
         "config": {name: _fingerprint(c) for name, c in student_configs.items()},
         "teacher": runs[0]["teacher_metrics"],
+        # Each teacher set's teacher on the test rows (an ensemble's with its members' and their disagreement).
+        "teacher_sets": {name: next(done[c]["teacher_metrics"] for c in cells if c.teachers == name)
+                         for name in sweep.teacher_sets},
         "metric": get_task(first.data.task).headline_metric,  # what the report judges the settings on
         "diagnostics": diagnostics,
         "validation_is_test": validation_is_test(first.data),

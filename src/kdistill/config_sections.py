@@ -25,6 +25,8 @@ from .validate import check_fields, check_values
 STUDENT_INITS = ("from_teacher", "from_config", "from_pretrained", "bilstm")
 SOFT_LABEL_SOURCES = ("cache", "online")
 TEACHER_CALIBRATIONS = ("none", "temperature")
+# losses.ensemble_logits' modes, named here too since that module imports torch (a test checks they agree).
+ENSEMBLE_COMBINES = ("probabilities", "logits")
 
 
 def _json_field(value: Any, where: str, kind: type) -> Any:
@@ -114,7 +116,13 @@ class TeacherConfig:
         default=None,
         metadata={"help": "Several fine-tuned teachers instead of teacher_model: a list of {model: PATH, weight: W} "
                   "(YAML, or JSON on the command line); each has its own soft-label cache, and their soft labels "
-                  "combine as the weighted mean of their temperature-softened probabilities."},
+                  "combine as ensemble_combine says. The teachers may each have their own tokenizer."},
+    )
+    ensemble_combine: str = field(
+        default="probabilities",
+        metadata={"help": "How several teachers' soft labels combine: 'probabilities', the weighted mean of their "
+                  "temperature-softened probabilities (a mixture); 'logits', the weighted mean of their raw logits, "
+                  "whose softmax is not that mixture and leans towards the most confident teacher."},
     )
     teacher_train: bool = field(default=True, metadata={"help": "Fine-tune teacher_model on the training data first."})
     teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
@@ -156,6 +164,9 @@ class TeacherConfig:
         if self.teacher_calibration not in TEACHER_CALIBRATIONS:
             raise ConfigError(f"teacher: teacher_calibration must be one of {', '.join(TEACHER_CALIBRATIONS)}, got "
                               f"{self.teacher_calibration!r}")
+        if self.ensemble_combine not in ENSEMBLE_COMBINES:
+            raise ConfigError(f"teacher: ensemble_combine must be one of {', '.join(ENSEMBLE_COMBINES)}, got "
+                              f"{self.ensemble_combine!r}")
         if self.teachers is not None:
             entries = _json_field(self.teachers, "teacher: teachers", list)
             for i, entry in enumerate(entries):

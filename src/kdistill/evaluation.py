@@ -14,8 +14,9 @@ from .errors import UserError
 from .files import update_json
 from .config import RunConfig
 from .data import split_file
-from .pipeline import _trust, load_teacher, make_soft_labels, prepare_split, task_of
-from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, teacher_dir
+from .metrics import disagreement_rate
+from .pipeline import _trust, combine_soft_labels, load_teacher, prepare_split, task_of, teacher_soft_labels
+from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, teacher_dir, teachers
 from .students import count_parameters, load_classifier, load_tokenizer
 from .validate import check_run
 
@@ -122,6 +123,37 @@ def speed(config: RunConfig) -> dict:
     return out
 
 
+def shared_items(per_teacher: list, labels=None) -> list[torch.Tensor]:
+    """Several teachers' logits over one split as flat [items, C] tensors over the same items: as they are for one
+    item per row; for ragged rows (words), each row's items that every teacher saw (another tokenizer may truncate a
+    sentence elsewhere; an all-zero vector is a word a teacher never saw) and that carry a label."""
+    if isinstance(per_teacher[0], torch.Tensor):
+        return list(per_teacher)
+    out: list[list[torch.Tensor]] = [[] for _ in per_teacher]
+    for r, rows in enumerate(zip(*per_teacher)):
+        n = min(len(x) for x in rows)
+        row_labels = None if labels is None else torch.as_tensor(labels[r])[:n]
+        n = n if row_labels is None else len(row_labels)
+        keep = torch.stack([x[:n].ne(0).any(dim=-1) for x in rows]).all(dim=0)
+        if row_labels is not None:
+            keep &= row_labels.ne(-100)
+        for i, x in enumerate(rows):
+            out[i].append(x[:n][keep])
+    return [torch.cat(parts) for parts in out]
+
+
+def _each_teacher(config: RunConfig, per_teacher: list, labels, label2id: dict[str, int]) -> dict:
+    """eval.json's `teachers` (each teacher's path, weight, task metrics from its own soft labels, parameters and
+    size) and `teacher_disagreement` (the share of items whose top-1 class the teachers do not all give)."""
+    task = task_of(config)
+    entries = []
+    for (path, weight), logits in zip(teachers(config), per_teacher):
+        entry = {"path": path, "weight": weight, **task.eval_metrics(logits, labels, None, label2id)}
+        entry.update(parameters=count_parameters(load_teacher(config, path, label2id)[0]), size_bytes=size_on_disk(path))
+        entries.append(entry)
+    return {"teachers": entries, "teacher_disagreement": disagreement_rate(shared_items(per_teacher, labels))}
+
+
 @holding_output_dir
 def evaluate(config: RunConfig, progress: bool = False) -> dict:
     """Quality, fidelity to the teacher, calibration, size and CPU speed of the student; written to eval.json.
@@ -140,7 +172,8 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     test = prepare_split(config, "test", tokenizer, label2id)
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
-    teacher_logits = make_soft_labels(config, ("test",), progress, together=False)["test"]
+    per_teacher = teacher_soft_labels(config, ("test",), progress, together=False)["test"]
+    teacher_logits = combine_soft_labels(config, per_teacher)
     task.check_teacher_logits(teacher_logits, len(test), len(label2id))
     rows = task.model_rows(test, tokenizer)
     collate = task.pad_inputs(tokenizer)
@@ -149,12 +182,18 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     labels = task.item_labels(test)
     result: dict = {"split": split_file(config.data, "test"), "rows": len(test)}
     result["student"] = task.eval_metrics(student_logits, labels, teacher_logits, label2id)
+    # With several teachers, "teacher" is their combination, the soft labels the student learnt from.
     result["teacher"] = task.eval_metrics(teacher_logits, labels, None, label2id)
+    if len(per_teacher) > 1:
+        result.update(_each_teacher(config, per_teacher, labels, label2id))
 
     result["student"].update(parameters=count_parameters(student), size_bytes=size_on_disk(sdir))
     # load_teacher remembers the teacher by content: a sweep's cells, which share one, load it once.
     teacher = load_teacher(config, tdir, label2id)[0]
     result["teacher"].update(parameters=count_parameters(teacher), size_bytes=size_on_disk(tdir))
+    if "teachers" in result:  # an ensemble costs all its members (its speed is timed on the first)
+        for key in ("parameters", "size_bytes"):
+            result["teacher"][key] = sum(entry[key] for entry in result["teachers"])
     if config.distill.speed_batches > 0:
         timing = _speed(config, student, rows, collate, teacher, label2id)
         result["student"].update(timing["student"])

@@ -10,6 +10,7 @@ Everything is computed in float64 numpy and returned as plain Python floats.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,23 @@ def agreement(student_logits: Any, teacher_logits: Any) -> float:
     if s.size == 0:
         return float("nan")
     return float((s == t).mean())
+
+
+def disagreement_rate(logits: Sequence[Any]) -> float:
+    """Share of items on which several models' top-1 predictions are not all the same (0.0 for one model).
+
+    A vote or mixture of models can differ from its members only where they disagree, so this bounds where an
+    ensemble can gain (the diversity of Dietterich 2000, "Ensemble Methods in Machine Learning").
+
+    Args:
+        logits: one ``[..., C]`` logits array (or array of predicted classes) per model, over the same items.
+    """
+    preds = [_preds(x) for x in logits]
+    if not preds or preds[0].size == 0:
+        return float("nan")
+    if any(p.shape != preds[0].shape for p in preds):
+        raise ValueError(f"models give predictions of shapes {[p.shape for p in preds]}; they must cover the same items")
+    return float((np.stack(preds) != preds[0]).any(axis=0).mean())
 
 
 def disagreement_margins(reference_logits: Any, other_logits: Any) -> dict[str, float | int]:

@@ -60,7 +60,8 @@ from .validate import check_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLITS", "distill", "label_map", "make_soft_labels", "make_trainer", "prepare_split", "teach"]
+__all__ = ["SPLITS", "combine_soft_labels", "distill", "label_map", "make_soft_labels", "make_trainer", "prepare_split",
+           "teach", "teacher_soft_labels"]
 
 
 def task_of(config: RunConfig):
@@ -133,13 +134,15 @@ def _check_vocabulary(model, tokenizer, what: str) -> None:
 
 def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=None, teacher_logits=None,
                  online_teachers=None, teacher_tokenizers=None, teacher_weights: list[float] | None = None,
-                 collate: dict | None = None, layer_map: dict[int, int] | None = None) -> DistillationTrainer:
+                 collate: dict | None = None, layer_map: dict[int, int] | None = None,
+                 ensemble_combine: str = "probabilities") -> DistillationTrainer:
     """The one way kdistill builds a trainer: the task's collator (with the teacher's cached logits, if any) and
     its metrics, for any model the task's batches fit (a transformers model or a plain nn.Module).
 
     Args:
         teacher_logits: a source indexable by row (a tensor or a cache), or a list of them (several teachers,
             combined by `losses.ensemble_logits` with `teacher_weights`, equal weights by default).
+        ensemble_combine: how several teachers combine, cached or online ("probabilities" or "logits").
         collate: extra arguments for the task's collator (e.g. the image task's `max_shift`, `seed`).
     """
     collate = dict(collate or {})
@@ -155,8 +158,8 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
             if args.temperature_schedule is not None:
                 logger.info("several cached teachers are combined at the temperature schedule's starting value, "
                             "T=%g, for the whole run", t)
-            collate["combine"] = lambda parts: ensemble_logits(parts, w, t)
-    return DistillationTrainer(
+            collate["combine"] = lambda parts: ensemble_logits(parts, w, t, ensemble_combine)
+    trainer = DistillationTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -169,6 +172,8 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
         teacher_tokenizers=teacher_tokenizers,
         layer_map=layer_map,
     )
+    trainer.ensemble_combine = ensemble_combine
+    return trainer
 
 
 def _layer_map(config: RunConfig, student, teacher) -> dict[int, int] | None:
@@ -289,26 +294,37 @@ def _loader(config: RunConfig, label2id: dict[str, int] | None = None):
     return lambda path: load_teacher(config, path, label2id if label2id is not None else label_map(config))
 
 
+def teacher_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False,
+                        together: bool = True) -> dict[str, list]:
+    """Each teacher's logits for each configured split, in memory, one entry per teacher in the config's order (a
+    tensor [rows, C], or for ragged items a list of per-row tensors): read from its cache, or computed once and
+    cached. See `teacher_outputs` for what happens under torchrun."""
+    sources = teacher_outputs(config, splits, progress, together, loader=_loader(config))
+    return {split: [per_row(s) for s in parts] for split, parts in sources.items()}
+
+
+def combine_soft_labels(config: RunConfig, parts: list) -> torch.Tensor | list[torch.Tensor]:
+    """One split's teachers' logits (`teacher_soft_labels`) as one teacher's: combined by `losses.ensemble_logits`
+    with the run's weights, temperature and ensemble_combine (one teacher: its logits as they are)."""
+    if len(parts) == 1:
+        return parts[0]
+    weights = [w for _, w in teachers(config)]
+    t, how = config.distill.temperature, config.teacher.ensemble_combine
+    if isinstance(parts[0], list):  # ragged sources (words, tokens): row by row
+        return [ensemble_logits(list(rows), weights, t, how) for rows in zip(*parts)]
+    return ensemble_logits(parts, weights, t, how)
+
+
 def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False,
                      together: bool = True) -> dict[str, torch.Tensor]:
-    """The teacher's logits for each configured split, in memory (several teachers: combined at the run's
-    temperature by `losses.ensemble_logits`): read from the cache, or computed once and cached.
+    """The teacher's logits for each configured split, in memory (several teachers: combined by
+    `combine_soft_labels`): read from the cache, or computed once and cached.
 
     Training reads the cache lazily instead (`soft_labels.produce.teacher_outputs`); this whole-split view is for
     small splits, diagnostics and evaluation. See `teacher_outputs` for what happens under torchrun.
     """
-    sources = teacher_outputs(config, splits, progress, together, loader=_loader(config))
-    weights = [w for _, w in teachers(config)]
-    out = {}
-    for split, parts in sources.items():
-        tensors = [per_row(s) for s in parts]  # ragged sources (words, tokens): a list of per-row tensors
-        if len(tensors) == 1:
-            out[split] = tensors[0]
-        elif isinstance(tensors[0], list):
-            out[split] = [ensemble_logits(list(rows), weights, config.distill.temperature) for rows in zip(*tensors)]
-        else:
-            out[split] = ensemble_logits(tensors, weights, config.distill.temperature)
-    return out
+    parts = teacher_soft_labels(config, splits, progress, together)
+    return {split: combine_soft_labels(config, per_teacher) for split, per_teacher in parts.items()}
 
 
 # The soft-label diagnostics read this many of a split's first rows (all of them in smaller splits).
@@ -439,7 +455,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     diagnostics = {}
     if sources:
         # On a split's first DIAGNOSTIC_ROWS rows: a large cache is never read whole into memory.
-        in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature)
+        in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature,
+                                        config.teacher.ensemble_combine)
                      for s, v in sources.items() if s in ("train", "transfer")}
         diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature, task)
     online_teachers = teacher_tokenizers = None
@@ -452,7 +469,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
 
     trainer = make_trainer(task, student, dataclasses.replace(args, output_dir=p.student), train,
                            parts.get("validation"), tokenizer, combined, online_teachers, teacher_tokenizers,
-                           teacher_weights, layer_map=_layer_map(config, student, online_teachers[0][0]) if wants_features else None)
+                           teacher_weights, layer_map=_layer_map(config, student, online_teachers[0][0]) if wants_features else None,
+                           ensemble_combine=config.teacher.ensemble_combine)
     # The first process clears (with overwrite) and records; the others find the checkpoint it left, or none.
     with args.main_process_first(local=False, desc="output_dir"):
         take_output_dir(config, stale)

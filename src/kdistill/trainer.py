@@ -281,11 +281,15 @@ class DistillationTrainer(Trainer):
             scale /= self.accelerator.num_processes  # compute_loss multiplies the loss by it again
         return scale
 
+    # How several online teachers combine (losses.ensemble_logits); pipeline.make_trainer sets the run's.
+    ensemble_combine = "probabilities"
+
     def _online_teacher_logits(self, model_inputs: dict) -> torch.Tensor:
         with torch.no_grad():
             outputs = [teacher(**model_inputs) for teacher, _ in self.online_teachers]
         logits = [(o["logits"] if isinstance(o, dict) else o[0]).float() for o in outputs]
-        return ensemble_logits(logits, [w for _, w in self.online_teachers], self._temperature())
+        return ensemble_logits(logits, [w for _, w in self.online_teachers], self._temperature(),
+                               self.ensemble_combine)
 
     def _temperature(self) -> float:
         """The temperature of this step: `args.temperature`, or its schedule's value at the global step."""

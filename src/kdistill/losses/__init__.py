@@ -3,8 +3,8 @@
 Feature terms (hidden states, attention: `features`) are in `TERMS` beside the logit terms.
 """
 
-from .logits import IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
 from .features import LayerProjections, layer_map
+from .logits import ENSEMBLE_COMBINES, IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
 from .objective import (
     FEATURE_TERMS,
     SOFT_LOSSES,
@@ -21,7 +21,7 @@ from .objective import (
 )
 
 __all__ = [
-    "FEATURE_TERMS", "IGNORE_INDEX", "LayerProjections", "SOFT_LOSSES", "SOFT_TERMS", "STRATEGIES", "TERMS", "Term",
-    "TermInputs", "check_weights", "distillation_loss", "ensemble_logits", "hard_ce", "layer_map", "logit_mse", "needs",
-    "objective", "preset_weights", "soft_kl",
+    "ENSEMBLE_COMBINES", "FEATURE_TERMS", "IGNORE_INDEX", "LayerProjections", "SOFT_LOSSES", "SOFT_TERMS",
+    "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights", "distillation_loss", "ensemble_logits", "hard_ce",
+    "layer_map", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
 ]

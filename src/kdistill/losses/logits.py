@@ -155,18 +155,38 @@ def logit_mse(
     return _reduce(per_item, keep, num_items)
 
 
-def ensemble_logits(logits: list[Tensor], weights: list[float], temperature: float) -> Tensor:
-    """Several teachers as one: ``T * log(sum_i w_i * softmax(z_i / T))``, weights normalised to sum to 1.
+ENSEMBLE_COMBINES = ("probabilities", "logits")
 
-    Its softmax at temperature T is the weighted mean of the teachers' softened probabilities (the usual ensemble
-    of distillation, Hinton et al. 2015, section 3), so `soft_kl` against it is KL against that mixture.
-    Averaging raw logits instead would weight a confident teacher more than its weight says. `logit_mse`
-    against these logits compares with log-probabilities scaled by T, not with any one teacher's raw logits.
+
+def ensemble_logits(logits: list[Tensor], weights: list[float], temperature: float,
+                    combine: str = "probabilities") -> Tensor:
+    """Several teachers as one, weights normalised to sum to 1; one teacher gives its own logits back, untouched.
+
+    ``combine="probabilities"`` (the default): ``T * log(sum_i w_i * softmax(z_i / T))``. Its softmax at temperature
+    T is the weighted mean of the teachers' softened probabilities (the arithmetic mean that Hinton et al. 2015,
+    section 1, name as an ensemble's soft targets), so `soft_kl` against it is KL against that mixture; where the teachers agree it is their
+    logits (up to a constant). `logit_mse` against these logits compares with log-probabilities scaled by T, not
+    with any one teacher's raw logits.
+
+    ``combine="logits"``: ``sum_i w_i * z_i``, the weighted mean of the raw logits, whatever T. Its softmax at T is
+    not the mixture: it is the normalised weighted geometric mean of the teachers' softened distributions (the
+    other choice Hinton et al. name), and a confident teacher (large logit margins) pulls it further than its weight
+    says, since its logits are larger.
+    It is the natural target of `logit_mse` (Ba & Caruana 2014 regress onto logits).
+
+    Args:
+        logits: one tensor per teacher, all of one shape ``[..., C]``.
+        weights: one number > 0 per teacher.
+        combine: "probabilities" or "logits".
     """
     if len(logits) != len(weights) or not logits:
         raise ValueError(f"got {len(logits)} teachers' logits and {len(weights)} weights")
+    if combine not in ENSEMBLE_COMBINES:
+        raise ValueError(f"combine must be one of {', '.join(ENSEMBLE_COMBINES)}, got {combine!r}")
     if len(logits) == 1:
         return logits[0]
     total = float(sum(weights))
+    if combine == "logits":
+        return sum(z.float() * (w / total) for z, w in zip(logits, weights))
     parts = [F.log_softmax(z.float() / temperature, dim=-1) + math.log(w / total) for z, w in zip(logits, weights)]
     return temperature * torch.logsumexp(torch.stack(parts), dim=0)

@@ -9,6 +9,24 @@ import re
 from ..files import atomic_write
 
 
+def teachers_text(evaluation: dict, metric: str = "accuracy") -> str | None:
+    """An ensemble's teachers as eval.json records them (`teachers`, `teacher_disagreement`), in one sentence:
+    'teachers: a (weight 1) accuracy 61.00%, ECE 5.12%; b (weight 3) ...; their top-1 classes differ on 12.50% of
+    the test items'. None for a run with one teacher."""
+    entries = evaluation.get("teachers")
+    if not entries:
+        return None
+    parts = []
+    for entry in entries:
+        shown = [f"{name} {100 * entry[key]:.2f}%" for key, name in ((metric, metric.replace("_", " ")), ("ece", "ECE"))
+                 if entry.get(key) is not None]
+        parts.append(f"{os.path.basename(entry['path'].rstrip(os.sep))} (weight {entry['weight']:g}) {', '.join(shown)}")
+    text = "teachers: " + "; ".join(parts)
+    if evaluation.get("teacher_disagreement") is not None:
+        text += f"; their top-1 classes differ on {100 * evaluation['teacher_disagreement']:.2f}% of the test items"
+    return text
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg back end (files only, no display)."""
     import matplotlib

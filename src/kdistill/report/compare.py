@@ -19,7 +19,7 @@ from ..files import write_text
 from ..metrics import ONE_HOT_TOP_PROB, uniform_limit
 from ..schedules import parse as parse_schedule
 from ..stats import CONFIDENCE, bootstrap_interval, paired_difference, t_interval
-from .common import pyplot, save_figure, to_html, to_markdown
+from .common import pyplot, save_figure, teachers_text, to_html, to_markdown
 
 METRICS = ("accuracy", "macro_f1", "f1", "agreement", "kl_to_teacher", "epsilon", "ece", "validation_accuracy",
            "validation_f1")
@@ -423,7 +423,10 @@ def _blocks(results: dict) -> list[tuple]:
     grid = results.get("grid", {})
     b.append(("p", f"{len(results['runs'])} runs in {results.get('output_dir', '.')}: strategies "
                    f"{', '.join(grid.get('strategies', []))}; temperatures {_grid_text(grid.get('temperatures'))}; "
-                   f"alphas {_grid_text(grid.get('alphas'))}; seeds {grid.get('seeds')}. {METHOD} Made {results.get('created', '?')} on "
+                   f"alphas {_grid_text(grid.get('alphas'))}; seeds {grid.get('seeds')}"
+                   + (f"; teacher sets {', '.join(grid['teacher_sets'])} (soft and mixed run once per set, named in "
+                      "brackets)" if grid.get("teacher_sets") else "")
+                   + f". {METHOD} Made {results.get('created', '?')} on "
                    f"{results.get('machine', {}).get('cpu', '?')} ({results.get('machine', {}).get('cores', '?')} cores)."))
     b.append(("h2", "Results by setting"))
     rows = []
@@ -439,6 +442,12 @@ def _blocks(results: dict) -> list[tuple]:
         shown = ", ".join(f"{name} {100 * teacher[key]:.2f}%" for key, name in
                           ((metric, title), (second, second_title[:-2]), ("ece", "ECE")) if teacher.get(key) is not None)
         b.append(("p", f"Teacher on the same test rows: {shown}."))
+    for name, set_teacher in (results.get("teacher_sets") or {}).items():
+        shown = ", ".join(f"{label} {100 * set_teacher[key]:.2f}%" for key, label in ((metric, title), ("ece", "ECE"))
+                          if set_teacher.get(key) is not None)
+        members = teachers_text(set_teacher, metric)
+        b.append(("p", f"Teacher set **{name}** on the same test rows: {shown}" + (f"; {members}" if members else "")
+                       + "."))
     b.append(("img", "accuracy_by_strategy.png", f"Test {title} by setting with 95% intervals"))
     if "accuracy_vs_temperature.png" in results.get("plots", []):
         b.append(("img", "accuracy_vs_temperature.png", f"{_title(metric, True)} against temperature"))

@@ -7,6 +7,7 @@ import json
 import os
 
 from ..schedules import parse as parse_schedule
+from .common import teachers_text
 
 PARITY_BOUND = 1e-4  # max abs difference of fp32 ONNX logits from PyTorch's
 INT8_AGREEMENT_TARGET = 0.995  # top-1 agreement of int8 with fp32
@@ -188,6 +189,9 @@ def model_card(report: dict, config: dict, evaluation: dict | None) -> str:
         for title, key in keys:
             cells = [f"{side[key]:.4f}" if key in side else "-" for side in (ev["student"], ev["teacher"])]
             lines.append(f"| {title} | {cells[0]} | {cells[1]} |")
+        ensemble = teachers_text(ev, "f1" if "f1" in ev["teacher"] else "accuracy")
+        if ensemble:
+            lines += ["", f"The teacher column is the ensemble of {len(ev['teachers'])} {ensemble}."]
         lines.append("")
     else:
         lines += ["## Metrics", "", "The run has no `eval.json` (run `kdistill eval` for quality and fidelity).", ""]
