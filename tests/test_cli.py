@@ -29,7 +29,7 @@ def test_verb_help_shows_kdistills_options_by_section_and_the_trainers_behind_he
     assert sections == sorted(sections)
     assert "--strategy STRATEGY" in out and "--train-file" not in out  # each flag once, by its field name
     assert "--lr_scheduler_type" not in out and "kdistill run --help-all lists them" in out
-    assert len(out.splitlines()) < 250  # was 760 lines, most of them TrainingArguments'
+    assert len(out.splitlines()) < 300  # was 760 lines, most of them TrainingArguments' (254 with issue 16's fields)
     assert main(["run", "--help-all"]) == 0
     full = capsys.readouterr().out
     assert full.startswith(out.split("distill: transformers.TrainingArguments adds")[0])
