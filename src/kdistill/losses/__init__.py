@@ -4,6 +4,19 @@ Feature terms (hidden states, attention: `features`) are in `TERMS` beside the l
 """
 
 from .features import LayerProjections, layer_map
+from .lm import (
+    LM_DIVERGENCES,
+    forward_kl,
+    jsd,
+    reverse_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
+    student_buckets,
+    teacher_buckets,
+    topk_divergence,
+    total_variation,
+    uld_loss,
+)
 from .logits import ENSEMBLE_COMBINES, IGNORE_INDEX, ensemble_logits, hard_ce, logit_mse, soft_kl
 from .objective import (
     FEATURE_TERMS,
@@ -24,4 +37,6 @@ __all__ = [
     "ENSEMBLE_COMBINES", "FEATURE_TERMS", "IGNORE_INDEX", "LayerProjections", "SOFT_LOSSES", "SOFT_TERMS",
     "STRATEGIES", "TERMS", "Term", "TermInputs", "check_weights", "distillation_loss", "ensemble_logits", "hard_ce",
     "layer_map", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
+    "LM_DIVERGENCES", "forward_kl", "jsd", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "student_buckets",
+    "teacher_buckets", "topk_divergence", "total_variation", "uld_loss",
 ]
