@@ -271,8 +271,12 @@ def test_teachers_with_their_own_tokenizers_teach_a_student_with_a_third(tmp_pat
     for entry, logits in zip(on_disk["teachers"], per_teacher):
         assert entry["accuracy"] == pytest.approx(metrics.accuracy(logits, labels))
         assert entry["ece"] == pytest.approx(metrics.expected_calibration_error(logits, torch.tensor(labels)))
-    ensemble = ensemble_logits(per_teacher, [1.0, 3.0], 2.0)
+    # The ensemble is scored as its own prediction, the mixture at T = 1 (the student trained on it at T = 2).
+    ensemble = ensemble_logits(per_teacher, [1.0, 3.0], 1.0)
     assert on_disk["teacher"]["accuracy"] == pytest.approx(metrics.accuracy(ensemble, labels))
+    assert on_disk["teacher"]["ece"] == pytest.approx(metrics.expected_calibration_error(ensemble, torch.tensor(labels)))
+    mixture = sum(w * torch.softmax(z, dim=-1) for z, w in zip(per_teacher, (0.25, 0.75)))
+    torch.testing.assert_close(torch.softmax(ensemble, dim=-1), mixture)
     differ = (per_teacher[0].argmax(-1) != per_teacher[1].argmax(-1)).float().mean().item()
     assert on_disk["teacher_disagreement"] == pytest.approx(differ)
     assert on_disk["teacher"]["parameters"] == sum(e["parameters"] for e in on_disk["teachers"])

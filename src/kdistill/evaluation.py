@@ -173,7 +173,9 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     if test is None:
         raise UserError("data: evaluation needs test_file or validation_file")
     per_teacher = teacher_soft_labels(config, ("test",), progress, together=False)["test"]
-    teacher_logits = combine_soft_labels(config, per_teacher)
+    # Several teachers are scored as the ensemble they are, their mixture at T = 1 (the student trained on it at the
+    # run's temperature; a mixture at T = 2 read at T = 1 would be a sharper, differently calibrated distribution).
+    teacher_logits = combine_soft_labels(config, per_teacher, temperature=1.0)
     task.check_teacher_logits(teacher_logits, len(test), len(label2id))
     rows = task.model_rows(test, tokenizer)
     collate = task.pad_inputs(tokenizer)
@@ -182,7 +184,7 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     labels = task.item_labels(test)
     result: dict = {"split": split_file(config.data, "test"), "rows": len(test)}
     result["student"] = task.eval_metrics(student_logits, labels, teacher_logits, label2id)
-    # With several teachers, "teacher" is their combination, the soft labels the student learnt from.
+    # With several teachers, "teacher" is their combination, scored at T = 1.
     result["teacher"] = task.eval_metrics(teacher_logits, labels, None, label2id)
     if len(per_teacher) > 1:
         result.update(_each_teacher(config, per_teacher, labels, label2id))

@@ -303,13 +303,16 @@ def teacher_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, pro
     return {split: [per_row(s) for s in parts] for split, parts in sources.items()}
 
 
-def combine_soft_labels(config: RunConfig, parts: list) -> torch.Tensor | list[torch.Tensor]:
+def combine_soft_labels(config: RunConfig, parts: list, temperature: float | None = None
+                        ) -> torch.Tensor | list[torch.Tensor]:
     """One split's teachers' logits (`teacher_soft_labels`) as one teacher's: combined by `losses.ensemble_logits`
-    with the run's weights, temperature and ensemble_combine (one teacher: its logits as they are)."""
+    with the run's weights and ensemble_combine, at `temperature` (default: the run's; one teacher: its logits as
+    they are)."""
     if len(parts) == 1:
         return parts[0]
     weights = [w for _, w in teachers(config)]
-    t, how = config.distill.temperature, config.teacher.ensemble_combine
+    t = config.distill.temperature if temperature is None else temperature
+    how = config.teacher.ensemble_combine
     if isinstance(parts[0], list):  # ragged sources (words, tokens): row by row
         return [ensemble_logits(list(rows), weights, t, how) for rows in zip(*parts)]
     return ensemble_logits(parts, weights, t, how)
