@@ -21,7 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import ConfigError, UserError, raise_on_usage_error  # noqa: F401 - UserError: others import it from here
 from . import schedules
-from .losses import SOFT_LOSSES, STRATEGIES, TERMS, check_weights, preset_weights
+from .losses import SOFT_LOSSES, STRATEGIES, TERMS, TOPK_SOFT_LOSS, check_weights, preset_weights
 from .losses.features import LAYER_MAP_RULES, layer_map
 from .validate import check_fields
 from .config_sections import (  # noqa: F401 - re-exported: the config's public names stay config.py's
@@ -73,6 +73,11 @@ class DistillationConfig(TrainingArguments):
                   "(every k-th teacher layer, ending at the last) or 'last' (the teacher's last layers); default: "
                   "the layers a from_teacher student was copied from, else uniform."},
     )
+    jsd_beta: float = field(default=0.5, metadata={"help": "lm_jsd: the mixture weight beta of the generalised JSD, "
+                                                   "in (0, 1) (GKD, Agarwal et al. 2024)."})
+    skew_alpha: float = field(default=0.1, metadata={"help": "lm_skew_forward_kl / lm_skew_reverse_kl: the share "
+                                                     "alpha of the other side mixed in, in [0, 1) (DistiLLM, Ko et al. "
+                                                     "2024)."})
     soft_label_source: str = field(
         default="cache",
         metadata={"help": "Where the teacher's logits come from: 'cache' (computed once, stored, read by example) "
@@ -219,6 +224,34 @@ class RunConfig:
             if self.distill.soft_label_source != "cache":
                 raise ConfigError("teacher: teacher_calibration works on cached soft labels; use "
                                   "soft_label_source: cache")
+        self._check_top_k()
+
+    def soft_label_top_k(self) -> int | None:
+        """The k of the soft-label cache's top-k payload: teacher.soft_label_top_k, else the task's default; None
+        (also for soft_label_top_k: 0) for every logit. An online teacher's logits are never cut."""
+        from .tasks import get_task
+
+        if self.distill.soft_label_source != "cache":
+            return None
+        k = self.teacher.soft_label_top_k
+        return (get_task(self.data.task).default_top_k if k is None else k) or None
+
+    def _check_top_k(self) -> None:
+        """A top-k cache feeds the lm_ terms only: the preset's KL becomes its top-k form (the same divergence over
+        the k + 1 buckets); a dense-only term is refused, as is an lm_ term without a top-k cache."""
+        d, top_k = self.distill, self.soft_label_top_k()
+        if top_k and d.objective is None:
+            d.soft_loss = TOPK_SOFT_LOSS.get(d.soft_loss, d.soft_loss)
+        names = d.objective_weights() if d.strategy != "hard" or d.objective is not None else {}
+        dense = [n for n in names if "teacher_logits" in TERMS[n].needs]
+        topk = [n for n in names if "teacher_topk_values" in TERMS[n].needs]
+        if top_k and dense:
+            raise ConfigError(f"distill: {dense[0]} reads the teacher's full logits, but the soft-label cache keeps "
+                              f"its top {top_k} (soft_label_top_k); use an lm_ term (soft_loss: forward_kl, "
+                              "reverse_kl, jsd, ...), or soft_label_top_k: 0 for every logit")
+        if topk and not top_k:
+            raise ConfigError(f"distill: {topk[0]} reads a top-k soft-label cache; set soft_label_top_k (and "
+                              "soft_label_source: cache), or use soft_kl")
 
     @property
     def output_dir(self) -> str:

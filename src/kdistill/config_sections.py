@@ -71,6 +71,11 @@ class DataConfig:
         metadata={"help": "token_classification: train on every sub-token of a word (its continuations as I-), not "
                   "only on its first; evaluation still reads each word's first sub-token."},
     )
+    block_size: int = field(
+        default=128,
+        metadata={"help": "causal_lm: tokens per training block (the text is packed into blocks of exactly this many "
+                  "tokens, no padding; each block gives block_size - 1 predictions)."},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only N training rows: the first N, or N drawn at random with train_sample_seed."})
     train_sample_seed: int | None = field(
@@ -145,6 +150,12 @@ class TeacherConfig:
         metadata={"help": "'temperature': fit the teacher's temperature on validation_file (temperature scaling, Guo "
                   "et al. 2017) and make the soft labels from the calibrated teacher (logits / T_fit, then the run's "
                   "temperature); 'none': the teacher as it is."},
+    )
+    soft_label_top_k: int | None = field(
+        default=None,
+        metadata={"help": "Cache per item only the teacher's k largest logits, their classes and the log of the mass "
+                  "outside them (fp16 values, int32 indices). Unset: the task's default (every logit for "
+                  "classification, 64 for causal_lm); 0: every logit (dense)."},
     )
     teacher_backbone: str | None = field(
         default=None,

@@ -249,7 +249,12 @@ def _read_words(path: str, ext: str, data: DataConfig, labelled: bool) -> datase
 
 
 def _read_table(path: str, data: DataConfig, labelled: bool, words: bool | None = None) -> datasets.Dataset:
+    from .tasks import get_task
+
     ext = _check_path(path, data)
+    own = get_task(data.task).read_file(path, data, labelled)  # a task's own format (causal_lm: plain text)
+    if own is not None:
+        return own
     if words is None and word_rows(data):
         return _read_words(path, ext, data, labelled)
     if FORMATS[ext] == "conll":

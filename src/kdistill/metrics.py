@@ -371,3 +371,61 @@ def token_classification_metrics(
         out["kl_to_teacher"] = mean_kl(s_all, t_all)
         out["epsilon"] = max_sq_distance(s_all, t_all)
     return out
+
+
+def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_rows: Sequence[Any] | None = None,
+                      characters: int | None = None) -> dict[str, float]:
+    """Next-token quality of a language model on held-out blocks, and its fidelity to the teacher.
+
+    Over the predicted positions (label != -100): `loss`, the mean token NLL in nats, `perplexity` = exp(loss),
+    `accuracy` (top-1 next token) and, given the characters the predicted tokens spell, `loss_per_character`
+    (`lm_data.loss_per_character`, comparable across tokenizers). With the teacher's rows: `agreement` (the model's
+    top-1 token is the teacher's) and `mean_kl`, KL(teacher || model) at T = 1 per token, over the teacher's top-k
+    buckets when its rows are a top-k cache's (losses.lm; exact with every logit).
+
+    A row is a [block, V] tensor of logits, or a top-k cache's (values, indices, tail): such a model (the teacher
+    scored from its cache) gets `accuracy` and `top_k_coverage` (the share of next tokens among its top k) only,
+    its full distribution being gone.
+    """
+    from .lm_data import loss_per_character
+    from .losses.lm import topk_divergence
+    from .losses.logits import soft_kl
+
+    counts = {"tokens": 0, "nll": 0.0, "correct": 0, "agree": 0, "kl": 0.0, "covered": 0}
+    topk_model = bool(len(model_rows)) and isinstance(model_rows[0], tuple)
+    for r, (row, y) in enumerate(zip(model_rows, labels)):
+        y = torch.as_tensor(y)
+        keep = y.ne(-100)
+        n = int(keep.sum())
+        counts["tokens"] += n
+        if topk_model:
+            indices = row[1][keep]
+            counts["correct"] += int((indices[:, 0] == y[keep]).sum())
+            counts["covered"] += int((indices == y[keep].unsqueeze(-1)).any(dim=-1).sum())
+            continue
+        logits = torch.as_tensor(row).float()[keep]
+        counts["nll"] += float(torch.nn.functional.cross_entropy(logits, y[keep], reduction="sum"))
+        top1 = logits.argmax(dim=-1)
+        counts["correct"] += int((top1 == y[keep]).sum())
+        if teacher_rows is not None:
+            teacher = teacher_rows[r]
+            if isinstance(teacher, tuple):
+                v, i, t = (x[keep] for x in teacher)
+                counts["agree"] += int((top1 == i[:, 0]).sum())
+                counts["kl"] += float(topk_divergence(logits, v, i, t, "forward_kl", 1.0, num_items=1))
+            else:
+                tl = torch.as_tensor(teacher).float()[keep]
+                counts["agree"] += int((top1 == tl.argmax(dim=-1)).sum())
+                counts["kl"] += float(soft_kl(logits, tl, 1.0, num_items=1))
+    tokens = max(counts["tokens"], 1)
+    out = {"tokens": counts["tokens"], "accuracy": counts["correct"] / tokens}
+    if topk_model:
+        out["top_k_coverage"] = counts["covered"] / tokens
+        return out
+    loss = counts["nll"] / tokens
+    out.update(loss=loss, perplexity=float(np.exp(loss)))
+    if characters:
+        out["loss_per_character"] = loss_per_character(loss, counts["tokens"], characters)
+    if teacher_rows is not None:
+        out.update(agreement=counts["agree"] / tokens, mean_kl=counts["kl"] / tokens)
+    return out

@@ -17,9 +17,9 @@ import torch
 
 from . import metrics, schedules
 from .config import RunConfig, UserError
-from .data import build_label_map, load_split, save_label_map, split_file, warn_if_validation_is_test
+from .data import load_split, save_label_map, split_file, warn_if_validation_is_test
 from .files import write_json
-from .losses import FEATURE_TERMS, ensemble_logits, layer_map, needs
+from .losses import FEATURE_TERMS, ensemble_logits, layer_map, needs_teacher
 from .rundir import (
     checkpoint_step,
     check_output_dir,
@@ -39,6 +39,7 @@ from .soft_labels.produce import (
     backbone,
     classes,
     dense,
+    is_topk,
     leading,
     per_row,
     out_of_fold,
@@ -75,7 +76,7 @@ def label_map(config: RunConfig) -> dict[str, int]:
         raise UserError("data: no training data configured")
     warn_if_validation_is_test(config.data)
     task = task_of(config)
-    label2id = build_label_map(task.label_values(train, config.data), config.data.train_file or "the training data")
+    label2id = task.build_label_map(train, config.data, config.data.train_file or "the training data")
     # A validation or test label the training data lacks, said now rather than after the teacher's pass over the
     # training rows (the labels are one column of each file; the tables are read again, from datasets' cache, later).
     seen = {config.data.train_file}
@@ -146,6 +147,15 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
         collate: extra arguments for the task's collator (e.g. the image task's `max_shift`, `seed`).
     """
     collate = dict(collate or {})
+    weights = args.objective_weights()
+    if needs_teacher(weights):
+        first = teacher_logits[0] if isinstance(teacher_logits, list) else teacher_logits
+        width = classes(first) if first is not None else None
+        if width is None and online_teachers:
+            head = online_teachers[0][0].get_output_embeddings() if hasattr(online_teachers[0][0],
+                                                                            "get_output_embeddings") else None
+            width = getattr(head, "out_features", None)
+        task.check_models(model, width, weights)
     if isinstance(teacher_logits, list):
         if len(teacher_logits) == 1:
             teacher_logits = teacher_logits[0]
@@ -415,7 +425,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
             return json.load(fh)
     weights = args.objective_weights()
     online = args.soft_label_source == "online"
-    wants_teacher = needs(weights, "teacher_logits")
+    wants_teacher = needs_teacher(weights)
     sources = teacher_outputs(config, SPLITS, progress, loader=_loader(config, label2id)) \
         if wants_teacher and not online else {}
     tdir = teacher_dir(config)
@@ -426,7 +436,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     _check_vocabulary(student, tokenizer, "student")
     for split, parts in sources.items():
         for part in parts:
-            if classes(part) != len(label2id):
+            if label2id and classes(part) != len(label2id):
                 raise UserError(
                     f"soft labels for {split} have {classes(part)} classes but the data has {len(label2id)}; "
                     "teacher and student must share the label set"
@@ -447,6 +457,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
 
         train = concatenate_datasets([train, parts["transfer"]])
     calibration = None
+    topk = any(is_topk(part) for parts in sources.values() for part in parts)
     if sources and config.teacher.teacher_calibration == "temperature":
         sources, calibration = _calibrated(sources, parts.get("validation"))
     combined = None
@@ -456,7 +467,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
             raise UserError("the soft-label cache does not cover the data (row counts differ); delete it to recompute")
     teacher_weights = [w for _, w in teachers(config)]
     diagnostics = {}
-    if sources:
+    if sources and not topk:  # the diagnostics read whole distributions
         # On a split's first DIAGNOSTIC_ROWS rows: a large cache is never read whole into memory.
         in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature,
                                         config.teacher.ensemble_combine)
@@ -510,6 +521,10 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     }
     if diagnostics:
         out["soft_label_stats"] = diagnostics
+    if topk:
+        first = next(iter(sources.values()))[0]
+        out["soft_label_cache"] = {"payload": "topk", "top_k": first.top_k, "classes": first.classes,
+                                   "bytes_per_token": first.bytes_per_item}
     if calibration:
         out["teacher_calibration"] = calibration
     if "validation" in parts:

@@ -31,8 +31,9 @@ from .files import relative_path_hint
 bilstm.register()  # saved BiLSTM students load through the Auto classes like any other
 logger = logging.getLogger(__name__)
 
-# Matches the layer index in parameter names of BERT-like encoders: encoder.layer.3., transformer.layer.3., layers.3.
-_LAYER_KEY = re.compile(r"(^|\.)(layer|layers)\.(\d+)\.")
+# Matches the layer index in parameter names: encoder.layer.3. (BERT), transformer.layer.3., layers.3. (Llama, Qwen),
+# transformer.h.3. (GPT-2).
+_LAYER_KEY = re.compile(r"(^|\.)(layer|layers|h)\.(\d+)\.")
 
 
 def resolve_model_path(name: str) -> str:
@@ -94,7 +95,7 @@ def load_classifier(
     head = auto_model.removeprefix("AutoModel")  # "ForSequenceClassification", "ForTokenClassification", ...
     is_classifier = any(a.endswith(head) for a in (config.architectures or []))
     kwargs = {}
-    if label2id is not None:
+    if label2id:  # an empty map: a model whose outputs are the vocabulary (causal_lm), with no labels to set
         if is_classifier and config.num_labels != len(label2id):
             raise UserError(
                 f"{what} {name} has {config.num_labels} output labels but the data has {len(label2id)} "
@@ -217,8 +218,9 @@ def build_student(
             if not hasattr(config, key):
                 raise UserError(f"student: config {type(config).__name__} has no field {key!r}")
             setattr(config, key, value)
-        config.num_labels = len(label2id)
-        config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
+        if label2id:
+            config.num_labels = len(label2id)
+            config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
         model = auto_class(auto_model).from_config(config, **trust)
         tokenizer_name = spec.student_tokenizer or base
     else:
@@ -230,7 +232,8 @@ def build_student(
 
 
 def check_label_count(model: PreTrainedModel, num_labels: int, what: str) -> None:
-    if model.config.num_labels != num_labels:
+    """The model's head has `num_labels` outputs; 0 (an empty label map, causal_lm) has none to check."""
+    if num_labels and model.config.num_labels != num_labels:
         raise UserError(
             f"{what} has {model.config.num_labels} output labels but the teacher/data have {num_labels}; "
             "give the student the teacher's label count"

@@ -22,12 +22,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .config import DistillationConfig
 from .files import write_json
 from .errors import UserError
-from .losses import FEATURE_TERMS, LayerProjections, TermInputs, ensemble_logits, layer_map, needs, objective
+from .losses import (FEATURE_TERMS, TEACHER_FIELDS, LayerProjections, TermInputs, ensemble_logits, layer_map, needs,
+                     objective)
 from .schedules import value_at
 
 # A checkpoint's running loss sums (DistillationTrainer._save_checkpoint); kdistill_loss_sums_<rank>.json under DDP.
 LOSS_SUMS_NAME = "kdistill_loss_sums.json"
-_NON_MODEL_KEYS = ("labels", "teacher_logits", "idx", "item_mask")
+_NON_MODEL_KEYS = ("labels", "teacher_logits", "idx", "item_mask", *TEACHER_FIELDS)
 # Where the trainer attaches a narrower student's width projections (losses.LayerProjections) while it trains.
 PROJECTIONS_NAME = "kdistill_projections"
 
@@ -331,10 +332,13 @@ class DistillationTrainer(Trainer):
             temperature=self._temperature(),
             mask=self.task.item_mask(inputs) if self.task is not None else None,
             num_items=num_items_in_batch,
+            jsd_beta=self.args.jsd_beta,
+            skew_alpha=self.args.skew_alpha,
+            **{k: inputs[k] for k in TEACHER_FIELDS[1:] if k in inputs},
             **features,
         )
         weights = self.objective_weights
-        if not model.training and teacher_logits is None:
+        if not model.training and all(getattr(terms, k) is None for k in TEACHER_FIELDS):
             # Evaluation data without soft labels: report the terms that need none, or the hard loss.
             weights = {k: w for k, w in weights.items() if k == "hard_ce" or k in FEATURE_TERMS and features} \
                 or {"hard_ce": 1.0}

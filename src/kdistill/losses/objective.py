@@ -20,12 +20,17 @@ from torch import Tensor
 
 from ..schedules import Weight, value_at
 from . import features
+from .lm import topk_divergence
 from .logits import hard_ce, logit_mse, soft_kl
 
 STRATEGIES = ("hard", "soft", "mixed")
-# The soft part of a preset, by the config's `soft_loss` name.
-SOFT_TERMS = {"kl": "soft_kl", "mse": "logit_mse"}
+# The soft part of a preset, by the config's `soft_loss` name: on dense logits, or (the lm_ terms) on a top-k cache.
+SOFT_TERMS = {"kl": "soft_kl", "mse": "logit_mse", "forward_kl": "lm_forward_kl", "reverse_kl": "lm_reverse_kl",
+              "jsd": "lm_jsd", "skew_forward_kl": "lm_skew_forward_kl", "skew_reverse_kl": "lm_skew_reverse_kl",
+              "total_variation": "lm_tv"}
 SOFT_LOSSES = tuple(SOFT_TERMS)
+# The soft_loss a top-k cache stands for where the config names a dense one: the same KL, over the k + 1 buckets.
+TOPK_SOFT_LOSS = {"kl": "forward_kl"}
 
 
 @dataclass
@@ -38,6 +43,14 @@ class TermInputs:
     temperature: float = 1.0
     mask: Tensor | None = None
     num_items: int | Tensor | None = None
+    # A top-k cache's teacher instead of teacher_logits (soft_labels/cache.py): its k largest logits [..., k], their
+    # classes [..., k] and the log of its mass outside them [...]; the lm_ terms read them, with jsd_beta and
+    # skew_alpha for lm_jsd and the skew terms.
+    teacher_topk_values: Tensor | None = None
+    teacher_topk_indices: Tensor | None = None
+    teacher_topk_tail: Tensor | None = None
+    jsd_beta: float = 0.5
+    skew_alpha: float = 0.1
     # Feature terms: hidden_states as transformers returns them (embeddings first, then each layer's output),
     # attentions one per layer, the [batch, seq] attention mask, the (student layer, teacher layer) pairs, the
     # student-to-teacher width projection (None: same width), and the factor that turns a feature term's batch mean
@@ -78,6 +91,15 @@ def _embedding_term(x: TermInputs) -> Tensor:
                                                     x.attention_mask)
 
 
+def _topk_term(divergence: str) -> Callable[[TermInputs], Tensor]:
+    return lambda x: topk_divergence(x.student_logits, x.teacher_topk_values, x.teacher_topk_indices,
+                                     x.teacher_topk_tail, divergence, x.temperature, mask=x.mask,
+                                     num_items=x.num_items, beta=x.jsd_beta, alpha=x.skew_alpha)
+
+
+_TOPK = ("teacher_topk_values", "teacher_topk_indices", "teacher_topk_tail")
+# The fields that carry the teacher's outputs (a term needing one needs soft labels).
+TEACHER_FIELDS = ("teacher_logits", *_TOPK)
 _HIDDEN = ("student_hidden", "teacher_hidden")
 _ATTENTION = ("student_attentions", "teacher_attentions")
 @dataclass(frozen=True)
@@ -100,6 +122,21 @@ TERMS: dict[str, Term] = {
         lambda x: logit_mse(x.student_logits, x.teacher_logits, mask=x.mask, num_items=x.num_items),
         ("teacher_logits",), "squared error between raw logits (Ba & Caruana 2014)",
     ),
+    "lm_forward_kl": Term(_topk_term("forward_kl"), _TOPK,
+                          "forward KL(teacher || student) over the top-k cache's k + 1 buckets, times T^2 (Hinton "
+                          "et al. 2015)"),
+    "lm_reverse_kl": Term(_topk_term("reverse_kl"), _TOPK,
+                          "reverse KL(student || teacher) over the top-k buckets, times T^2 (MiniLLM, Gu et al. 2024)"),
+    "lm_jsd": Term(_topk_term("jsd"), _TOPK,
+                   "generalised JSD(jsd_beta) over the top-k buckets, times T^2 (GKD, Agarwal et al. 2024)"),
+    "lm_skew_forward_kl": Term(_topk_term("skew_forward_kl"), _TOPK,
+                               "skew forward KL (skew_alpha) over the top-k buckets, times T^2 (DistiLLM, Ko et al. "
+                               "2024)"),
+    "lm_skew_reverse_kl": Term(_topk_term("skew_reverse_kl"), _TOPK,
+                               "skew reverse KL (skew_alpha) over the top-k buckets, times T^2 (DistiLLM, Ko et al. "
+                               "2024)"),
+    "lm_tv": Term(_topk_term("total_variation"), _TOPK,
+                  "total variation over the top-k buckets, times T^2 (Wen et al. 2023)"),
     "hidden_mse": Term(_hidden_term(features.hidden_mse), _HIDDEN,
                        "MSE between mapped hidden states, projected when widths differ (TinyBERT; PKD)"),
     "hidden_cosine": Term(_hidden_term(features.hidden_cosine), _HIDDEN,
@@ -138,6 +175,11 @@ def check_weights(weights: Mapping[str, Weight], where: str = "objective") -> No
 def needs(weights: Mapping[str, Weight], field: str) -> bool:
     """Whether any term of the objective reads `field` (e.g. "teacher_logits": the run needs soft labels)."""
     return any(field in TERMS[name].needs for name in weights)
+
+
+def needs_teacher(weights: Mapping[str, Weight]) -> bool:
+    """Whether any term of the objective reads the teacher's outputs (dense logits or a top-k cache's)."""
+    return any(needs(weights, field) for field in TEACHER_FIELDS)
 
 
 def objective(

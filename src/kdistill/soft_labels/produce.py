@@ -8,10 +8,11 @@ across the processes and the first one writes the cache.
 """
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ from ..rundir import is_main, paths, teachers
 from ..students import resolve_model_path
 from .cache import FORMAT_V1, cache_path, read_cache
 from .fingerprint import fingerprint
-from .writer import CacheWriter, write_cache
+from .writer import CacheWriter, topk_payload, write_cache
 
 
 @torch.inference_mode()
@@ -114,6 +115,59 @@ def backbone(config: RunConfig) -> str:
 PAYLOAD = {"payload": "dense", "top_k": None, "value_dtype": "float32"}
 
 
+def payload(config: RunConfig) -> dict:
+    """What the pass writes for this run: PAYLOAD, or with a top k (`RunConfig.soft_label_top_k`) the top-k payload,
+    its values in float16 (the cache docstring's layout)."""
+    k = config.soft_label_top_k()
+    return PAYLOAD if not k else {"payload": "topk", "top_k": k, "value_dtype": "float16"}
+
+
+class TopK(NamedTuple):
+    """A chunk of the pass reduced to top-k as it ran (a task's `predict_items(..., top_k=k)`): per row the [items, k]
+    values and indices and the [items] tail, and the teacher's vocabulary size."""
+
+    values: list
+    indices: list
+    tail: list
+    classes: int
+
+
+def topk_rows(logits: torch.Tensor | list[torch.Tensor], k: int) -> TopK:
+    """Full per-row logits ([items_i, C] each) as a TopK chunk."""
+    rows = [topk_payload(row.float(), k) for row in logits]
+    return TopK([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], int(logits[0].shape[-1]))
+
+
+class TopKRows:
+    """A top-k cache (SoftLabels with payload "topk") indexed by rows as the collators index a source: `rows[idx]`
+    is per row the tuple (values [items, k] float32, indices [items, k] int64, tail [items] float32)."""
+
+    payload, ragged = "topk", True
+
+    def __init__(self, cache: Any):
+        self.cache = cache
+        self.classes, self.top_k, self.items = cache.classes, cache.top_k, cache.items
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    @property
+    def bytes_per_item(self) -> float:
+        """The cache file's bytes per item (token), header and row offsets included."""
+        return os.path.getsize(self.cache.path) / max(self.items, 1)
+
+    def __getitem__(self, idx):
+        values, indices, tail = self.cache.gather_topk(idx)
+        return list(zip(values, indices, tail))
+
+
+def is_topk(source: Any) -> bool:
+    """Whether a soft-label source holds a top-k payload (then it has no dense logits to read)."""
+    if isinstance(source, ConcatSources):
+        return is_topk(source.sources[0])
+    return getattr(source, "payload", "dense") == "topk"
+
+
 def _settings(config: RunConfig, split: str, source: str) -> dict:
     """The settings a v1 cache was fingerprinted with (rows and tokenisation); v2 adds the task and the payload."""
     data = config.data
@@ -141,8 +195,11 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
         loader: `(path) -> (model, tokenizer)` that loads a teacher on demand (the pipeline's, which remembers
             teachers it has loaded).
     """
+    from ..tasks import get_task
+
     progress = progress and is_main(config)
     cache = paths(config).cache
+    task_of, written = get_task(config.data.task), payload(config)
     data = config.data
     out: dict[str, list] = {}
     for split in splits:
@@ -160,7 +217,8 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                 t = config.teacher
                 settings.update(folds=t.teacher_folds, seed=teacher_seed(config), epochs=t.teacher_epochs,
                                 learning_rate=t.teacher_learning_rate, batch_size=t.teacher_batch_size)
-            fp = fingerprint(tdir, path, {**settings, "task": data.task, **PAYLOAD})
+            settings.update(task_of.cache_settings(data))
+            fp = fingerprint(tdir, path, {**settings, "task": data.task, **written})
             file = cache_path(cache, "train-oof" if oof else split, fp)
             with ExitStack() as held:
                 stored = read_cache(file, fp)
@@ -183,7 +241,7 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                         logits, record = out_of_fold_logits(config, progress)
                         if is_main(config):
                             write_json(file.replace(".safetensors", ".json"), record)
-                            write_cache(file, logits, fp, **PAYLOAD)
+                            write_cache(file, logits, fp, **written)
                     else:
                         model, tokenizer = loader(tdir)
                         logits = _stream_to_cache(config, file, fp, split, model, tokenizer, progress, together)
@@ -200,6 +258,10 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                     logger.info("soft labels for %s: %d rows computed and cached in %s", split, len(stored), file)
                 else:
                     logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
+            if is_topk(stored):
+                stored = TopKRows(stored)
+                logger.info("soft labels for %s: top-%d of %d classes, %d items, %.1f bytes per item", split,
+                            stored.top_k, stored.classes, stored.items, stored.bytes_per_item)
             out[split].append(stored)
     return out
 
@@ -244,9 +306,13 @@ def _stream_to_cache(config: RunConfig, file: str, fp: str, split: str, model, t
     chunks = teacher_pass_chunks(config, split, model, tokenizer, progress, together)
     if not is_main(config):
         return _joined(list(chunks))
-    with CacheWriter(file, fp, **PAYLOAD) as writer:
+    with CacheWriter(file, fp, **payload(config)) as writer:
         for chunk in chunks:
-            writer.add(chunk)
+            if isinstance(chunk, TopK):
+                writer.classes = writer.classes or chunk.classes
+                writer.add_topk(chunk.values, chunk.indices, chunk.tail)
+            else:
+                writer.add(chunk)
     return None
 
 
@@ -280,6 +346,9 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
     table = load_split(config.data, split)
     rows_in_split = len(table)
     rank, world = rank_world(together)
+    if world > 1 and not task.rows_shard:
+        raise UserError(f"the {task.name} task's soft-label pass runs on one process: run it first without torchrun "
+                        "(`kdistill teach`, then the soft labels are cached for the distributed run)")
     if world > 1:  # this process's share: rows rank, rank + world, ...
         table = table.select(range(rank, rows_in_split, world))
     source = split_file(config.data, split) or split
@@ -288,11 +357,14 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
     # Every process takes part in every gather, also after its own (shorter) share ran out.
     chunks_needed = -(-(-(-rows_in_split // world)) // SOFT_LABEL_CHUNK_ROWS)
     inputs = task.teacher_inputs(table, tokenizer, config.data, SOFT_LABEL_CHUNK_ROWS, source, "teacher tokenizer")
+    # A task that reduces its outputs to top-k batch by batch (a vocabulary's logits would not fit a chunk) is told k.
+    k = config.soft_label_top_k()
+    reduce = {"top_k": k} if k and task.predicts_topk else {}
     with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
         for _ in range(chunks_needed):
             rows = next(inputs, [])
             logits = task.predict_items(teacher, rows, tokenizer, batch_size=config.distill.per_device_eval_batch_size,
-                                        progress=bar.update) if rows else []
+                                        progress=bar.update, **reduce) if rows else []
             if world > 1:
                 import torch.distributed as dist
 
@@ -389,6 +461,10 @@ class ConcatSources:
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def classes(self) -> int:
+        return classes(self.sources[0])
 
     def __getitem__(self, idx: torch.Tensor):
         if self.whole is not None:

@@ -46,6 +46,15 @@ def _flatten(rows: Rows, ndim: int, what: str) -> tuple[torch.Tensor, list[int] 
     return (torch.cat(parts) if parts else torch.empty(0)), [len(p) for p in parts]
 
 
+def topk_payload(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a top-k cache keeps of full logits [..., C]: (the k largest, largest first [..., k]; their classes
+    [..., k]; the log of the softmax mass (T = 1) outside them [...], <= 0, -inf when k = C)."""
+    values, indices = torch.topk(logits, k, dim=-1)
+    # logsumexp over the other logits minus logsumexp over all: exact where 1 - sum p_topk would round to 0.
+    rest = torch.logsumexp(logits.scatter(-1, indices, float("-inf")), dim=-1)
+    return values, indices, (rest - torch.logsumexp(logits, dim=-1)).clamp(max=0.0)
+
+
 class CacheWriter:
     """Streams a cache to `path`: rows in order through add() or add_topk(); the file appears on a clean exit.
 
@@ -158,13 +167,7 @@ class CacheWriter:
                 raise UserError(f"{self.path}: top_k={self.top_k} but the teacher's logits have {x.shape[1]} classes")
             step = max(1, TOPK_STEP_ELEMENTS // max(x.shape[1], 1))
             for start in range(0, len(x), step):
-                z = x[start : start + step]
-                values, indices = torch.topk(z, self.top_k, dim=1)  # largest first
-                # log of the mass outside the top k: logsumexp over the other logits minus logsumexp over all
-                # (exact where 1 - sum p_topk would round to 0; -inf when k = classes).
-                rest = torch.logsumexp(z.scatter(1, indices, float("-inf")), dim=1)
-                tail = (rest - torch.logsumexp(z, dim=1)).clamp(max=0.0)
-                self._write_topk(values, indices, tail, lengths, start)
+                self._write_topk(*topk_payload(x[start : start + step], self.top_k), lengths, start)
         self._end_rows(len(x), lengths)
 
     def _add_topk(self, values: Rows, indices: Rows, tail: Rows) -> None:

@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "sequence_classification": "kdistill.tasks.sequence:SequenceClassification",
     "image_classification": "kdistill.tasks.image:ImageClassification",
     "token_classification": "kdistill.tasks.token:TokenClassification",
+    "causal_lm": "kdistill.tasks.causal_lm:CausalLM",
 }
 _LOADED: dict[str, object] = {}
 

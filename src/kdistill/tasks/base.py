@@ -17,7 +17,13 @@ A task answers the engine's questions about one kind of problem:
 - export: `export_inputs` and `export_output_axes`, the ONNX signature; `item_logits` (a model's raw outputs as one
   vector per item, for the export's int8 check); `export_notes` (what the export report records of how raw text
   becomes the model's input);
-- reports: `headline_metric`, the eval.json key a sweep compares settings on (`kdistill compare`).
+- reports: `headline_metric`, the eval.json key a sweep compares settings on (`kdistill compare`);
+- the soft-label pass: `default_top_k` (the cache's top k when the config sets none; None: every logit),
+  `predicts_topk` (its `predict_items` takes `top_k` and reduces each batch itself), `rows_shard` (its input rows may
+  be dealt to processes under torchrun), `cache_settings` (what else its rows depend on, for the fingerprint);
+- files and labels: `read_file` (a file format of its own, e.g. plain text; None: the common readers),
+  `build_label_map` (an empty map for a task whose outputs are the vocabulary);
+- `check_models`, called when the trainer is built: the student against the teacher's output width.
 """
 
 from __future__ import annotations
@@ -116,6 +122,26 @@ class Task:
     export_output_axes: dict[str, dict[int, str]] = {"logits": {0: "batch"}}
     export_notes: dict[str, str] = {}
     headline_metric = "accuracy"
+    default_top_k: int | None = None
+    predicts_topk = False
+    rows_shard = True
+
+    def read_file(self, path: str, config: Any, labelled: bool) -> Any:
+        """A data file as a datasets.Dataset, for a task with a format of its own; None: the common readers."""
+        return None
+
+    def build_label_map(self, table: Any, config: Any, source: str) -> dict[str, int]:
+        from ..data import build_label_map
+
+        return build_label_map(self.label_values(table, config), source)
+
+    def cache_settings(self, config: Any) -> dict:
+        """Data settings beyond the common ones (data.max_length, ...) that change the teacher's cached outputs."""
+        return {}
+
+    def check_models(self, student: torch.nn.Module, teacher_classes: int | None, weights: dict) -> None:
+        """Refuse a student whose outputs cannot be compared with the teacher's (`teacher_classes` wide; None when
+        the objective reads no teacher): nothing to check by default (the label count is checked elsewhere)."""
 
     def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
         raise NotImplementedError

@@ -1,0 +1,242 @@
+"""Causal language modelling: plain text packed into blocks of `block_size` tokens, one prediction per position.
+
+A plain-text file (.txt) is read as its lines (ends kept, so they join back into the file's text); a split's rows
+for the models are *blocks*: the lines' tokens as one stream, cut into blocks of exactly `block_size` ids
+(`lm_data.pack_blocks`, no padding), the tail shorter than a block dropped. Lines are tokenised
+SOFT_LABEL_CHUNK_ROWS at a time with the remainder carried into the next chunk, so the teacher pass and the student
+see the same blocks and memory holds one chunk's tokens.
+
+Items are tokens: position t of a block predicts its token t + 1, so `labels` are the block shifted left by one
+(the last position -100: its next token starts the next block) and `item_mask` marks positions 0..block_size - 2.
+The labels are stored shifted (the model is never given them), so `hard_ce` is next-token cross-entropy as it
+stands, and the teacher's outputs at position t, cached for every position, line up with the student's.
+
+The cache keeps per token the teacher's top-k logits (`default_top_k`, `soft_label_top_k`), reduced batch by
+batch as the teacher runs (a `[tokens, vocabulary]` chunk of logits would not fit in memory): the lm_ terms
+(losses/lm.py) read them; `soft_label_top_k: 0` caches every logit for `soft_kl`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from .base import IGNORE_INDEX, ItemCollator, Task
+
+logger = logging.getLogger(__name__)
+
+# Lines tokenised at a time when packing a split (the teacher pass and the student read the same blocks).
+PACK_CHUNK_ROWS = 10_000
+_DROPPED_REPORTED: set[tuple] = set()
+
+
+class BlockLabels(list):
+    """Per block its shifted labels ([block_size] each), and `characters`: the length of the text the block's
+    predicted tokens spell (what `lm_data.loss_per_character` divides by)."""
+
+    characters: int
+
+
+def shifted_labels(block: list[int]) -> list[int]:
+    """Position t's label is token t + 1; the last position has none (-100)."""
+    return [*block[1:], IGNORE_INDEX]
+
+
+def packed_chunks(texts: list[str], tokenizer: Any, block_size: int, chunk_rows: int = PACK_CHUNK_ROWS,
+                  source: str = "data") -> Iterator[list[list[int]]]:
+    """The blocks of `texts` (their tokens as one stream), one list per `chunk_rows` texts: a chunk's tail shorter
+    than a block is carried into the next, and the last one dropped (logged once)."""
+    from ..lm_data import pack_blocks
+
+    carry: list[int] = []
+    total = 0
+    for start in range(0, len(texts), chunk_rows):
+        ids = tokenizer(texts[start : start + chunk_rows], add_special_tokens=False)["input_ids"]
+        stream = [*carry, *(i for row in ids for i in row)]
+        blocks, dropped = pack_blocks([stream], block_size)
+        carry = stream[len(stream) - dropped :] if dropped else []
+        total += len(stream) - dropped
+        yield blocks
+    key = (source, len(carry), total, block_size)
+    if key not in _DROPPED_REPORTED:
+        _DROPPED_REPORTED.add(key)
+        logger.info("%s: %d tokens in %d blocks of %d; the last %d tokens (less than a block) left out", source,
+                    total, total // block_size, block_size, len(carry))
+
+
+class CausalLMCollator(ItemCollator):
+    """Stacks a batch of blocks (all block_size long: no padding), their shifted labels and item mask, and the
+    teacher's outputs by `idx`: `teacher_topk_values` / `teacher_topk_indices` / `teacher_topk_tail` from a top-k
+    cache, `teacher_logits` from a dense one."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
+        input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+        labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels, "idx": idx,
+                 "item_mask": labels.ne(IGNORE_INDEX)}
+        if self.teacher_logits is None:
+            return batch
+        sources = self.teacher_logits if isinstance(self.teacher_logits, list) else [self.teacher_logits]
+        got = [source[idx] for source in sources]
+        if isinstance(got[0][0], tuple):
+            if len(got) > 1:
+                raise UserError("several teachers' top-k caches cannot be combined yet; use one teacher, or "
+                                "soft_label_top_k: 0 for dense logits")
+            values, indices, tail = zip(*got[0])
+            batch.update(teacher_topk_values=torch.stack(values), teacher_topk_indices=torch.stack(indices),
+                         teacher_topk_tail=torch.stack(tail))
+        else:
+            dense = [torch.stack(list(rows)) for rows in got]
+            batch["teacher_logits"] = dense[0] if len(dense) == 1 else self.combine(dense)
+        return batch
+
+
+def vocabulary_size(model: torch.nn.Module) -> int | None:
+    """The model's output width: its lm_head's out features (a padded vocabulary counts its padding)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+class CausalLM(Task):
+    name = "causal_lm"
+    item = "token"
+    auto_model = "AutoModelForCausalLM"
+    export_inputs = ("input_ids", "attention_mask")
+    export_output_axes = {"logits": {0: "batch", 1: "sequence"}}
+    headline_metric = "perplexity"
+    default_top_k = 64
+    predicts_topk = True
+    rows_shard = False  # blocks are cut from the whole stream of lines, not from each process's share of them
+
+    # --- data
+    def read_file(self, path: str, config, labelled: bool):
+        import datasets
+
+        if not path.lower().endswith(".txt"):
+            raise UserError(f"{path}: the causal_lm task reads plain text (.txt)")
+        try:
+            with open(path, encoding=config.encoding) as fh:
+                text = fh.read()
+        except UnicodeDecodeError as err:
+            from ..files import decode_error
+
+            raise decode_error(path, config.encoding, err) from None
+        if not text.strip():
+            raise UserError(f"{path}: the file holds no text")
+        return datasets.Dataset.from_dict({config.text_column: text.splitlines(keepends=True)})
+
+    def build_label_map(self, table, config, source: str) -> dict[str, int]:
+        return {}  # the outputs are the tokenizer's vocabulary, not classes of the data
+
+    def label_values(self, table, config) -> list:
+        return []
+
+    def encode_labels(self, table, config, label2id: dict[str, int], source: str) -> None:
+        return None
+
+    def cache_settings(self, config) -> dict:
+        return {"block_size": config.block_size}
+
+    def _blocks(self, table, tokenizer, config, source: str) -> Iterator[list[list[int]]]:
+        return packed_chunks([str(t) for t in table[config.text_column][:]], tokenizer, config.block_size,
+                             source=source)
+
+    def prepare(self, table, tokenizer, config, labels, index_offset: int = 0, source: str = "data",
+                who: str = "tokenizer"):
+        import datasets
+
+        blocks = [b for chunk in self._blocks(table, tokenizer, config, source) for b in chunk]
+        if not blocks:
+            raise UserError(f"{source}: fewer than block_size={config.block_size} tokens ({who}); give more text or "
+                            "a smaller block_size")
+        predicted = tokenizer.batch_decode([b[1:] for b in blocks])
+        return datasets.Dataset.from_dict({
+            "input_ids": blocks,
+            "labels": [shifted_labels(b) for b in blocks],
+            "characters": [len(t) for t in predicted],
+            "idx": list(range(index_offset, index_offset + len(blocks))),
+            "length": [len(b) for b in blocks],
+        })
+
+    def teacher_inputs(self, table, tokenizer, config, chunk_rows: int, source: str, who: str) -> Iterator[list[dict]]:
+        for blocks in packed_chunks([str(t) for t in table[config.text_column][:]], tokenizer, config.block_size,
+                                    chunk_rows, source):
+            yield [{"input_ids": b} for b in blocks]
+
+    def model_rows(self, table, tokenizer) -> list[dict]:
+        return [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in table["input_ids"][:]]
+
+    def item_labels(self, table) -> BlockLabels:
+        out = BlockLabels(torch.tensor(row, dtype=torch.long) for row in table["labels"][:])
+        out.characters = int(sum(table["characters"][:]))
+        return out
+
+    # --- batches and models
+    def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
+        return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
+
+    def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> CausalLMCollator:
+        return CausalLMCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
+
+    def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
+        return batch.get("item_mask")
+
+    @torch.inference_mode()
+    def predict_items(self, model, rows: list[dict], tokenizer, batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None, top_k: int | None = None):
+        """Per block its logits at every position ([block_size, V] each), or with `top_k` a `produce.TopK` chunk
+        reduced batch by batch on the model's device (the full logits of a chunk never sit in memory)."""
+        from ..soft_labels.produce import TopK
+        from ..soft_labels.writer import topk_payload
+
+        model.eval()
+        device = next(model.parameters()).device
+        parts: list[list[Tensor]] = [[], [], []]
+        classes = 0
+        for start in range(0, len(rows), batch_size):
+            ids = torch.tensor([r["input_ids"] for r in rows[start : start + batch_size]], device=device)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            logits = (out["logits"] if isinstance(out, dict) else out[0]).float()
+            classes = logits.shape[-1]
+            if top_k:
+                for part, t in zip(parts, topk_payload(logits, top_k)):
+                    part.extend(t.cpu().unbind(0))
+            else:
+                parts[0].extend(logits.cpu().unbind(0))
+            if progress is not None:
+                progress(len(ids))
+        return TopK(*parts, classes) if top_k else parts[0]
+
+    # --- outputs
+    def check_teacher_logits(self, teacher_logits, rows: int, num_labels: int) -> None:
+        if len(teacher_logits) != rows:
+            raise UserError(f"the teacher's soft labels for the test data hold {len(teacher_logits)} blocks but the "
+                            f"data has {rows}; delete the soft-label cache to recompute")
+
+    def check_models(self, student, teacher_classes: int | None, weights: dict) -> None:
+        mine = vocabulary_size(student)
+        if teacher_classes is not None and mine is not None and mine != teacher_classes:
+            raise UserError(
+                f"the teacher's vocabulary has {teacher_classes:,} tokens but the student's {mine:,} (the width of "
+                "their output layers, lm_head), and same-tokenizer distillation compares them token id by token id; "
+                "give the student the teacher's tokenizer and vocabulary size (student_init: from_teacher, or "
+                f"student_config_overrides: {{vocab_size: {teacher_classes}}}), or pad the smaller one's embeddings "
+                "to the other's size (a padded vocabulary, such as Qwen2.5-7B's 152,064 rows against its "
+                "tokenizer's 151,936, keeps the extra rows unused)")
+
+    def eval_metrics(self, student_logits, labels, teacher_logits, label2id: dict[str, int]) -> dict:
+        from .. import metrics
+
+        return metrics.causal_lm_metrics(student_logits, labels, teacher_logits,
+                                         getattr(labels, "characters", None))
+
+    def trainer_metrics_for(self, model) -> None:
+        # The Trainer then evaluates the loss only (prediction_loss_only): per-token logits of a whole validation
+        # split are [tokens, vocabulary] and not worth gathering; `kdistill eval` scores perplexity and fidelity.
+        return None
