@@ -160,3 +160,26 @@ def test_vocabulary_mismatch_is_refused(lm):
         "{vocab_size: 152064}), or pad the smaller one's embeddings to the other's size (a padded vocabulary, such "
         "as Qwen2.5-7B's 152,064 rows against its tokenizer's 151,936, keeps the extra rows unused)")
 
+
+
+def test_presets_and_payload_follow_the_task(lm, tmp_path):
+    from kdistill.errors import ConfigError
+
+    mixed = make_config(lm_values(lm, tmp_path, strategy="mixed", alpha=0.25))
+    assert mixed.soft_label_top_k() == 64
+    assert mixed.distill.objective_weights() == {"lm_forward_kl": 0.25, "hard_ce": 0.75}
+    dense = make_config(lm_values(lm, tmp_path, soft_label_top_k=0))
+    assert dense.soft_label_top_k() is None and dense.distill.objective_weights() == {"soft_kl": 1.0}
+    with pytest.raises(ConfigError, match="soft_kl reads the teacher's full logits"):
+        make_config(lm_values(lm, tmp_path, objective={"soft_kl": 1.0}))
+    with pytest.raises(ConfigError, match="lm_jsd reads a top-k soft-label cache"):
+        make_config(lm_values(lm, tmp_path, soft_label_top_k=0, soft_loss="jsd"))
+
+
+def test_from_teacher_student_copies_gpt2_layers(lm):
+    from kdistill.students import from_teacher
+
+    teacher = GPT2LMHeadModel.from_pretrained(lm["model"])
+    student = from_teacher(teacher, [1])
+    assert student.config.n_layer == 1
+    assert torch.equal(student.transformer.h[0].attn.c_attn.weight, teacher.transformer.h[1].attn.c_attn.weight)
