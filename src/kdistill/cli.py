@@ -11,6 +11,7 @@
     kdistill predict MODEL_DIR "some text" [...]     # on an export: ONNX Runtime, no torch
     kdistill serve   EXPORT_DIR [--port 8000]        # an HTTP service with dynamic batching
     kdistill augment --input train.tsv --output transfer.tsv --text_column sentence   # Tang et al. 2019
+    kdistill generate RUN_DIR --prompts prompts.txt [--teacher --out transfer.txt]   # causal_lm; Kim & Rush 2016
 
 Flags of teach, distill, eval and run are the config's field names and override the YAML. A verb parses its
 arguments, calls library functions with typed arguments and prints what they return; the library prints nothing.
@@ -367,6 +368,41 @@ def _augment(argv: list[str]) -> int:
     return 0
 
 
+def _generate(argv: list[str]) -> int:
+    from .generate import Decoding, generate, model_dir, read_prompts, write_completions
+
+    parser = _parser("generate", "Complete prompts with a causal_lm run's student (or --teacher): one JSON line per "
+                                 "prompt, or --out FILE.",
+                     epilog="Sequence-level KD (Kim & Rush 2016): --teacher --out transfer.txt writes prompt + teacher "
+                            "completion as text, for a student run's transfer_file.")
+    parser.add_argument("run_dir", help="a causal_lm run directory (its student/), or a model directory")
+    parser.add_argument("--prompts", required=True, help="a text file, one prompt per line (blank lines skipped)")
+    parser.add_argument("--teacher", action="store_true", help="complete with the run's teacher, not its student")
+    parser.add_argument("--out", help="write here instead of stdout: a .txt file as a transfer set (prompt + "
+                                      "completion, one after another), any other as JSON Lines")
+    defaults = Decoding()
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"tokens generated per prompt at most (default {defaults.max_new_tokens})")
+    parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding (the default)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature")
+    parser.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling's mass (default 1: off)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the sampling seed")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="prompts per generate call")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    args = parser.parse_args(argv)
+    decoding = Decoding(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.seed, args.batch_size)
+    decoding.check()
+    model_dir(args.run_dir, args.teacher)  # a wrong directory is said before the prompts are read
+    rows = generate(args.run_dir, read_prompts(args.prompts), decoding, teacher=args.teacher, device=args.device)
+    if args.out:
+        write_completions(args.out, rows)
+        print(f"{len(rows)} completions -> {args.out}")
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 VERBS = {
     "teach": lambda argv: _pipeline("teach", argv),
     "distill": lambda argv: _pipeline("distill", argv),
@@ -379,6 +415,7 @@ VERBS = {
     "predict": _predict,
     "serve": _serve,
     "augment": _augment,
+    "generate": _generate,
 }
 
 

@@ -445,7 +445,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     # One index space over all splits, so a single collator serves training and evaluation.
     parts, offset = {}, 0
     for split in ("train", "transfer", "validation"):
-        if split == "transfer" and not wants_teacher:
+        if split == "transfer" and not (wants_teacher or task.transfer_labelled):
             continue
         part = prepare_split(config, split, tokenizer, label2id, offset)
         if part is not None:

@@ -125,6 +125,9 @@ class Task:
     default_top_k: int | None = None
     predicts_topk = False
     rows_shard = True
+    # Whether a transfer row carries its own targets (a language model's text is its next tokens), so a student
+    # with no teacher term (strategy hard) trains on transfer rows too; a classifier's are unlabelled.
+    transfer_labelled = False
 
     def read_file(self, path: str, config: Any, labelled: bool) -> Any:
         """A data file as a datasets.Dataset, for a task with a format of its own; None: the common readers."""

@@ -113,6 +113,9 @@ class CausalLM(Task):
     default_top_k = 64
     predicts_topk = True
     rows_shard = False  # blocks are cut from the whole stream of lines, not from each process's share of them
+    # A transfer file is text (teacher completions: `kdistill generate --teacher`), packed like the training text and
+    # trained on as next tokens, Kim & Rush's (2016) sequence-level KD under strategy hard.
+    transfer_labelled = True
 
     # --- data
     def read_file(self, path: str, config, labelled: bool):
