@@ -16,8 +16,8 @@ from kdistill.students import load_classifier, load_tokenizer
 from conftest import one_error_line
 from test_causal_lm import BLOCK, lines, lm, lm_values  # noqa: F401 (lm: the fixture, a tiny GPT-2 and BPE)
 
-# Prompts of different lengths, so a batch is padded (on the left).
-PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are accounted poor", "All:\nSpeak,", "What say"]
+# Prompts of different lengths, so a batch is padded (on the left); one a line in a prompts file.
+PROMPTS = ["ROMEO:", "First Citizen: We are accounted poor citizens", "All: Speak,", "What say you"]
 NEW = 12
 
 
@@ -41,13 +41,18 @@ def _direct(model_dir: str, prompt: str) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def test_greedy_completions_equal_model_generate(run):
+def test_greedy_completions_equal_model_generate(run, lm):
     rows = generate(run["dir"], PROMPTS, Decoding(max_new_tokens=NEW, batch_size=3))
     assert [r["prompt"] for r in rows] == PROMPTS
     student = run["dir"] + "/student"
     assert [r["completion"] for r in rows] == [_direct(student, p) for p in PROMPTS]
     assert all(r["completion"] for r in rows)
     assert generate(run["dir"], PROMPTS, Decoding(max_new_tokens=NEW)) == rows  # greedy: the same every time
+    # The untrained GPT-2 (a model directory) completes each prompt differently: the left padding is not ignored
+    # by accident of a model that says the same thing whatever it reads.
+    untrained = generate(lm["model"], PROMPTS, Decoding(max_new_tokens=NEW, batch_size=4))
+    assert [r["completion"] for r in untrained] == [_direct(lm["model"], p) for p in PROMPTS]
+    assert len({r["completion"] for r in untrained}) == len(PROMPTS)
     teacher = generate(run["dir"], PROMPTS, Decoding(max_new_tokens=NEW), teacher=True)
     assert [r["completion"] for r in teacher] == [_direct(run["dir"] + "/teacher", p) for p in PROMPTS]
 
@@ -77,7 +82,7 @@ def test_cli_prints_one_json_line_per_prompt(run, tmp_path, capsys):
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == printed
 
 
-def test_cli_errors(run, tmp_path, capsys):
+def test_cli_errors(run, lm, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("ROMEO:\n", encoding="utf-8")
     empty = tmp_path / "empty.txt"
@@ -96,7 +101,7 @@ def test_cli_errors(run, tmp_path, capsys):
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "0"],
          "generate: --max_new_tokens and --batch_size must be at least 1"),
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "200"],
-         "generate: a prompt of 3 tokens and --max_new_tokens 200 pass the model's 128 positions; shorten the "
+         f"generate: a prompt of {len(lm['tokenizer']('ROMEO:')['input_ids'])} tokens and --max_new_tokens 200 pass the model's 128 positions; shorten the "
          "prompts or lower --max_new_tokens"),
     ]
     for argv, message in cases:
