@@ -32,12 +32,14 @@ def run(lm, tmp_path_factory):
 
 
 def _direct(model_dir: str, prompt: str) -> str:
-    """Greedy `model.generate` on one prompt, unpadded: what a batched, left-padded completion must equal."""
+    """Greedy `model.generate` on one prompt, unpadded (the pad token suppressed, as generate does): what a batched,
+    left-padded completion must equal."""
     model = load_classifier(model_dir, "model", auto_model="AutoModelForCausalLM").eval()
     tok = load_tokenizer(model_dir, "tokenizer")
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=NEW, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(**ids, max_new_tokens=NEW, do_sample=False, pad_token_id=tok.pad_token_id,
+                             suppress_tokens=[tok.pad_token_id])
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

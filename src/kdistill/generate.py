@@ -108,6 +108,8 @@ def complete(model, tokenizer, prompts: Sequence[str], decoding: Decoding = Deco
     decoding.check()
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # A pad token of its own (lm_data.PAD_TOKEN) is never text: a sampled one would be read as padding downstream.
+    never = {"suppress_tokens": [pad_id]} if pad_id != tokenizer.eos_token_id else {}
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
     device = next(model.parameters()).device
@@ -130,7 +132,7 @@ def complete(model, tokenizer, prompts: Sequence[str], decoding: Decoding = Deco
                             "top_k": 0} if decoding.do_sample else {"do_sample": False}
                 with torch.inference_mode():
                     ids = model.generate(**{k: v.to(device) for k, v in enc.items()}, pad_token_id=pad_id,
-                                         max_new_tokens=decoding.max_new_tokens, **sampling)
+                                         max_new_tokens=decoding.max_new_tokens, **sampling, **never)
                 out += tokenizer.batch_decode(ids[:, longest:], skip_special_tokens=True)
                 logger.info("generate: %d of %d prompts completed", len(out), len(prompts))
     finally:
