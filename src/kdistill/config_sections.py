@@ -52,7 +52,8 @@ class DataConfig:
     test_file: str | None = field(default=None, metadata={"help": "Labelled data for the final evaluation (defaults to validation_file)."})
     transfer_file: str | None = field(
         default=None,
-        metadata={"help": "Extra unlabelled data: the teacher labels it and the student learns from those soft labels only."},
+        metadata={"help": "Extra unlabelled data: the teacher labels it and the student learns from those soft labels only "
+                          "(causal_lm: text, trained on as next tokens too; kdistill generate --teacher writes one)."},
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A hub data set (e.g. 'glue'), used instead of files."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The hub data set's configuration (e.g. 'sst2')."})

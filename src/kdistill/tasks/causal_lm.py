@@ -14,6 +14,10 @@ stands, and the teacher's outputs at position t, cached for every position, line
 The cache keeps per token the teacher's top-k logits (`default_top_k`, `soft_label_top_k`), reduced batch by
 batch as the teacher runs (a `[tokens, vocabulary]` chunk of logits would not fit in memory): the lm_ terms
 (losses/lm.py) read them; `soft_label_top_k: 0` caches every logit for `soft_kl`.
+
+A transfer file is text too, packed the same way, and its blocks keep their next-token labels
+(`transfer_labelled`): teacher completions (`kdistill generate --teacher`) are then Kim & Rush's (2016)
+sequence-level KD, trained on even by a student with no teacher term.
 """
 
 from __future__ import annotations
