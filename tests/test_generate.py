@@ -92,8 +92,10 @@ def test_cli_errors(run, lm, tmp_path, capsys):
     other = tmp_path / "sst2_run"
     other.mkdir()
     (other / "run_config.json").write_text(json.dumps({"data": {"task": "sequence_classification"}}))
+    romeo = len(lm["tokenizer"]("ROMEO:")["input_ids"])
     cases = [
-        ([str(tmp_path / "nowhere"), "--prompts", str(prompts)], f"generate: {tmp_path / 'nowhere'}: no such directory"),
+        ([str(tmp_path / "nowhere"), "--prompts", str(prompts)],
+         f"generate: {tmp_path / 'nowhere'}: no such directory"),
         ([run["dir"], "--prompts", str(tmp_path / "missing.txt")],
          f"generate: prompts file not found: {tmp_path / 'missing.txt'}"),
         ([run["dir"], "--prompts", str(empty)], f"generate: {empty} holds no prompts (only blank lines)"),
@@ -103,8 +105,8 @@ def test_cli_errors(run, lm, tmp_path, capsys):
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "0"],
          "generate: --max_new_tokens and --batch_size must be at least 1"),
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "200"],
-         f"generate: a prompt of {len(lm['tokenizer']('ROMEO:')['input_ids'])} tokens and --max_new_tokens 200 pass the model's 128 positions; shorten the "
-         "prompts or lower --max_new_tokens"),
+         f"generate: a prompt of {romeo} tokens and --max_new_tokens 200 pass the model's 128 positions; shorten "
+         "the prompts or lower --max_new_tokens"),
     ]
     for argv, message in cases:
         assert main(["generate", *argv]) == 2
