@@ -22,6 +22,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .errors import ConfigError, UserError, raise_on_usage_error  # noqa: F401 - UserError: others import it from here
 from . import schedules
 from .losses import SOFT_LOSSES, STRATEGIES, TERMS, TOPK_SOFT_LOSS, check_weights, preset_weights
+from .losses.objective import TOPK_FIELDS
 from .losses.features import LAYER_MAP_RULES, layer_map
 from .validate import check_fields
 from .config_sections import (  # noqa: F401 - re-exported: the config's public names stay config.py's
@@ -244,7 +245,7 @@ class RunConfig:
             d.soft_loss = TOPK_SOFT_LOSS.get(d.soft_loss, d.soft_loss)
         names = d.objective_weights() if d.strategy != "hard" or d.objective is not None else {}
         dense = [n for n in names if "teacher_logits" in TERMS[n].needs]
-        topk = [n for n in names if "teacher_topk_values" in TERMS[n].needs]
+        topk = [n for n in names if set(TOPK_FIELDS) & set(TERMS[n].needs)]
         if top_k and dense:
             raise ConfigError(f"distill: {dense[0]} reads the teacher's full logits, but the soft-label cache keeps "
                               f"its top {top_k} (soft_label_top_k); use an lm_ term (soft_loss: forward_kl, "

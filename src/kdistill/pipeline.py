@@ -407,6 +407,22 @@ def _concat_sources(sources: dict[str, list], order: list[str]) -> list:
     return [ConcatSources([sources[s][i] for s in order if s in sources]) for i in range(count)]
 
 
+def _aligned_parts(config: RunConfig, task, parts: dict, sources: dict, tokenizer) -> dict:
+    """For the uld term: each split's blocks with, per position, the teacher's cached item aligned with it by
+    characters (`tasks.causal_lm`), in the one index space of the teacher's rows. The teacher's tokenizer (not its
+    model) recomputes where its tokens end."""
+    if not hasattr(task, "align_to_teacher"):
+        raise UserError(f"the uld term is for the causal_lm task, not {task.name}")
+    teacher_tokenizer = load_tokenizer(teachers(config)[0][0], "teacher tokenizer", **_trust(config))
+    out, offset = {}, 0
+    for split, part in parts.items():
+        rows = len(sources[split][0])
+        out[split] = task.align_to_teacher(part, load_split(config.data, split), tokenizer, teacher_tokenizer,
+                                           config.data, rows, offset)
+        offset += rows
+    return out
+
+
 @holding_output_dir
 def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     """Train the student on the configured objective; save it in <output_dir>/student. Returns train metrics."""
@@ -451,6 +467,8 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
         if part is not None:
             parts[split] = part
             offset += len(part)
+    if sources and "uld" in weights:
+        parts = _aligned_parts(config, task, parts, sources, tokenizer)
     train = parts["train"]
     if "transfer" in parts:
         from datasets import concatenate_datasets
@@ -463,7 +481,7 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     combined = None
     if sources:
         combined = _concat_sources(sources, list(parts))
-        if len(combined[0]) != offset:
+        if len(combined[0]) != offset and "uld" not in weights:  # uld: the teacher's blocks are its own
             raise UserError("the soft-label cache does not cover the data (row counts differ); delete it to recompute")
     teacher_weights = [w for _, w in teachers(config)]
     diagnostics = {}

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..schedules import Weight, value_at
 from . import features
-from .lm import topk_divergence
+from .lm import topk_divergence, uld_loss
 from .logits import hard_ce, logit_mse, soft_kl
 
 STRATEGIES = ("hard", "soft", "mixed")
@@ -51,6 +51,11 @@ class TermInputs:
     teacher_topk_tail: Tensor | None = None
     jsd_beta: float = 0.5
     skew_alpha: float = 0.1
+    # A teacher with another tokenizer (the uld term): per student position the teacher's top-k probabilities at
+    # the teacher position aligned with it by character offsets [..., k], and which positions have one [...]
+    # (tasks/causal_lm.py).
+    teacher_aligned_probs: Tensor | None = None
+    teacher_aligned_mask: Tensor | None = None
     # Feature terms: hidden_states as transformers returns them (embeddings first, then each layer's output),
     # attentions one per layer, the [batch, seq] attention mask, the (student layer, teacher layer) pairs, the
     # student-to-teacher width projection (None: same width), and the factor that turns a feature term's batch mean
@@ -97,9 +102,19 @@ def _topk_term(divergence: str) -> Callable[[TermInputs], Tensor]:
                                      num_items=x.num_items, beta=x.jsd_beta, alpha=x.skew_alpha)
 
 
+def _uld_term(x: TermInputs) -> Tensor:
+    # Summed over the aligned positions, divided by the student's item count like every term (a student token with
+    # no teacher token ending where it ends adds 0), so the weight of uld against hard_ce is per student token.
+    mask = x.teacher_aligned_mask if x.mask is None else x.mask & x.teacher_aligned_mask
+    return uld_loss(x.student_logits, x.teacher_aligned_probs, mask=mask, num_items=x.num_items)
+
+
 _TOPK = ("teacher_topk_values", "teacher_topk_indices", "teacher_topk_tail")
+_ALIGNED = ("teacher_aligned_probs", "teacher_aligned_mask")
 # The fields that carry the teacher's outputs (a term needing one needs soft labels).
-TEACHER_FIELDS = ("teacher_logits", *_TOPK)
+TEACHER_FIELDS = ("teacher_logits", *_TOPK, *_ALIGNED)
+# Terms that read a top-k soft-label cache (the config asks for soft_label_top_k).
+TOPK_FIELDS = ("teacher_topk_values", "teacher_aligned_probs")
 _HIDDEN = ("student_hidden", "teacher_hidden")
 _ATTENTION = ("student_attentions", "teacher_attentions")
 @dataclass(frozen=True)
@@ -137,6 +152,9 @@ TERMS: dict[str, Term] = {
                                "2024)"),
     "lm_tv": Term(_topk_term("total_variation"), _TOPK,
                   "total variation over the top-k buckets, times T^2 (Wen et al. 2023)"),
+    "uld": Term(_uld_term, _ALIGNED,
+                "Universal Logit Distillation: L1 between sorted top-k probabilities at positions aligned by "
+                "character offsets, for a student with another tokenizer (Boizard et al. 2024)"),
     "hidden_mse": Term(_hidden_term(features.hidden_mse), _HIDDEN,
                        "MSE between mapped hidden states, projected when widths differ (TinyBERT; PKD)"),
     "hidden_cosine": Term(_hidden_term(features.hidden_cosine), _HIDDEN,

@@ -15,6 +15,22 @@ The cache keeps per token the teacher's top-k logits (`default_top_k`, `soft_lab
 batch as the teacher runs (a `[tokens, vocabulary]` chunk of logits would not fit in memory): the lm_ terms
 (losses/lm.py) read them; `soft_label_top_k: 0` caches every logit for `soft_kl`.
 
+Cross-tokenizer distillation (the `uld` term, Universal Logit Distillation: Boizard et al. 2024) reads the same
+top-k cache, made by the teacher over its own blocks of the same text: the seam is the character. Both tokenizers'
+blocks are cut from one stream, the split's lines joined, so every token has a character span in that stream
+(`stream_offsets`: each line tokenised as `packed_chunks` does, its offsets shifted by the characters before it,
+recomputed from the text and the teacher's tokenizer, deterministic, so the cache keeps no offsets). Student token s
+and teacher token j that end at the same character have read the same text (`lm_data.align_by_offsets`, exact), so
+student position s % block_size of block s // block_size is paired with the teacher's cached position j % block_size
+of the teacher's block j // block_size: `teacher_items` stores per student position the flat item j (plus the
+split's first teacher item), or -1 where no teacher token ends where the student's does or j fell in the teacher's
+dropped tail. `CausalLMCollator` reads the cached rows those items sit in and gives `teacher_aligned_probs` (the
+teacher's top-k probabilities at each student position) and `teacher_aligned_mask`; the uld term compares them with
+the student's sorted probabilities, and the hard term stays the student's own next-token CE. The two models' blocks
+start at different characters, so a teacher position near its block's start has read less of the text than the
+student position paired with it (at most block_size - 1 teacher tokens of context are lost, on about one position
+in block_size); packing is kept so that the cache is the very one the same-tokenizer terms read.
+
 A transfer file is text too, packed the same way, and its blocks keep their next-token labels
 (`transfer_labelled`): teacher completions (`kdistill generate --teacher`) are then Kim & Rush's (2016)
 sequence-level KD, trained on even by a student with no teacher term.
@@ -73,10 +89,41 @@ def packed_chunks(texts: list[str], tokenizer: Any, block_size: int, chunk_rows:
                     total, total // block_size, block_size, len(carry))
 
 
+def stream_offsets(texts: list[str], tokenizer: Any, chunk_rows: int = PACK_CHUNK_ROWS) -> list[tuple[int, int]]:
+    """The (start, end) character span of every token of `texts`' stream as `packed_chunks` tokenises it, in the
+    characters of the texts joined."""
+    spans: list[tuple[int, int]] = []
+    base = 0
+    for start in range(0, len(texts), chunk_rows):
+        chunk = texts[start : start + chunk_rows]
+        encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        for text, offsets in zip(chunk, encoded["offset_mapping"]):
+            spans.extend((base + int(a), base + int(b)) for a, b in offsets)
+            base += len(text)
+    return spans
+
+
+def teacher_items(texts: list[str], tokenizer: Any, teacher_tokenizer: Any, block_size: int, teacher_rows: int,
+                  teacher_offset: int = 0) -> list[list[int]]:
+    """Per student block of `texts`, per position, the flat index (row * block_size + position, rows from
+    `teacher_offset`) of the teacher's cached item aligned with it by character end, or -1 (see the module docstring).
+
+    Args:
+        teacher_rows: the teacher's blocks of this split (its cache rows); a teacher token past them was dropped.
+    """
+    from ..lm_data import align_by_offsets
+
+    aligned = align_by_offsets(stream_offsets(texts, teacher_tokenizer), stream_offsets(texts, tokenizer))
+    covered, first = teacher_rows * block_size, teacher_offset * block_size
+    flat = [first + j if 0 <= j < covered else -1 for j in aligned]
+    return [flat[b : b + block_size] for b in range(0, len(flat) // block_size * block_size, block_size)]
+
+
 class CausalLMCollator(ItemCollator):
     """Stacks a batch of blocks (all block_size long: no padding), their shifted labels and item mask, and the
     teacher's outputs by `idx`: `teacher_topk_values` / `teacher_topk_indices` / `teacher_topk_tail` from a top-k
-    cache, `teacher_logits` from a dense one."""
+    cache, `teacher_logits` from a dense one; or, for rows with `teacher_items` (a teacher with another tokenizer),
+    `teacher_aligned_probs` and `teacher_aligned_mask` (`aligned_teacher`)."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
         idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
@@ -87,6 +134,13 @@ class CausalLMCollator(ItemCollator):
         if self.teacher_logits is None:
             return batch
         sources = self.teacher_logits if isinstance(self.teacher_logits, list) else [self.teacher_logits]
+        if "teacher_items" in features[0]:
+            if len(sources) > 1:
+                raise UserError("the uld term reads one teacher's top-k cache; use one teacher")
+            items = torch.tensor([f["teacher_items"] for f in features], dtype=torch.long)
+            probs, mask = aligned_teacher(sources[0], items, input_ids.shape[1])
+            batch.update(teacher_aligned_probs=probs, teacher_aligned_mask=mask)
+            return batch
         got = [source[idx] for source in sources]
         if isinstance(got[0][0], tuple):
             if len(got) > 1:
@@ -99,6 +153,24 @@ class CausalLMCollator(ItemCollator):
             dense = [torch.stack(list(rows)) for rows in got]
             batch["teacher_logits"] = dense[0] if len(dense) == 1 else self.combine(dense)
         return batch
+
+
+def aligned_teacher(source: Any, items: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """The teacher's top-k probabilities at flat cached `items` ([batch, length], -1 for none) and which are real:
+    `([batch, length, k], [batch, length] bool)`, zeros where an item is -1. Only the cache rows the items sit in are
+    read."""
+    from ..losses.lm import teacher_buckets
+
+    mask = items.ge(0)
+    flat = torch.where(mask, items, items[mask][:1].sum())  # no item: any row the batch reads anyway
+    rows, where = torch.unique(flat // block_size, return_inverse=True)
+    got = source[rows]
+    if not isinstance(got[0], tuple):
+        raise UserError("the uld term reads a top-k soft-label cache; set soft_label_top_k (not 0)")
+    values, _, tail = (torch.stack(part) for part in zip(*got))
+    probs = teacher_buckets(values, tail)[..., :-1].exp()  # [rows, block_size, k]: each class's share at T = 1
+    picked = probs[where, flat % block_size]
+    return picked.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
 def vocabulary_size(model: torch.nn.Module) -> int | None:
@@ -227,6 +299,14 @@ class CausalLM(Task):
                             f"data has {rows}; delete the soft-label cache to recompute")
 
     def check_models(self, student, teacher_classes: int | None, weights: dict) -> None:
+        from ..losses import TEACHER_FIELDS, TERMS
+
+        if "uld" in weights:  # no vocabulary is compared; the teacher is read at positions aligned by characters
+            others = [n for n in weights if n != "uld" and set(TERMS[n].needs) & set(TEACHER_FIELDS)]
+            if others:
+                raise UserError(f"the uld term aligns the teacher's positions with the student's by characters, and "
+                                f"{others[0]} reads the teacher token by token; use uld with hard_ce only")
+            return
         mine = vocabulary_size(student)
         if teacher_classes is not None and mine is not None and mine != teacher_classes:
             raise UserError(
@@ -235,7 +315,17 @@ class CausalLM(Task):
                 "give the student the teacher's tokenizer and vocabulary size (student_init: from_teacher, or "
                 f"student_config_overrides: {{vocab_size: {teacher_classes}}}), or pad the smaller one's embeddings "
                 "to the other's size (a padded vocabulary, such as Qwen2.5-7B's 152,064 rows against its "
-                "tokenizer's 151,936, keeps the extra rows unused)")
+                "tokenizer's 151,936, keeps the extra rows unused); or, for a student with another tokenizer, use "
+                "the cross-tokenizer term uld (objective: {uld: 0.5, hard_ce: 0.5})")
+
+    def align_to_teacher(self, part, table, tokenizer, teacher_tokenizer, config, teacher_rows: int,
+                         teacher_offset: int):
+        """`part` (a split's prepared blocks) with `teacher_items` (see `teacher_items`) for the uld term."""
+        items = teacher_items([str(t) for t in table[config.text_column][:]], tokenizer, teacher_tokenizer,
+                              config.block_size, teacher_rows, teacher_offset)
+        if len(items) != len(part):
+            raise RuntimeError(f"{len(items)} aligned blocks for {len(part)} prepared ones")
+        return part.add_column("teacher_items", items)
 
     def eval_metrics(self, student_logits, labels, teacher_logits, label2id: dict[str, int]) -> dict:
         from .. import metrics

@@ -1,0 +1,108 @@
+"""Cross-tokenizer causal-LM distillation (issue 17): the uld term reads a BPE teacher's top-k cache at the
+positions a character-level student's tokens align with by character offsets."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from kdistill import pipeline
+from kdistill.config import make_config
+from kdistill.errors import UserError
+from kdistill.lm_data import align_by_offsets, char_tokenizer, train_bpe_tokenizer
+from kdistill.losses.lm import teacher_buckets
+from kdistill.soft_labels.produce import ConcatSources
+from kdistill.tasks import get_task
+from kdistill.tasks.causal_lm import stream_offsets, teacher_items
+
+from conftest import SHARED
+
+SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+
+
+class HandTokenizer:
+    """A teacher tokenizer given by hand: each text's tokens as strings (ids 0, 1, ... in order of appearance)."""
+
+    def __init__(self, tokens: dict[str, list[str]]):
+        self.tokens, self.vocab = tokens, {}
+
+    def __call__(self, texts, add_special_tokens=False, return_offsets_mapping=False):
+        ids, offsets = [], []
+        for text in texts:
+            pieces, at = self.tokens[text], 0
+            assert "".join(pieces) == text
+            ids.append([self.vocab.setdefault(p, len(self.vocab)) for p in pieces])
+            offsets.append([(at, at := at + len(p)) for p in pieces])
+        return {"input_ids": ids, "offset_mapping": offsets}
+
+
+TEXTS = ["the cat\n", "sat\n"]
+HAND = HandTokenizer({"the cat\n": ["the", " cat", "\n"], "sat\n": ["sat", "\n"]})
+
+
+def test_collator_alignment_is_align_by_offsets_on_a_hand_example(tmp_path):
+    student = char_tokenizer(TEXTS, str(tmp_path / "char"))
+    # Teacher tokens the| cat|\n|sat|\n end at 3, 7, 8, 11, 12; blocks of 2 keep the first 4 (2 cache rows).
+    assert stream_offsets(TEXTS, HAND) == [(0, 3), (3, 7), (7, 8), (8, 11), (11, 12)]
+    aligned = align_by_offsets(stream_offsets(TEXTS, HAND), stream_offsets(TEXTS, student))
+    assert aligned == [-1, -1, 0, -1, -1, -1, 1, 2, -1, -1, 3, 4]
+    items = teacher_items(TEXTS, student, HAND, block_size=2, teacher_rows=2, teacher_offset=5)
+    # Items are flat (row * 2 + position) from row 5; teacher token 4 fell in the dropped tail.
+    assert items == [[-1, -1], [10, -1], [-1, -1], [11, 12], [-1, -1], [13, -1]]
+
+    torch.manual_seed(0)
+    k = 3
+    rows = [(torch.randn(2, k).sort(descending=True).values, torch.randint(0, 9, (2, k)), -torch.rand(2) - 0.5)
+            for _ in range(7)]
+    part = get_task("causal_lm").prepare(
+        __import__("datasets").Dataset.from_dict({"text": TEXTS}), student,
+        type("Data", (), {"text_column": "text", "block_size": 2})(), None)
+    part = part.add_column("teacher_items", items)
+    batch = get_task("causal_lm").collator(student, ConcatSources([rows]))([part[i] for i in range(len(part))])
+    assert batch["teacher_aligned_mask"].tolist() == [[i >= 0 for i in row] for row in items]
+    for b, row in enumerate(items):
+        for t, item in enumerate(row):
+            want = torch.zeros(k)
+            if item >= 0:
+                values, _, tail = rows[item // 2]
+                want = teacher_buckets(values, tail)[item % 2, :-1].exp()
+            assert torch.allclose(batch["teacher_aligned_probs"][b, t], want), (b, t)
+    assert "teacher_topk_values" not in batch
+
+
+def test_different_vocabularies_without_uld_name_uld():
+    task = get_task("causal_lm")
+    student = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=70, n_positions=8))
+    with pytest.raises(UserError, match=r"use the cross-tokenizer term uld \(objective: \{uld: 0.5, hard_ce: 0.5\}\)"):
+        task.check_models(student, 300, {"lm_forward_kl": 1.0})
+    task.check_models(student, 300, {"uld": 0.5, "hard_ce": 0.5})  # no vocabulary is compared
+    with pytest.raises(UserError, match="lm_forward_kl reads the teacher token by token; use uld with hard_ce only"):
+        task.check_models(student, 300, {"uld": 0.5, "lm_forward_kl": 0.5})
+
+
+def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
+    with open(SHAKESPEARE, encoding="utf-8") as fh:
+        lines = fh.read().splitlines(keepends=True)[:160]
+    train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
+    train.write_text("".join(lines[:120]), encoding="utf-8")
+    validation.write_text("".join(lines[120:]), encoding="utf-8")
+    bpe = train_bpe_tokenizer(lines[:120], 300, str(tmp_path / "teacher"))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=64)
+                    ).save_pretrained(tmp_path / "teacher")
+    chars = char_tokenizer(lines[:160], str(tmp_path / "char"))
+    values = dict(task="causal_lm", train_file=str(train), validation_file=str(validation), block_size=32,
+                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=8, teacher_learning_rate=3e-3,
+                  teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
+                  student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
+                  objective={"uld": 0.5, "hard_ce": 0.5}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
+                  learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
+                  speed_batches=0, seed=0, use_cpu=True)
+    config = make_config(values)
+    pipeline.teach(config)
+    out = pipeline.distill(config)
+    uld = [entry["loss_uld"] for entry in out["log_history"] if "loss_uld" in entry]
+    hard = [entry["loss_hard_ce"] for entry in out["log_history"] if "loss_hard_ce" in entry]
+    assert len(uld) >= 3 and uld[-1] < 0.9 * uld[0], uld
+    assert hard[-1] < hard[0]
+    assert 0 < uld[-1] < 2  # an L1 distance between two distributions, scaled by the aligned share of tokens
+    assert "eval_loss_uld" in out["log_history"][-2] or any("eval_loss_uld" in e for e in out["log_history"])
