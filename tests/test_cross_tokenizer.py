@@ -87,14 +87,14 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     validation.write_text("".join(lines[120:]), encoding="utf-8")
     bpe = train_bpe_tokenizer(lines[:120], 300, str(tmp_path / "teacher"))
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=64)
-                    ).save_pretrained(tmp_path / "teacher")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
+                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)).save_pretrained(tmp_path / "teacher")
     chars = char_tokenizer(lines[:160], str(tmp_path / "char"))
     values = dict(task="causal_lm", train_file=str(train), validation_file=str(validation), block_size=32,
-                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=8, teacher_learning_rate=3e-3,
+                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=30, teacher_learning_rate=5e-3,
                   teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
                   student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
-                  objective={"uld": 0.5, "hard_ce": 0.5}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
+                  objective={"uld": 0.8, "hard_ce": 0.2}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
                   learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
                   speed_batches=0, seed=0, use_cpu=True)
     config = make_config(values)
@@ -105,4 +105,4 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     assert len(uld) >= 3 and uld[-1] < 0.9 * uld[0], uld
     assert hard[-1] < hard[0]
     assert 0 < uld[-1] < 2  # an L1 distance between two distributions, scaled by the aligned share of tokens
-    assert "eval_loss_uld" in out["log_history"][-2] or any("eval_loss_uld" in e for e in out["log_history"])
+    assert [e for e in out["log_history"] if "eval_loss_uld" in e]  # the validation blocks are aligned too
