@@ -158,7 +158,8 @@ def test_vocabulary_mismatch_is_refused(lm):
         "lm_head), and same-tokenizer distillation compares them token id by token id; give the student the "
         "teacher's tokenizer and vocabulary size (student_init: from_teacher, or student_config_overrides: "
         "{vocab_size: 152064}), or pad the smaller one's embeddings to the other's size (a padded vocabulary, such "
-        "as Qwen2.5-7B's 152,064 rows against its tokenizer's 151,936, keeps the extra rows unused)")
+        "as Qwen2.5-7B's 152,064 rows against its tokenizer's 151,936, keeps the extra rows unused); or, for a "
+        "student with another tokenizer, use the cross-tokenizer term uld (objective: {uld: 0.5, hard_ce: 0.5})")
 
 
 

@@ -106,3 +106,12 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     assert hard[-1] < hard[0]
     assert 0 < uld[-1] < 2  # an L1 distance between two distributions, scaled by the aligned share of tokens
     assert [e for e in out["log_history"] if "eval_loss_uld" in e]  # the validation blocks are aligned too
+
+
+def test_uld_needs_a_top_k_cache(tmp_path):
+    from kdistill.errors import ConfigError
+
+    (tmp_path / "train.txt").write_text("".join(TEXTS), encoding="utf-8")
+    with pytest.raises(ConfigError, match="distill: uld reads a top-k soft-label cache; set soft_label_top_k"):
+        make_config(dict(task="causal_lm", train_file=str(tmp_path / "train.txt"), teacher_model=str(tmp_path),
+                         output_dir=str(tmp_path / "run"), objective={"uld": 1.0}, soft_label_top_k=0))
