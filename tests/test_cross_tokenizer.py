@@ -88,7 +88,8 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     bpe = train_bpe_tokenizer(lines[:120], 300, str(tmp_path / "teacher"))
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
-                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)).save_pretrained(tmp_path / "teacher")
+                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)
+                    ).save_pretrained(tmp_path / "teacher")
     chars = char_tokenizer(lines[:160], str(tmp_path / "char"))
     values = dict(task="causal_lm", train_file=str(train), validation_file=str(validation), block_size=32,
                   teacher_model=str(tmp_path / "teacher"), teacher_epochs=30, teacher_learning_rate=5e-3,
