@@ -215,3 +215,27 @@ def test_prompt_response_distill_end_to_end(pair_run, lm):
         assert torch.allclose(values_[at], logits[at].topk(8).values, atol=2e-2)
     curve = result["loss_curve"]
     assert curve[-1][1] < curve[0][1]
+
+
+def test_prompt_response_eval_has_rouge_l_and_tokens_per_second(pair_run, lm, pairs):
+    config, _ = pair_run
+    config = make_config({**pair_values(lm, pairs, config.distill.output_dir, strategy="mixed",
+                                        soft_loss="forward_kl", soft_label_top_k=8, logging_steps=1,
+                                        num_train_epochs=3), "speed_batches": 1, "per_device_eval_batch_size": 2})
+    result = evaluate(config)
+    from kdistill.evaluation import _load_student
+    from kdistill.generate import Decoding, complete
+    from kdistill.metrics import mean_rouge_l
+
+    student, tok, _ = _load_student(config, str(Path(config.distill.output_dir) / "student"))
+    prompts, references = [r["prompt"] for r in ROWS[:4]], [r["response"] for r in ROWS[:4]]
+    longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in references)
+    again = complete(student, tok, prompts, Decoding(max_new_tokens=longest + 1, batch_size=2))
+    assert result["student"]["rouge_l"] == pytest.approx(mean_rouge_l(again, references))
+    assert 0 <= result["teacher"]["rouge_l"] <= 1
+    for who in ("student", "teacher"):
+        assert result[who]["scoring_tokens_per_s"] > 0 and result[who]["generation_tokens_per_s_b1"] > 0
+    assert result["speedup_generation"] == pytest.approx(result["student"]["generation_tokens_per_s_b1"] /
+                                                         result["teacher"]["generation_tokens_per_s_b1"])
+    assert set(json.loads((Path(config.distill.output_dir) / "eval.json").read_text())["student"]) >= {
+        "rouge_l", "scoring_tokens_per_s", "generation_tokens_per_s_b1", "loss", "perplexity"}
