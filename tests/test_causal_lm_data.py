@@ -70,8 +70,6 @@ def test_train_fraction_splits_the_file_by_characters(lm):
     teacher_rows = [r for chunk in task.teacher_inputs(load_split(config.data, "train"), tok, config.data, 7, "t", "t")
                     for r in chunk]
     assert [r["input_ids"] for r in teacher_rows] == train["input_ids"]
-    stream = tok(head, add_special_tokens=False)["input_ids"]
-    assert len(train) == len(stream) // 32 or abs(len(train) - len(stream) // 32) <= 1  # lines tokenised apart
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -178,7 +176,6 @@ def test_truncated_and_skipped_rows_are_reported(lm, tmp_path, caplog):
     assert message == (f"{path}: 2 of 3 prompt/response rows longer than max_length=12 tokens (student tokenizer) "
                        "were truncated; 0 skipped with no response token left")
     with caplog.at_level(logging.INFO, logger="kdistill.tasks.causal_lm"):
-        config = make_config(values(lm, tmp_path / "out", train_file=path, train_fraction=None, max_length=8))
         huge = jsonl(tmp_path / "huge.jsonl", [{"prompt": "a", "response": "word " * 20}, ROWS[1]])
         config = make_config(values(lm, tmp_path / "out", train_file=huge, train_fraction=None, max_length=8))
         pipeline.prepare_split(config, "train", tok, {})
