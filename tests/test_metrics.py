@@ -168,3 +168,17 @@ def test_disagreement_rate_is_the_share_of_items_whose_top_classes_are_not_all_t
     assert disagreement_rate([a]) == 0.0
     with pytest.raises(ValueError, match="they must cover the same items"):
         disagreement_rate([a, b[:3]])
+
+
+def test_rouge_l_matches_lins_worked_examples():
+    from kdistill.metrics import mean_rouge_l, rouge_l
+
+    # Lin 2004, section 3.1: against "police killed the gunman", S2 "police kill the gunman" shares an LCS of 3
+    # tokens (R = P = 3/4), S3 "the gunman kill police" one of 2 ("the gunman": R = P = 1/2).
+    reference = "police killed the gunman".split()
+    assert rouge_l("police kill the gunman".split(), reference) == pytest.approx(0.75)
+    assert rouge_l("the gunman kill police".split(), reference) == pytest.approx(0.5)
+    # "the gunman": LCS 2, R = 2/4, P = 2/2; beta = 2 weighs recall: F = 5 * 0.5 * 1 / (0.5 + 4 * 1) = 5/9.
+    assert rouge_l("the gunman".split(), reference, beta=2.0) == pytest.approx(5 / 9)
+    assert rouge_l([], reference) == 0.0 and rouge_l("a b".split(), reference) == 0.0
+    assert mean_rouge_l(["police kill the gunman", ""], ["police killed the gunman", "x"]) == pytest.approx(0.375)

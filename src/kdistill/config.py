@@ -219,7 +219,7 @@ class RunConfig:
 
     def __post_init__(self):
         if self.teacher.teacher_calibration == "temperature":
-            if not (self.data.validation_file or self.data.dataset_name):
+            if not (self.data.validation_file or self.data.dataset_name or self.data.train_fraction is not None):
                 raise ConfigError("teacher: teacher_calibration: temperature fits the teacher's temperature on the "
                                   "validation data; set validation_file")
             if self.distill.soft_label_source != "cache":

@@ -77,6 +77,20 @@ class DataConfig:
         metadata={"help": "causal_lm: tokens per training block (the text is packed into blocks of exactly this many "
                   "tokens, no padding; each block gives block_size - 1 predictions)."},
     )
+    train_fraction: float | None = field(
+        default=None,
+        metadata={"help": "causal_lm: train on the first train_fraction of train_file's characters and validate (and "
+                  "test, unless test_file is set) on the rest, split by characters before any tokenizer "
+                  "(nanoGPT's split of tiny Shakespeare: 0.9); instead of a validation_file."},
+    )
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "causal_lm, .jsonl files: the key of each row's prompt (not trained on)."}
+    )
+    response_column: str = field(
+        default="response",
+        metadata={"help": "causal_lm, .jsonl files: the key of each row's response (trained on; rows longer than "
+                  "max_length tokens lose prompt tokens first)."},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only N training rows: the first N, or N drawn at random with train_sample_seed."})
     train_sample_seed: int | None = field(
@@ -103,10 +117,27 @@ class DataConfig:
         for i, name in enumerate(self.column_names or []):
             if name in self.column_names[:i]:
                 raise ConfigError(f"data: column_names holds {name!r} twice; give each column a name of its own")
+        if self.train_fraction is not None:
+            self._check_train_fraction()
+        if self.prompt_column == self.response_column:
+            raise ConfigError(f"data: prompt_column and response_column are both {self.prompt_column!r}; each must "
+                              "name a key of its own")
         try:
             codecs.lookup(self.encoding)
         except LookupError:
             raise ConfigError(f"data: unknown encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+
+
+    def _check_train_fraction(self) -> None:
+        if self.task != "causal_lm":
+            raise ConfigError(f"data: train_fraction splits a causal_lm text file by characters; for task {self.task} "
+                              "give a validation_file")
+        if self.validation_file is not None:
+            raise ConfigError("data: train_fraction validates on the end of train_file, and validation_file is set "
+                              "too; give one of them")
+        if self.train_file is None or not self.train_file.lower().endswith(".txt"):
+            raise ConfigError("data: train_fraction splits a plain-text train_file (.txt) by characters; for other "
+                              "data give a validation_file")
 
 
 @dataclass

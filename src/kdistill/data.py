@@ -216,8 +216,10 @@ def _peek_columns(path: str, ext: str, data: DataConfig) -> dict[str, pa.DataTyp
 def check_file(path: str, data: DataConfig, labelled: bool = True) -> None:
     """What can be told of a data file without reading it whole, before any model loads: it is there, a file of a
     known format, not empty, and the columns a split reads are in it, one value per row (see check_columns)."""
+    from .tasks import get_task
+
     ext = _check_path(path, data)
-    if FORMATS[ext] == "conll":
+    if FORMATS[ext] == "conll" or ext in get_task(data.task).own_formats:
         load_table(path, data, labelled)  # read whole (and remembered): its errors name a line, found only so
         return
     columns = _peek_columns(path, ext, data)
@@ -300,9 +302,31 @@ def _count_blank(table: datasets.Dataset, column: str) -> int:
 
 
 def split_file(data: DataConfig, split: str) -> str | None:
-    """The file a split ('train', 'transfer', 'validation', 'test') is read from; test falls back to validation."""
-    return {"train": data.train_file, "transfer": data.transfer_file, "validation": data.validation_file,
-            "test": data.test_file or data.validation_file}[split]
+    """The file a split ('train', 'transfer', 'validation', 'test') is read from; test falls back to validation,
+    and validation to train_file's end under train_fraction (`split_part`)."""
+    validation = data.validation_file or (data.train_file if data.train_fraction is not None else None)
+    return {"train": data.train_file, "transfer": data.transfer_file, "validation": validation,
+            "test": data.test_file or validation}[split]
+
+
+def split_part(data: DataConfig, split: str) -> str | None:
+    """'train' or 'validation' where a split reads only that part of train_file (train_fraction: its first
+    characters, or the rest); None where it reads its file whole."""
+    if data.train_fraction is None or split == "transfer" or (split == "test" and data.test_file is not None):
+        return None
+    return "train" if split == "train" else "validation"
+
+
+def _text_part(table: datasets.Dataset, data: DataConfig, part: str) -> datasets.Dataset:
+    """A text table's (causal_lm: the file's lines) first train_fraction of characters, or the rest, as lines:
+    `lm_data.split_text` on the file's text, so the cut may fall inside a line and every tokenizer sees one text."""
+    from .lm_data import split_text
+
+    head, tail = split_text("".join(table[data.text_column][:]), data.train_fraction)
+    text = head if part == "train" else tail
+    if not text.strip():
+        raise UserError(f"{data.train_file}: its {part} part under train_fraction {data.train_fraction} holds no text")
+    return datasets.Dataset.from_dict({data.text_column: text.splitlines(keepends=True)})
 
 
 def validation_is_test(data: DataConfig) -> bool:
@@ -340,12 +364,22 @@ def split_limit(data: DataConfig, split: str) -> int | None:
     return {"train": data.max_train_samples, "transfer": data.max_transfer_samples}.get(split, data.max_eval_samples)
 
 
+# The parts of tables load_table remembers (by the table's identity: _TABLES keeps it alive), cut once per process.
+_PARTS: dict[tuple, datasets.Dataset] = {}
+
+
 def load_split(data: DataConfig, split: str) -> datasets.Dataset | None:
     """The named split ('train', 'validation', 'test', 'transfer') from files or the hub; None if not configured."""
     path = split_file(data, split)
     limit = split_limit(data, split)
     if path is not None:
         table = load_table(path, data, labelled=split != "transfer")
+        part = split_part(data, split)
+        if part is not None:
+            key = (id(table), part, data.train_fraction)
+            if key not in _PARTS:
+                _PARTS[key] = _text_part(table, data, part)
+            table = _PARTS[key]
     elif data.dataset_name is not None and split != "transfer":
         # Hub data sets (for users who are online); GLUE's test labels are hidden, so 'test' falls back to validation.
         hub = datasets.load_dataset(data.dataset_name, data.dataset_config_name)

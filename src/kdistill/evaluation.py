@@ -85,6 +85,41 @@ def measure_speed(
         "torch_threads": torch.get_num_threads(),
     }
 
+
+@torch.inference_mode()
+def measure_lm_speed(model: torch.nn.Module, rows: list[dict], collate: Callable[[list[dict]], dict],
+                     batches: int = 20, batch_size: int = 64, prompt_tokens: int = 32, new_tokens: int = 32,
+                     prompts: int = 4) -> dict[str, float]:
+    """A causal LM's tokens per second: scoring (`scoring_tokens_per_s`, every position of `batches` batches of
+    `batch_size` rows, after one warm-up batch) and greedy generation at batch 1 (`generation_tokens_per_s_b1`:
+    exactly `new_tokens` new tokens after each of the first `prompts` rows' first `prompt_tokens` tokens, after
+    one warm-up prompt). Rows are taken in order and cycled, as in `measure_speed`."""
+    if batches < 1:
+        raise ValueError(f"measure_lm_speed needs at least one batch, got {batches}")
+    model.eval()
+    device = next(model.parameters()).device
+    big = [collate([rows[(i * batch_size + j) % len(rows)] for j in range(batch_size)]) for i in range(batches + 1)]
+    big = [{k: v.to(device) for k, v in b.items()} for b in big]
+    model(**big[0])  # warm-up
+    t0 = time.perf_counter()
+    for batch in big[1:]:
+        model(**batch)
+    scoring = sum(int(b["attention_mask"].sum()) for b in big[1:]) / (time.perf_counter() - t0)
+    config = model.config
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    starts = [torch.tensor([rows[i % len(rows)]["input_ids"][:prompt_tokens]], device=device)
+              for i in range(prompts + 1)]
+    timed = 0.0
+    for i, ids in enumerate(starts):
+        t0 = time.perf_counter()
+        # min_new_tokens: an early eos would leave fewer tokens than counted
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        if i:  # the first is the warm-up
+            timed += time.perf_counter() - t0
+    return {"scoring_tokens_per_s": scoring, "generation_tokens_per_s_b1": prompts * new_tokens / timed}
+
+
 # ------------------------------------------------------------------------------------------ evaluating a run
 
 def _load_student(config, sdir: str):
@@ -107,7 +142,36 @@ def _speed(config: RunConfig, student, rows, collate, teacher, label2id) -> dict
            "teacher": measure_speed(teacher, teacher_rows, task.pad_inputs(teacher_tok), batches=n)}
     out["speedup_b1"] = out["teacher"]["latency_ms_b1"] / out["student"]["latency_ms_b1"]
     out["speedup_b64"] = out["student"]["throughput_b64"] / out["teacher"]["throughput_b64"]
+    if task.auto_model == "AutoModelForCausalLM":  # tokens per second, scoring and generating, one after the other
+        size = config.distill.per_device_eval_batch_size
+        out["student"].update(measure_lm_speed(student, rows, collate, batches=n, batch_size=size))
+        out["teacher"].update(measure_lm_speed(teacher, teacher_rows, task.pad_inputs(teacher_tok), batches=n,
+                                               batch_size=size))
+        for key in ("scoring_tokens_per_s", "generation_tokens_per_s_b1"):
+            out[f"speedup_{key.removesuffix('_tokens_per_s_b1').removesuffix('_tokens_per_s')}"] = \
+                out["student"][key] / out["teacher"][key]
     return out
+
+
+def completion_rouge_l(config: RunConfig, model, tokenizer) -> float | None:
+    """The mean ROUGE-L (`metrics.mean_rouge_l`) of `model`'s greedy completions of the test split's prompts against
+    their responses, for a causal_lm test split of prompt/response rows; None for any other."""
+    from .data import load_split
+    from .generate import Decoding, complete
+    from .metrics import mean_rouge_l
+
+    task, data = task_of(config), config.data
+    table = load_split(data, "test")
+    if not getattr(task, "prompt_response", None) or table is None or not task.prompt_response(table, data):
+        return None
+    prompts, references = ([str(t) for t in table[c][:]] for c in (data.prompt_column, data.response_column))
+    # As long a completion as the longest response may need, within the positions the prompts leave.
+    longest = max(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    room = limit - max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) if limit else 64
+    decoding = Decoding(max_new_tokens=max(1, min(longest + 1, room, data.max_length)),
+                        batch_size=config.distill.per_device_eval_batch_size)
+    return mean_rouge_l(complete(model, tokenizer, prompts, decoding), references)
 
 
 def speed(config: RunConfig) -> dict:
@@ -196,11 +260,15 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     if "teachers" in result:  # an ensemble costs all its members (its speed is timed on the first)
         for key in ("parameters", "size_bytes"):
             result["teacher"][key] = sum(entry[key] for entry in result["teachers"])
+    rouge = completion_rouge_l(config, student, tokenizer)
+    if rouge is not None:
+        result["student"]["rouge_l"] = rouge
+        result["teacher"]["rouge_l"] = completion_rouge_l(config, teacher, load_teacher(config, tdir, label2id)[1])
     if config.distill.speed_batches > 0:
         timing = _speed(config, student, rows, collate, teacher, label2id)
-        result["student"].update(timing["student"])
-        result["teacher"].update(timing["teacher"])
-        result["speedup_b1"], result["speedup_b64"] = timing["speedup_b1"], timing["speedup_b64"]
+        result["student"].update(timing.pop("student"))
+        result["teacher"].update(timing.pop("teacher"))
+        result.update(timing)  # speedup_b1, speedup_b64 (and a causal LM's speedup_scoring, speedup_generation)
     result["compression"] = result["teacher"]["parameters"] / result["student"]["parameters"]
     update_json(p.eval, result)  # the same scores again: nothing written (a read-only finished run can be evaluated)
     return result

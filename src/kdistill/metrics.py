@@ -429,3 +429,34 @@ def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_
     if teacher_rows is not None:
         out.update(agreement=counts["agree"] / tokens, mean_kl=counts["kl"] / tokens)
     return out
+
+
+def rouge_l(candidate: Sequence[Any], reference: Sequence[Any], beta: float = 1.0) -> float:
+    """ROUGE-L of one candidate against one reference (Lin 2004, "ROUGE: A Package for Automatic Evaluation of
+    Summaries", section 3.1): with LCS the length of their longest common subsequence, m = len(reference) and
+    n = len(candidate), R = LCS / m, P = LCS / n and F = (1 + beta^2) R P / (R + beta^2 P); 0 when either is
+    empty or they share nothing. Sequences of tokens (e.g. `text.split()`), compared with ==.
+    """
+    m, n = len(reference), len(candidate)
+    if not m or not n:
+        return 0.0
+    previous = [0] * (n + 1)  # LCS lengths of reference[:i] against each prefix of candidate, one row at a time
+    for token in reference:
+        row = [0] * (n + 1)
+        for j, other in enumerate(candidate, 1):
+            row[j] = previous[j - 1] + 1 if token == other else max(previous[j], row[j - 1])
+        previous = row
+    lcs = previous[n]
+    if not lcs:
+        return 0.0
+    recall, precision = lcs / m, lcs / n
+    return (1 + beta**2) * recall * precision / (recall + beta**2 * precision)
+
+
+def mean_rouge_l(candidates: Sequence[str], references: Sequence[str]) -> float:
+    """The mean of `rouge_l` over pairs of texts, split on whitespace (case and punctuation kept)."""
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
+    if not references:
+        raise ValueError("mean_rouge_l needs at least one pair")
+    return sum(rouge_l(c.split(), r.split()) for c, r in zip(candidates, references)) / len(references)

@@ -30,7 +30,8 @@ BOUNDS: dict[str, tuple] = {
     "max_length": (8, True, None, False), "max_train_samples": _AT_LEAST_1, "max_eval_samples": _AT_LEAST_1,
     "max_transfer_samples": _AT_LEAST_1, "train_sample_seed": _AT_LEAST_0,
     "teacher_epochs": _ABOVE_0, "teacher_learning_rate": _ABOVE_0, "teacher_batch_size": _AT_LEAST_1,
-    "teacher_seed": _AT_LEAST_0, "block_size": (2, True, None, False), "soft_label_top_k": _AT_LEAST_0,
+    "teacher_seed": _AT_LEAST_0, "block_size": (2, True, None, False),
+    "train_fraction": (0, False, 1, False), "soft_label_top_k": _AT_LEAST_0,
     "jsd_beta": (0, False, 1, False), "skew_alpha": _FRACTION,
     # bilstm_vocab_size: 3 special tokens ([PAD], [UNK], [MASK]) and at least one word.
     "student_num_layers": _AT_LEAST_1, "bilstm_vocab_size": (4, True, None, False), "bilstm_embedding_dim": _AT_LEAST_1,

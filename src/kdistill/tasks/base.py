@@ -128,6 +128,8 @@ class Task:
     # Whether a transfer row carries its own targets (a language model's text is its next tokens), so a student
     # with no teacher term (strategy hard) trains on transfer rows too; a classifier's are unlabelled.
     transfer_labelled = False
+    # File extensions `read_file` reads itself: data.check_file reads such a file whole to check it.
+    own_formats: tuple[str, ...] = ()
 
     def read_file(self, path: str, config: Any, labelled: bool) -> Any:
         """A data file as a datasets.Dataset, for a task with a format of its own; None: the common readers."""

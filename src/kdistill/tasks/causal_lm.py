@@ -15,6 +15,12 @@ The cache keeps per token the teacher's top-k logits (`default_top_k`, `soft_lab
 batch as the teacher runs (a `[tokens, vocabulary]` chunk of logits would not fit in memory): the lm_ terms
 (losses/lm.py) read them; `soft_label_top_k: 0` caches every logit for `soft_kl`.
 
+A prompt/response file (.jsonl, one JSON object per line with `prompt_column` and `response_column` keys) gives one
+example per row instead (`lm_data.prompt_response_examples`: prompt + response + eos, cut to max_length tokens,
+the prompt first), not packed; its labels, shifted the same way, are -100 wherever the next token is the prompt's,
+so only the response (and its eos) is trained on and scored; batches are padded on the right to their longest row.
+The teacher's top-k is cached for every position of each row (the prompt's too: its rows are read back by position).
+
 Cross-tokenizer distillation (the `uld` term, Universal Logit Distillation: Boizard et al. 2024) reads the same
 top-k cache, made by the teacher over its own blocks of the same text: the seam is the character. Both tokenizers'
 blocks are cut from one stream, the split's lines joined, so every token has a character span in that stream
@@ -119,17 +125,57 @@ def teacher_items(texts: list[str], tokenizer: Any, teacher_tokenizer: Any, bloc
     return [flat[b : b + block_size] for b in range(0, len(flat) // block_size * block_size, block_size)]
 
 
+_EXAMPLES_REPORTED: set[tuple] = set()
+
+
+def example_chunks(table, tokenizer: Any, config, chunk_rows: int = PACK_CHUNK_ROWS, source: str = "data",
+                   who: str = "tokenizer") -> Iterator[list[dict[str, list[int]]]]:
+    """A prompt/response table's examples (`lm_data.prompt_response_example`, unpadded), one list per `chunk_rows`
+    rows; how many rows were truncated to max_length and which were skipped (no response token left) is logged once."""
+    from ..lm_data import prompt_response_examples
+
+    truncated, skipped = 0, []
+    for start in range(0, len(table), chunk_rows):
+        part = table[start : start + chunk_rows]
+        prompts, responses = ([str(t) for t in part[c]] for c in (config.prompt_column, config.response_column))
+        encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+        made = prompt_response_examples(zip(encode(prompts), encode(responses)), config.max_length,
+                                        tokenizer.eos_token_id)
+        truncated += made.truncated
+        skipped += [start + i for i in made.skipped]
+        yield made.examples
+    key = (source, who, len(table), truncated, tuple(skipped), config.max_length)
+    if (truncated or skipped) and key not in _EXAMPLES_REPORTED:
+        _EXAMPLES_REPORTED.add(key)
+        shown = ", ".join(str(i + 1) for i in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        logger.info("%s: %d of %d prompt/response rows longer than max_length=%d tokens (%s) were truncated; %d "
+                    "skipped with no response token left%s", source, truncated, len(table), config.max_length, who,
+                    len(skipped), f" (rows {shown})" if skipped else "")
+
+
+def _pad(rows: list, length: int, value) -> Tensor:
+    """Rows of lists (or [n, ...] tensors) padded on the right to `length` with `value`, stacked."""
+    if isinstance(rows[0], Tensor):
+        return torch.stack([torch.nn.functional.pad(r, (0, 0) * (r.dim() - 1) + (0, length - len(r)), value=value)
+                            for r in rows])
+    return torch.tensor([[*r, *[value] * (length - len(r))] for r in rows], dtype=torch.long)
+
+
 class CausalLMCollator(ItemCollator):
-    """Stacks a batch of blocks (all block_size long: no padding), their shifted labels and item mask, and the
-    teacher's outputs by `idx`: `teacher_topk_values` / `teacher_topk_indices` / `teacher_topk_tail` from a top-k
-    cache, `teacher_logits` from a dense one; or, for rows with `teacher_items` (a teacher with another tokenizer),
-    `teacher_aligned_probs` and `teacher_aligned_mask` (`aligned_teacher`)."""
+    """Stacks a batch of blocks or prompt/response examples, their shifted labels and item mask, and the teacher's
+    outputs by `idx`: `teacher_topk_values` / `teacher_topk_indices` / `teacher_topk_tail` from a top-k cache,
+    `teacher_logits` from a dense one; or, for rows with `teacher_items` (a teacher with another tokenizer),
+    `teacher_aligned_probs` and `teacher_aligned_mask` (`aligned_teacher`). Rows are padded on the right to the batch's longest (blocks are all
+    block_size long: no padding); a padded position has attention 0 and label -100, so no loss reads it, and its
+    input id (0) is never attended to by a real position of a causal model."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
         idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)
-        input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
-        labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels, "idx": idx,
+        longest = max(len(f["input_ids"]) for f in features)
+        input_ids = _pad([f["input_ids"] for f in features], longest, 0)
+        labels = _pad([f["labels"] for f in features], longest, IGNORE_INDEX)
+        attention_mask = _pad([[1] * len(f["input_ids"]) for f in features], longest, 0)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "idx": idx,
                  "item_mask": labels.ne(IGNORE_INDEX)}
         if self.teacher_logits is None:
             return batch
@@ -147,10 +193,10 @@ class CausalLMCollator(ItemCollator):
                 raise UserError("several teachers' top-k caches cannot be combined yet; use one teacher, or "
                                 "soft_label_top_k: 0 for dense logits")
             values, indices, tail = zip(*got[0])
-            batch.update(teacher_topk_values=torch.stack(values), teacher_topk_indices=torch.stack(indices),
-                         teacher_topk_tail=torch.stack(tail))
+            batch.update(teacher_topk_values=_pad(values, longest, 0.0), teacher_topk_indices=_pad(indices, longest, 0),
+                         teacher_topk_tail=_pad(tail, longest, 0.0))
         else:
-            dense = [torch.stack(list(rows)) for rows in got]
+            dense = [_pad(list(rows), longest, 0.0) for rows in got]
             batch["teacher_logits"] = dense[0] if len(dense) == 1 else self.combine(dense)
         return batch
 
@@ -192,13 +238,21 @@ class CausalLM(Task):
     # A transfer file is text (teacher completions: `kdistill generate --teacher`), packed like the training text and
     # trained on as next tokens, Kim & Rush's (2016) sequence-level KD under strategy hard.
     transfer_labelled = True
+    own_formats = (".txt", ".jsonl")
 
     # --- data
     def read_file(self, path: str, config, labelled: bool):
         import datasets
 
+        if path.lower().endswith(".jsonl"):
+            from ..lm_data import read_prompt_response_jsonl
+
+            rows = read_prompt_response_jsonl(path, config.prompt_column, config.response_column)
+            return datasets.Dataset.from_dict({config.prompt_column: [p for p, _ in rows],
+                                               config.response_column: [r for _, r in rows]})
         if not path.lower().endswith(".txt"):
-            raise UserError(f"{path}: the causal_lm task reads plain text (.txt)")
+            raise UserError(f"{path}: the causal_lm task reads plain text (.txt) or prompt/response JSON Lines "
+                            "(.jsonl)")
         try:
             with open(path, encoding=config.encoding) as fh:
                 text = fh.read()
@@ -220,16 +274,46 @@ class CausalLM(Task):
         return None
 
     def cache_settings(self, config) -> dict:
-        return {"block_size": config.block_size}
+        settings = {"block_size": config.block_size}
+        if config.train_fraction is not None:  # the train and validation text are parts of one file
+            settings["train_fraction"] = config.train_fraction
+        return settings
+
+    @staticmethod
+    def prompt_response(table, config) -> bool:
+        """Whether `table` holds prompt/response rows (a .jsonl file) rather than lines of text."""
+        response = getattr(config, "response_column", None)
+        return response in table.column_names and config.text_column not in table.column_names
 
     def _blocks(self, table, tokenizer, config, source: str) -> Iterator[list[list[int]]]:
         return packed_chunks([str(t) for t in table[config.text_column][:]], tokenizer, config.block_size,
                              source=source)
 
+    def _prepare_examples(self, table, tokenizer, config, index_offset: int, source: str, who: str):
+        import datasets
+
+        examples = [e for chunk in example_chunks(table, tokenizer, config, source=source, who=who) for e in chunk]
+        if not examples:
+            raise UserError(f"{source}: no row keeps a response token within max_length={config.max_length} "
+                            f"({who}); raise max_length or shorten the prompts")
+        labels = [shifted_labels(e["labels"]) for e in examples]
+        # The characters of the response the labels spell; the eos is predicted but spells none.
+        predicted = tokenizer.batch_decode([[t for t in y if t != IGNORE_INDEX] for y in labels],
+                                           skip_special_tokens=True)
+        return datasets.Dataset.from_dict({
+            "input_ids": [e["input_ids"] for e in examples],
+            "labels": labels,
+            "characters": [len(t) for t in predicted],
+            "idx": list(range(index_offset, index_offset + len(examples))),
+            "length": [len(e["input_ids"]) for e in examples],
+        })
+
     def prepare(self, table, tokenizer, config, labels, index_offset: int = 0, source: str = "data",
                 who: str = "tokenizer"):
         import datasets
 
+        if self.prompt_response(table, config):
+            return self._prepare_examples(table, tokenizer, config, index_offset, source, who)
         blocks = [b for chunk in self._blocks(table, tokenizer, config, source) for b in chunk]
         if not blocks:
             raise UserError(f"{source}: fewer than block_size={config.block_size} tokens ({who}); give more text or "
@@ -244,6 +328,10 @@ class CausalLM(Task):
         })
 
     def teacher_inputs(self, table, tokenizer, config, chunk_rows: int, source: str, who: str) -> Iterator[list[dict]]:
+        if self.prompt_response(table, config):
+            for examples in example_chunks(table, tokenizer, config, chunk_rows, source, who):
+                yield [{"input_ids": e["input_ids"]} for e in examples]
+            return
         for blocks in packed_chunks([str(t) for t in table[config.text_column][:]], tokenizer, config.block_size,
                                     chunk_rows, source):
             yield [{"input_ids": b} for b in blocks]
@@ -269,8 +357,9 @@ class CausalLM(Task):
     @torch.inference_mode()
     def predict_items(self, model, rows: list[dict], tokenizer, batch_size: int = 64,
                       progress: Callable[[int], None] | None = None, top_k: int | None = None):
-        """Per block its logits at every position ([block_size, V] each), or with `top_k` a `produce.TopK` chunk
-        reduced batch by batch on the model's device (the full logits of a chunk never sit in memory)."""
+        """Per row (block or example) its logits at every position ([length, V] each), or with `top_k` a
+        `produce.TopK` chunk reduced batch by batch on the model's device (the full logits of a chunk never sit in
+        memory). Rows of different lengths are padded on the right in a batch and cut back to their own length."""
         from ..soft_labels.produce import TopK
         from ..soft_labels.writer import topk_payload
 
@@ -279,15 +368,18 @@ class CausalLM(Task):
         parts: list[list[Tensor]] = [[], [], []]
         classes = 0
         for start in range(0, len(rows), batch_size):
-            ids = torch.tensor([r["input_ids"] for r in rows[start : start + batch_size]], device=device)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            batch = [r["input_ids"] for r in rows[start : start + batch_size]]
+            lengths = [len(ids) for ids in batch]
+            ids = _pad(batch, max(lengths), 0).to(device)
+            mask = _pad([[1] * n for n in lengths], max(lengths), 0).to(device)
+            out = model(input_ids=ids, attention_mask=mask)
             logits = (out["logits"] if isinstance(out, dict) else out[0]).float()
             classes = logits.shape[-1]
             if top_k:
                 for part, t in zip(parts, topk_payload(logits, top_k)):
-                    part.extend(t.cpu().unbind(0))
+                    part.extend(row[:n] for row, n in zip(t.cpu().unbind(0), lengths))
             else:
-                parts[0].extend(logits.cpu().unbind(0))
+                parts[0].extend(row[:n] for row, n in zip(logits.cpu().unbind(0), lengths))
             if progress is not None:
                 progress(len(ids))
         return TopK(*parts, classes) if top_k else parts[0]
@@ -321,6 +413,9 @@ class CausalLM(Task):
     def align_to_teacher(self, part, table, tokenizer, teacher_tokenizer, config, teacher_rows: int,
                          teacher_offset: int):
         """`part` (a split's prepared blocks) with `teacher_items` (see `teacher_items`) for the uld term."""
+        if self.prompt_response(table, config):
+            raise UserError("the uld term aligns packed text blocks by characters; prompt/response rows are not "
+                            "supported with it yet: use a text file, or a student with the teacher's tokenizer")
         items = teacher_items([str(t) for t in table[config.text_column][:]], tokenizer, teacher_tokenizer,
                               config.block_size, teacher_rows, teacher_offset)
         if len(items) != len(part):
