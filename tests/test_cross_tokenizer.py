@@ -107,6 +107,14 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     assert hard[-1] < hard[0]
     assert 0 < uld[-1] < 2  # an L1 distance between two distributions, scaled by the aligned share of tokens
     assert [e for e in out["log_history"] if "eval_loss_uld" in e]  # the validation blocks are aligned too
+    # Evaluation scores each model on its own tokens; fidelity, item by item, has no common items to compare.
+    from kdistill.evaluation import evaluate
+
+    evaluated = evaluate(config)
+    assert evaluated["fidelity"].startswith("not measured: the student's tokens are not the teacher's")
+    assert "agreement" not in evaluated["student"] and evaluated["student"]["loss"] > 0
+    assert evaluated["student"]["loss_per_character"] == pytest.approx(evaluated["student"]["loss"], rel=1e-6)
+    assert "accuracy" in evaluated["teacher"]
 
 
 def test_uld_needs_a_top_k_cache(tmp_path):
