@@ -99,13 +99,16 @@ def teacher_init(prof: dict, text_file: str, work: str) -> dict:
     with open(text_file, encoding="utf-8") as fh:
         train = split_text(fh.read(), 0.9)[0]
     init, chars = os.path.join(work, "teacher_init"), os.path.join(work, "char_tokenizer")
-    tok = train_bpe_tokenizer(train, prof["vocab"], init)
-    char = char_tokenizer(train, chars)
+    lines = train.splitlines(keepends=True)  # the tokenizers train on texts, not on one string's characters
+    tok = train_bpe_tokenizer(lines, prof["vocab"], init)
+    char = char_tokenizer(lines, chars)
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(**prof["teacher"], n_positions=prof["block"], vocab_size=len(tok),
                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id)).save_pretrained(init)
-    train_tokens = len(tok(train, add_special_tokens=False)["input_ids"])
+    # Counted as causal_lm packs them (each line tokenised on its own, no special tokens), so that teacher_steps
+    # steps of teacher_batch blocks make the epochs teach() is given.
+    train_tokens = sum(len(ids) for ids in tok(lines, add_special_tokens=False)["input_ids"])
     return {"dir": init, "vocab": len(tok), "char_dir": chars, "char_vocab": len(char), "train_tokens": train_tokens,
             "train_blocks": train_tokens // prof["block"], "train_characters": len(train)}
 
@@ -432,6 +435,12 @@ def main() -> int:
     result["init"] = init
     base = base_values(prof, text_file, work)
     teacher_run = os.path.join(work, "teacher_run")
+    # The blocks as kdistill packs them (its own prepared split), so that teacher_steps steps are what teach runs.
+    from kdistill.pipeline import prepare_split
+    from kdistill.students import load_tokenizer
+
+    probe = make_config({**base, "teacher_model": init["dir"], "output_dir": os.path.join(work, "probe")})
+    init["train_blocks"] = len(prepare_split(probe, "train", load_tokenizer(init["dir"], "teacher tokenizer"), {}))
     epochs = prof["teacher_steps"] * prof["teacher_batch"] / max(init["train_blocks"], 1)
     t0 = time.perf_counter()
     taught = teach(make_config({**base, "teacher_model": init["dir"], "teacher_train": True, "teacher_epochs": epochs,

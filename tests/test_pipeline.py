@@ -339,3 +339,12 @@ def test_soft_labels_from_a_temperature_scaled_teacher(taught, tmp_path):
     assert (top[0] < top[1]) == (fitted["temperature"] > 1)
     with pytest.raises(ConfigError, match="fits the teacher's temperature on the validation data; set validation_file"):
         kdistill.make_config({**values, "validation_file": None})
+
+
+def test_the_students_max_steps_does_not_cut_the_teachers_fine_tuning(tmp_path, tiny_bert):
+    """max_steps is the student's budget; teacher_epochs is the teacher's (a TrainingArguments max_steps would
+    override the teacher's epochs if it were passed on)."""
+    config = kdistill.make_config(tiny_run_values(tmp_path / "run", tiny_bert, max_train_samples=64, teacher_epochs=1,
+                                                  teacher_batch_size=16, max_steps=2, speed_batches=0))
+    done = pipeline.teach(config)
+    assert done["epoch"] == pytest.approx(1.0)  # 4 steps of 16 rows, not 2

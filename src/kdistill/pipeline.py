@@ -206,12 +206,14 @@ def _loss_curve(trainer) -> list[list[float]]:
 
 
 def _teacher_args(config: RunConfig, output_dir: str):
-    """The Trainer settings of teacher fine-tuning: the teacher section's, on gold labels."""
+    """The Trainer settings of teacher fine-tuning: the teacher section's, on gold labels. The student's max_steps
+    and schedules are not the teacher's (max_steps would override teacher_epochs)."""
     t = config.teacher
     return dataclasses.replace(
         config.distill, output_dir=output_dir, strategy="hard", objective=None, num_train_epochs=t.teacher_epochs,
-        learning_rate=t.teacher_learning_rate, per_device_train_batch_size=t.teacher_batch_size, save_strategy="no",
-        resume_from_checkpoint=None, seed=teacher_seed(config),
+        max_steps=-1, learning_rate=t.teacher_learning_rate, per_device_train_batch_size=t.teacher_batch_size,
+        save_strategy="no", resume_from_checkpoint=None, seed=teacher_seed(config), temperature_schedule=None,
+        alpha_schedule=None,
     )
 
 
