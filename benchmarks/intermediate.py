@@ -250,6 +250,9 @@ def table(result: dict) -> str:
               f"best distilled 3-layer recipe on validation (the 2-layer student's): {result['best_recipe']}", "",
               f"{'published anchor (SST-2 dev)':<40}{'theirs':>8}", "-" * 48]
     lines += [f"{k:<40}{a:>8.2f}" for k, a in ANCHORS.items()]
+    kd = next((r for r in result["rows"] if r["student"] == "3-layer" and r["setting"] == "logits KD"), None)
+    if kd and kd.get("minus_hard"):
+        lines += ["", f"logits KD - hard labels (3-layer), paired by seed: {diff(kd['minus_hard'])} points"]
     annealed = next((r for r in result["rows"] if r["setting"] == "logits KD, annealed T"), None)
     if annealed:
         lines += ["", f"annealed temperature (Annealing-KD, {ANNEALED}) - fixed T={result['kd_temperature']:g}, "
@@ -387,8 +390,9 @@ def main() -> int:
     if args.rebuild:
         with open(args.rebuild, encoding="utf-8") as fh:
             stored = json.load(fh)
+        name = os.path.splitext(os.path.basename(args.rebuild))[0]
         with open(os.path.splitext(args.rebuild)[0] + ".md", "w", encoding="utf-8") as fh:
-            fh.write(render(stored))
+            fh.write(render(stored) + f"\n![test accuracy by setting]({name}_accuracy.png)\n")
         print(table(stored))
         return 0
     prof = profile(args)
