@@ -296,7 +296,9 @@ def plot(result: dict, path: str) -> None:
 
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    labels = [f"{r['student']}\n{r['setting']}" for r in rows]
+    import textwrap
+
+    labels = [r["student"] + "\n" + "\n".join(textwrap.wrap(r["setting"], 14)) for r in rows]
     means = [r["test"]["mean"] for r in rows]
     errs = [[r["test"]["mean"] - (r["test"]["low"] if r["test"].get("low") is not None else r["test"]["mean"])
              for r in rows],
@@ -393,6 +395,7 @@ def main() -> int:
         name = os.path.splitext(os.path.basename(args.rebuild))[0]
         with open(os.path.splitext(args.rebuild)[0] + ".md", "w", encoding="utf-8") as fh:
             fh.write(render(stored) + f"\n![test accuracy by setting]({name}_accuracy.png)\n")
+        plot(stored, os.path.join(os.path.dirname(os.path.abspath(args.rebuild)), f"{name}_accuracy.png"))
         print(table(stored))
         return 0
     prof = profile(args)
