@@ -194,6 +194,24 @@ def pct_interval(ci: dict | None) -> str:
     return f"{100 * ci['mean']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
 
 
+def ci_text(c: dict | None) -> str:
+    """'86.35 [85.11, 87.59]': a mean and its interval in the units given; the mean alone without bounds."""
+    if not c:
+        return "-"
+    if c.get("low") is None:
+        return f"{c['mean']:.2f}"
+    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+
+
+def diff_text(c: dict | None) -> str:
+    """'+0.08 [-1.78, +1.93]': a paired difference and its interval, signed."""
+    if not c:
+        return "-"
+    if c.get("low") is None:
+        return f"{c['mean']:+.2f}"
+    return f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
 def write_results(results_dir: str, name: str, result: dict, markdown: str) -> None:
     """`<name>.json` and `<name>.md` in `results_dir`, and the Markdown printed: how every benchmark ends."""
     import json

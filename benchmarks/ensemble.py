@@ -99,20 +99,7 @@ def run(base: dict, work: str, arm: str, teacher_values: dict, objective: dict, 
     return cell
 
 
-def ci(c) -> str:
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{c['mean']:+.2f}" if c.get("signed") else f"{c['mean']:.2f}"
-    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
-
-
-def diff(c) -> str:
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{c['mean']:+.2f}"
-    return f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+ci, diff = bench_env.ci_text, bench_env.diff_text
 
 
 def table(result: dict) -> str:
@@ -190,8 +177,9 @@ def main() -> int:
     if args.rebuild:
         with open(args.rebuild, encoding="utf-8") as fh:
             stored = json.load(fh)
+        name = os.path.splitext(os.path.basename(args.rebuild))[0]
         with open(os.path.splitext(args.rebuild)[0] + ".md", "w", encoding="utf-8") as fh:
-            fh.write(render(stored))
+            fh.write(render(stored) + f"\n![students by source]({name}_accuracy.png)\n")
         print(table(stored))
         return 0
     from kdistill.stats import paired_difference, t_interval

@@ -218,20 +218,7 @@ def compare(cells: dict, student: str, a: str, b: str, seeds: list[int]) -> dict
     return paired_difference(first, second)
 
 
-def ci(c) -> str:
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{c['mean']:.2f}"
-    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
-
-
-def diff(c) -> str:
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{c['mean']:+.2f}"
-    return f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+ci, diff = bench_env.ci_text, bench_env.diff_text
 
 
 def table(result: dict) -> str:
