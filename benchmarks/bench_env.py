@@ -185,31 +185,38 @@ def round_robin(models: dict, singles: list[dict], batches: list[dict], rounds: 
     return times
 
 
-def pct_interval(ci: dict | None) -> str:
-    """'76.57 [75.16, 77.97]': a mean and its interval (fractions) in percent; the mean alone without bounds."""
-    if not ci:
-        return "-"
-    if ci.get("low") is None:
-        return f"{100 * ci['mean']:.2f}"
-    return f"{100 * ci['mean']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
-
-
-def ci_text(c: dict | None) -> str:
-    """'86.35 [85.11, 87.59]': a mean and its interval in the units given; the mean alone without bounds."""
+def ci_text(c: dict | None, scale: float = 1.0, signed: bool = False) -> str:
+    """'86.35 [85.11, 87.59]': a mean and its interval times `scale` (signed: '+0.08 [-1.78, +1.93]', a paired
+    difference); the mean alone without bounds."""
     if not c:
         return "-"
+    f = "+.2f" if signed else ".2f"
     if c.get("low") is None:
-        return f"{c['mean']:.2f}"
-    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+        return f"{scale * c['mean']:{f}}"
+    return f"{scale * c['mean']:{f}} [{scale * c['low']:{f}}, {scale * c['high']:{f}}]"
+
+
+def pct_interval(ci: dict | None) -> str:
+    """'76.57 [75.16, 77.97]': a mean and its interval (fractions) in percent."""
+    return ci_text(ci, 100.0)
 
 
 def diff_text(c: dict | None) -> str:
     """'+0.08 [-1.78, +1.93]': a paired difference and its interval, signed."""
-    if not c:
-        return "-"
-    if c.get("low") is None:
-        return f"{c['mean']:+.2f}"
-    return f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return ci_text(c, signed=True)
+
+
+def rebuild_page(path: str, render, image: str | None = None) -> dict:
+    """A results page (.md beside the JSON at `path`) written again by `render(result)` from the stored JSON,
+    with the `![image](<name>_<image>.png)` line the run appended; returns the result."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        stored = json.load(fh)
+    name = os.path.splitext(os.path.basename(path))[0]
+    with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as fh:
+        fh.write(render(stored) + (f"\n![{image}]({name}_accuracy.png)\n" if image else ""))
+    return stored
 
 
 def write_results(results_dir: str, name: str, result: dict, markdown: str) -> None:

@@ -175,11 +175,7 @@ def main() -> int:
     parser.add_argument("--rebuild", default=None, metavar="JSON", help="write the page again from a results JSON")
     args = parser.parse_args()
     if args.rebuild:
-        with open(args.rebuild, encoding="utf-8") as fh:
-            stored = json.load(fh)
-        name = os.path.splitext(os.path.basename(args.rebuild))[0]
-        with open(os.path.splitext(args.rebuild)[0] + ".md", "w", encoding="utf-8") as fh:
-            fh.write(render(stored) + f"\n![students by source]({name}_accuracy.png)\n")
+        stored = bench_env.rebuild_page(args.rebuild, render, "students by source")
         print(table(stored))
         return 0
     from kdistill.stats import paired_difference, t_interval

@@ -30,7 +30,6 @@ setting; the table is printed.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -377,12 +376,8 @@ def main() -> int:
     parser.add_argument("--rebuild", default=None, metavar="JSON", help="write the page again from a results JSON")
     args = parser.parse_args()
     if args.rebuild:
-        with open(args.rebuild, encoding="utf-8") as fh:
-            stored = json.load(fh)
-        name = os.path.splitext(os.path.basename(args.rebuild))[0]
-        with open(os.path.splitext(args.rebuild)[0] + ".md", "w", encoding="utf-8") as fh:
-            fh.write(render(stored) + f"\n![test accuracy by setting]({name}_accuracy.png)\n")
-        plot(stored, os.path.join(os.path.dirname(os.path.abspath(args.rebuild)), f"{name}_accuracy.png"))
+        stored = bench_env.rebuild_page(args.rebuild, render, "test accuracy by setting")
+        plot(stored, os.path.splitext(os.path.abspath(args.rebuild))[0] + "_accuracy.png")
         print(table(stored))
         return 0
     prof = profile(args)
