@@ -149,14 +149,16 @@ class Task:
         the objective reads no teacher): nothing to check by default (the label count is checked elsewhere)."""
 
     def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
-        raise NotImplementedError
+        """A list of rows -> a batch of tensors: the tokenizer's own padding (tasks without a tokenizer override it)."""
+        return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
 
     def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> ItemCollator:
         return ItemCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
 
     def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
-        """Which positions of the batch's logits are items (None: all of them, e.g. one item per row)."""
-        return None
+        """Which positions of the batch's logits are items: the `item_mask` a task's collator puts in the batch
+        (words, predicted tokens), or None, all of them (one item per row: no collator sets it)."""
+        return batch.get("item_mask")
 
     def item_rows(self, table: Any, tokenizer: Any) -> list[dict]:
         return self.model_rows(table, tokenizer)

@@ -345,14 +345,8 @@ class CausalLM(Task):
         return out
 
     # --- batches and models
-    def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
-        return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
-
     def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> CausalLMCollator:
         return CausalLMCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
-
-    def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
-        return batch.get("item_mask")
 
     @torch.inference_mode()
     def predict_items(self, model, rows: list[dict], tokenizer, batch_size: int = 64,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from .. import data
 from .base import Task
@@ -35,5 +34,3 @@ class SequenceClassification(Task):
         names = [k for k in tokenizer.model_input_names if k in table.column_names]
         return [dict(zip(names, values)) for values in zip(*(table[k][:] for k in names))]
 
-    def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
-        return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))

@@ -220,14 +220,8 @@ class TokenClassification(Task):
         return [torch.tensor(row, dtype=torch.long) for row in table["word_labels"][:]]
 
     # --- batches and models
-    def pad_inputs(self, tokenizer: Any = None) -> Callable[[list[dict]], dict]:
-        return lambda rows: dict(tokenizer.pad(rows, return_tensors="pt"))
-
     def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> TokenCollator:
         return TokenCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
-
-    def item_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
-        return batch.get("item_mask")
 
     def predict_items(self, model, rows: list[dict], tokenizer, batch_size: int = 64,
                       progress: Callable[[int], None] | None = None) -> list[Tensor]:
