@@ -185,6 +185,16 @@ def round_robin(models: dict, singles: list[dict], batches: list[dict], rounds: 
     return times
 
 
+def slug(text: str) -> str:
+    """A setting's name as a directory name: letters and digits, the rest '_'."""
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def image_line(name: str, caption: str) -> str:
+    """The results page's last line: the run's plot, `<name>_accuracy.png` beside the page."""
+    return f"\n![{caption}]({name}_accuracy.png)\n"
+
+
 def ci_text(c: dict | None, scale: float = 1.0, signed: bool = False) -> str:
     """'86.35 [85.11, 87.59]': a mean and its interval times `scale` (signed: '+0.08 [-1.78, +1.93]', a paired
     difference); the mean alone without bounds."""
@@ -215,7 +225,7 @@ def rebuild_page(path: str, render, image: str | None = None) -> dict:
         stored = json.load(fh)
     name = os.path.splitext(os.path.basename(path))[0]
     with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as fh:
-        fh.write(render(stored) + (f"\n![{image}]({name}_accuracy.png)\n" if image else ""))
+        fh.write(render(stored) + (image_line(name, image) if image else ""))
     return stored
 
 

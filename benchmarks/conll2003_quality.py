@@ -82,8 +82,7 @@ def base_values(prof: dict, work: str) -> dict:
             "output_dir": os.path.join(work, "teacher-run"), "soft_label_cache": os.path.join(work, "soft_labels")}
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+slug = bench_env.slug
 
 
 class Runner:

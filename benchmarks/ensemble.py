@@ -235,7 +235,7 @@ def main() -> int:
     os.makedirs(args.results_dir, exist_ok=True)
     plot(result, os.path.join(args.results_dir, f"{name}_accuracy.png"))
     bench_env.write_results(args.results_dir, name, result,
-                            render(result) + f"\n![students by source]({name}_accuracy.png)\n")
+                            render(result) + bench_env.image_line(name, "students by source"))
     return 0
 
 

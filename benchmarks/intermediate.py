@@ -95,8 +95,7 @@ def base_values(prof: dict, work: str, validation: str) -> dict:
             "soft_label_cache": os.path.join(work, "soft_labels"), "output_dir": os.path.join(work, "teacher-run")}
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+slug = bench_env.slug
 
 
 class Runner:
@@ -437,7 +436,7 @@ def main() -> int:
     os.makedirs(args.results_dir, exist_ok=True)
     plot(result, os.path.join(args.results_dir, f"{name}_accuracy.png"))
     bench_env.write_results(args.results_dir, name, result,
-                            render(result) + f"\n![test accuracy by setting]({name}_accuracy.png)\n")
+                            render(result) + bench_env.image_line(name, "test accuracy by setting"))
     return 0
 
 
