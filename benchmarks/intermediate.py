@@ -1,7 +1,7 @@
 """Intermediate-layer knowledge on SST-2: logits KD against logits + PKD and logits + hidden states + attention (issue 16).
 
     python benchmarks/intermediate.py --teacher runs/bench/intermediate/teacher-run/teacher   # ~45 min, 2 cores
-    python benchmarks/intermediate.py --rows 60614                   # every training row: ~2.5 h here
+    OMP_NUM_THREADS=1 python benchmarks/intermediate.py --rows 60614 --jobs 2   # every training row, two cells at a time
     python benchmarks/intermediate.py --quick                        # 2,000 rows, 2 seeds: a few minutes
     python benchmarks/intermediate.py --rebuild benchmarks/results/intermediate.json   # the page again, runs nothing
 
@@ -30,6 +30,7 @@ setting; the table is printed.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -98,42 +99,93 @@ def base_values(prof: dict, work: str, validation: str) -> dict:
 slug = bench_env.slug
 
 
+def run_cell(base: dict, teacher_dir: str, work: str, student: str, setting: str, objective: dict, seed: int,
+             temperature: "float | dict" = 2.0, layers: list[int] | None = None) -> dict:
+    """One student trained (`distill`) and scored (`evaluate`): the cell's measurements. Top-level, so that a pool
+    of worker processes can run it."""
+    logging.basicConfig(level=logging.WARNING)
+    from kdistill import distill, evaluate, make_config
+
+    values = {**base, "objective": objective, "temperature": temperature, "teacher_model": teacher_dir,
+              "teacher_train": False, "seed": seed, "student_layers": layers or base["student_layers"],
+              "output_dir": os.path.join(work, slug(student), slug(setting), f"seed{seed}")}
+    config = make_config(values)
+    start = time.perf_counter()
+    trained = distill(config)
+    evaluated = evaluate(config)
+    s = evaluated["student"]
+    terms = sorted({k[5:] for e in trained["log_history"] for k in e if k.startswith("loss_")})
+    cell = {"student": student, "setting": setting, "seed": seed, "objective": objective,
+            "temperature": temperature, "validation_accuracy": 100 * trained["eval_accuracy"],
+            "test_accuracy": 100 * s["accuracy"], "agreement": 100 * s["agreement"], "ece": 100 * s["ece"],
+            "teacher_test_accuracy": 100 * evaluated["teacher"]["accuracy"], "parameters": s["parameters"],
+            "train_seconds": trained["train_seconds"], "seconds": time.perf_counter() - start,
+            "first_logged_terms": {t: next((e[f"loss_{t}"] for e in trained["log_history"] if f"loss_{t}" in e),
+                                           None) for t in terms},
+            "last_logged_terms": {t: next((e[f"loss_{t}"] for e in reversed(trained["log_history"])
+                                           if f"loss_{t}" in e), None) for t in terms},
+            "learning_curve": trained.get("loss_curve", [])}
+    print(f"[{bench_env.now_utc()}] {student} {setting} seed {seed}: validation {cell['validation_accuracy']:.2f}, "
+          f"test {cell['test_accuracy']:.2f} (train {cell['train_seconds']:.0f} s, all {cell['seconds']:.0f} s)",
+          file=sys.stderr, flush=True)
+    return cell
+
+
+def _run_spec(spec: tuple) -> dict:
+    return run_cell(*spec)
+
+
 class Runner:
-    def __init__(self, base: dict, teacher_dir: str, work: str):
-        self.base, self.teacher_dir, self.work = base, teacher_dir, work
+    """Runs cells, `jobs` at a time (each in its own process, so set OMP_NUM_THREADS to cores / jobs), and keeps
+    each finished cell as JSON under `work/cells/`: a killed run started again with the same --work skips them."""
+
+    def __init__(self, base: dict, teacher_dir: str, work: str, jobs: int = 1):
+        self.base, self.teacher_dir, self.work, self.jobs = base, teacher_dir, work, jobs
         self.cells: dict[str, dict] = {}
+        self.store = os.path.join(work, "cells")
+        os.makedirs(self.store, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.store, slug(key.replace("|", " ")) + ".json")
+
+    def run_all(self, specs: list[tuple]) -> None:
+        """Each spec is (student, setting, objective, seed[, temperature[, layers]]); cells already run (in this
+        process or stored by an earlier one) are not run again."""
+        todo = []
+        for spec in specs:
+            key = f"{spec[0]}|{spec[1]}|{spec[3]}"
+            if key in self.cells:
+                continue
+            if os.path.exists(self._path(key)):
+                with open(self._path(key), encoding="utf-8") as fh:
+                    self.cells[key] = json.load(fh)
+                print(f"[{bench_env.now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
+                continue
+            if key not in (f"{t[0]}|{t[1]}|{t[3]}" for t in todo):
+                todo.append(spec)
+        full = [(self.base, self.teacher_dir, self.work, *spec) for spec in todo]
+        if self.jobs > 1 and len(full) > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(self.jobs, len(full)), maxtasksperchild=1) as pool:
+                for cell in pool.imap_unordered(_run_spec, full):  # each kept as soon as it is done
+                    self._keep(cell)
+        else:
+            for spec in full:
+                self._keep(_run_spec(spec))
+
+    def _keep(self, cell: dict) -> None:
+        key = f"{cell['student']}|{cell['setting']}|{cell['seed']}"
+        self.cells[key] = cell
+        tmp = self._path(key) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(cell, fh)
+        os.replace(tmp, self._path(key))
 
     def run(self, student: str, setting: str, objective: dict, seed: int, temperature: "float | dict" = 2.0,
             layers: list[int] | None = None) -> dict:
-        key = f"{student}|{setting}|{seed}"
-        if key in self.cells:
-            return self.cells[key]
-        from kdistill import distill, evaluate, make_config
-
-        values = {**self.base, "objective": objective, "temperature": temperature, "teacher_model": self.teacher_dir,
-                  "teacher_train": False, "seed": seed, "student_layers": layers or self.base["student_layers"],
-                  "output_dir": os.path.join(self.work, slug(student), slug(setting), f"seed{seed}")}
-        config = make_config(values)
-        start = time.perf_counter()
-        trained = distill(config)
-        evaluated = evaluate(config)
-        s = evaluated["student"]
-        terms = sorted({k[5:] for e in trained["log_history"] for k in e if k.startswith("loss_")})
-        cell = {"student": student, "setting": setting, "seed": seed, "objective": objective,
-                "temperature": temperature, "validation_accuracy": 100 * trained["eval_accuracy"],
-                "test_accuracy": 100 * s["accuracy"], "agreement": 100 * s["agreement"], "ece": 100 * s["ece"],
-                "teacher_test_accuracy": 100 * evaluated["teacher"]["accuracy"], "parameters": s["parameters"],
-                "train_seconds": trained["train_seconds"], "seconds": time.perf_counter() - start,
-                "first_logged_terms": {t: next((e[f"loss_{t}"] for e in trained["log_history"] if f"loss_{t}" in e),
-                                               None) for t in terms},
-                "last_logged_terms": {t: next((e[f"loss_{t}"] for e in reversed(trained["log_history"])
-                                               if f"loss_{t}" in e), None) for t in terms},
-                "learning_curve": trained.get("loss_curve", [])}
-        self.cells[key] = cell
-        print(f"[{bench_env.now_utc()}] {student} {setting} seed {seed}: validation {cell['validation_accuracy']:.2f}, "
-              f"test {cell['test_accuracy']:.2f} (train {cell['train_seconds']:.0f} s, all {cell['seconds']:.0f} s)",
-              file=sys.stderr, flush=True)
-        return cell
+        self.run_all([(student, setting, objective, seed, temperature, layers)])
+        return self.cells[f"{student}|{setting}|{seed}"]
 
 
 def probe_terms(base: dict, teacher_dir: str, batches: int = 8) -> dict:
@@ -342,10 +394,12 @@ def summarize(result: dict, runner: Runner, prof: dict) -> None:
     }
     hard = next(r for r in rows if r["student"] == "3-layer" and r["setting"] == "hard")
     kd = next(r for r in rows if r["student"] == "3-layer" and r["setting"] == "logits KD")
+    seen = (f"Students here see all {prof['rows']:,} training rows for {prof['epochs']:g} epoch" if prof["rows"] >= 60614
+            else f"Students here see the first {prof['rows']:,} of 60,614 training rows for {prof['epochs']:g} epoch "
+                 f"(the issue asks for all rows; at the measured {kd['train_seconds']:.0f} s per 3-layer epoch from the "
+                 f"cache this run would take about {60614 / prof['rows']:.1f} times as long)")
     result["why"] = (
-        f"Students here see the first {prof['rows']:,} of 60,614 training rows for {prof['epochs']:g} epoch (the issue "
-        f"asks for all rows; at the measured {kd['train_seconds']:.0f} s per 3-layer epoch from the cache this run "
-        f"would take about {60614 / prof['rows']:.1f} times as long), and the teacher is MiniLM-L6 at "
+        f"{seen}, and the teacher is MiniLM-L6 at "
         f"{result['teacher']['test_accuracy']:.2f}, {ANCHORS['BERT-PKD teacher (BERT-base)'] - result['teacher']['test_accuracy']:.1f} "
         "points under the BERT-base teacher behind BERT-PKD's 88.07. "
         f"Hard labels give {hard['test']['mean']:.2f} and logits KD {kd['test']['mean']:.2f}; the feature terms' "
@@ -369,6 +423,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=None, help="training rows (default 20,000; --quick 2,000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 1 2 3; --quick 1 2)")
     parser.add_argument("--teacher", default=None, help="a fine-tuned teacher directory (default: teach one here)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run side by side, each in its own process (set OMP_NUM_THREADS=cores/jobs)")
     parser.add_argument("--work", default=None, help="run directory (default: a new one under /tmp)")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--name", default=None, help="results file name (default intermediate[_quick])")
@@ -402,10 +458,13 @@ def main() -> int:
     weights = feature_weights(probe)
     result["feature_weights"] = weights
     print(f"[{bench_env.now_utc()}] probe: {probe['terms']}, weights {weights}", file=sys.stderr, flush=True)
-    runner = Runner(base, teacher_dir, work)
+    runner = Runner(base, teacher_dir, work, args.jobs)
+    if args.jobs > 1:  # the teacher's logits cached once here, before workers read them side by side
+        from kdistill.pipeline import teacher_soft_labels
+
+        teacher_soft_labels(make_config({**base, "teacher_model": teacher_dir, "teacher_train": False}))
     first, seeds = prof["seeds"][0], prof["seeds"]
-    for temp in TEMPERATURES:
-        runner.run("3-layer", f"logits KD T={temp:g}", KD, first, temp)
+    runner.run_all([("3-layer", f"logits KD T={temp:g}", KD, first, temp) for temp in TEMPERATURES])
     kd_t = max(TEMPERATURES, key=lambda t: runner.cells[f"3-layer|logits KD T={t:g}|{first}"]["validation_accuracy"])
     result["kd_temperature"] = kd_t
     settings = {"hard": ({"hard_ce": 1.0}, kd_t), "logits KD": (KD, kd_t),
@@ -413,18 +472,22 @@ def main() -> int:
                 "logits KD + hidden + attention": ({**KD, "hidden_mse": weights["hidden_mse"],
                                                     "attention_kl": weights["attention_kl"]}, kd_t),
                 "logits KD, annealed T": (KD, ANNEALED)}
-    for seed in seeds:
-        for name, (objective, temp) in settings.items():
-            if name == "logits KD" and seed == first:  # the chosen temperature's stage-1 run is this cell
-                runner.cells[f"3-layer|logits KD|{seed}"] = {**runner.cells[f"3-layer|logits KD T={kd_t:g}|{seed}"],
-                                                            "setting": "logits KD"}
-                continue
-            runner.run("3-layer", name, objective, seed, temp)
+    # the chosen temperature's stage-1 run is logits KD's first-seed cell
+    runner.cells[f"3-layer|logits KD|{first}"] = {**runner.cells[f"3-layer|logits KD T={kd_t:g}|{first}"],
+                                                 "setting": "logits KD"}
+    # slowest cells first, so that the last worker does not run one alone
+    order = ["logits KD + hidden + attention", "logits KD + pkd", "logits KD, annealed T", "logits KD", "hard"]
+    runner.run_all([("3-layer", name, settings[name][0], seed, settings[name][1])
+                    for name in order for seed in seeds if not (name == "logits KD" and seed == first)])
     candidates = [n for n in settings if n != "hard" and n != "logits KD, annealed T"]
     best = max(candidates, key=lambda n: sum(runner.cells[f"3-layer|{n}|{s}"]["validation_accuracy"] for s in seeds))
     result["best_recipe"] = best
-    for seed in seeds:
-        runner.run("2-layer", f"{best} (best)", settings[best][0], seed, settings[best][1], layers=[0, 5])
+    runner.run_all([("2-layer", f"{best} (best)", settings[best][0], seed, settings[best][1], [0, 5])
+                    for seed in seeds])
+    canonical = [f"3-layer|logits KD T={t:g}" for t in TEMPERATURES] + [f"3-layer|{n}" for n in settings]
+    runner.cells = dict(sorted(runner.cells.items(), key=lambda kv: (
+        canonical.index(kv[0].rsplit("|", 1)[0]) if kv[0].rsplit("|", 1)[0] in canonical else len(canonical),
+        kv[1]["seed"])))
     ratios = [runner.cells[f"3-layer|logits KD + hidden + attention|{s}"]["train_seconds"]
               / runner.cells[f"3-layer|logits KD|{s}"]["train_seconds"] for s in seeds]
     result["speed"] = {"ratios": ratios, "mean": sum(ratios) / len(ratios)}
