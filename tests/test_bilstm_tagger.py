@@ -114,3 +114,17 @@ def test_bilstm_students_distil_from_a_bert_taggers_cache_end_to_end(tmp_path, p
     curve = [loss for _, loss in hard["loss_curve"]]
     assert curve[-1] < curve[0], curve
     assert set(hard["objective"]) == {"hard_ce"} and set(soft["objective"]) == {"soft_kl"}
+
+    # `kdistill predict` on the run: each word tagged by the BiLSTM (one token per word, so every word has a tag).
+    from kdistill.export import load_predictor
+
+    texts = [" ".join(s) for s in sentences[:5]]
+    got = load_predictor(str(tmp_path / "run")).tag(texts)
+    with torch.no_grad():
+        inputs = student_tok(sentences[:5], is_split_into_words=True, padding=True, return_tensors="pt")
+        best = model(**inputs).logits.argmax(-1)
+    for i, (sentence, prediction) in enumerate(zip(sentences[:5], got)):
+        assert prediction["tags"] == [TAGS[int(t)] for t in best[i, : len(sentence)]]
+        assert prediction["truncated_words"] == 0
+        for e in prediction["entities"]:
+            assert texts[i][e["start"]:e["end"]] == e["text"]

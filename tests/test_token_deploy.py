@@ -344,15 +344,39 @@ def test_the_trainers_metrics_for_a_tagger_add_entity_f1_from_its_tag_names():
 
 
 
-def test_predict_refuses_a_tagger_outside_its_export_and_an_export_whose_report_names_another_task(
-        token_run, token_export, tmp_path, capsys):
+def test_pytorch_predict_of_a_tagger_matches_its_export_word_by_word(token_run, token_export, capsys):
+    """A run directory (or its student) predicts entities on PyTorch, reading a text as the export does."""
+    from kdistill.export import load_predictor
+
+    out, _ = token_export
+    texts = [*_texts(), "", "   "]
+    exported = ExportedModel.load(str(out)).predict(texts)
+    for where in (token_run, token_run / "student"):
+        predictor = load_predictor(str(where))
+        assert predictor.tagger and predictor.kind == "pytorch"
+        got = predictor.tag(texts, batch_size=4)  # batches cut across texts of different lengths
+        assert [g["tags"] for g in got] == [e["tags"] for e in exported]
+        assert [g["truncated_words"] for g in got] == [e["truncated_words"] for e in exported]
+        for g, e in zip(got, exported):
+            assert [(x["type"], x["text"], x["start"], x["end"]) for x in g["entities"]] == \
+                [(x["type"], x["text"], x["start"], x["end"]) for x in e["entities"]]
+            assert [x["score"] for x in g["entities"]] == pytest.approx([x["score"] for x in e["entities"]], abs=1e-4)
+        assert got[-1] == {"entities": [], "tags": [], "truncated_words": 0}
+        with pytest.raises(TypeError):
+            predictor.predict(texts[:1])
+    found = [e for e in exported if e["entities"]]
+    assert found, "the tiny tagger finds no entity in any text: the comparison above shows nothing"
+    assert main(["predict", str(token_run), "--json", *texts[3:5]]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == texts[3:5]
+    assert [line["tags"] for line in lines] == [e["tags"] for e in exported[3:5]]
+    assert main(["predict", str(token_run), texts[3]]) == 0
+    assert capsys.readouterr().out == f"{format_prediction(exported[3])}\t{texts[3]}\n"
+
+
+def test_predict_refuses_an_export_whose_report_names_another_task(token_export, tmp_path, capsys):
     from conftest import one_error_line
 
-    for where in (token_run, token_run / "student"):
-        assert main(["predict", str(where), SENTENCE]) == 2
-        assert one_error_line(capsys) == (
-            f"kdistill: error: {where}: a token-classification model; predict from its export (kdistill export "
-            'RUN_DIR --format onnx, then kdistill predict RUN_DIR/export "some text")')
     out, report = token_export
     copy = tmp_path / "export"
     shutil.copytree(out, copy)

@@ -1,4 +1,9 @@
-"""`kdistill predict`: a classifier ready for raw text, from an export directory (ONNX), a model or a run directory."""
+"""`kdistill predict`: a classifier or a tagger ready for raw text, from an export directory (ONNX), a model or a run
+directory.
+
+A tagger (a `...ForTokenClassification` model) reads a text the way its export does (deploy.runtime): words split at
+whitespace, encoded as pre-split words, each word's tag the argmax at its first sub-token, IOB2 tags decoded into
+entities with character spans (`deploy.runtime.tag_words`); tests/test_token_deploy.py checks the two paths agree."""
 
 import itertools
 import os
@@ -26,6 +31,7 @@ class Predictor:
     id2label: dict[int, str]
     max_length: int
     kind: str  # "onnx fp32", "onnx int8" or "pytorch"
+    tagger: bool = False  # a token-classification model: entities, not one label per text
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
@@ -34,8 +40,42 @@ class Predictor:
         logits = predict_logits(self.model, rows, pad(self.tokenizer), batch_size=batch_size)
         return metrics.softmax(logits)
 
+    def tag(self, texts: list[str], batch_size: int = 64) -> list[dict]:
+        """A tagger's prediction of each text: {"entities": [{"type", "text", "start", "end", "score"}], "tags": [a
+        tag per word, None past max_length], "truncated_words": n}, as deploy.runtime.ExportedModel.predict gives."""
+        import torch
+
+        from ..deploy.runtime import split_words, tag_words
+
+        labels = [self.id2label.get(i, str(i)) for i in range(len(self.id2label))]
+        spans = [split_words(text) for text in texts]
+        out: list[dict] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = range(start, min(start + batch_size, len(texts)))
+            said = [i for i in chunk if spans[i]]  # a text with no words has nothing to tag
+            enc = self.tokenizer([[texts[i][a:b] for a, b in spans[i]] for i in said], is_split_into_words=True,
+                                 truncation=True, max_length=self.max_length) if said else None
+            logits = {}
+            if said:
+                names = [n for n in self.tokenizer.model_input_names if n in enc]
+                batch = pad(self.tokenizer)([{n: enc[n][j] for n in names} for j in range(len(said))])
+                with torch.no_grad():
+                    full = self.model(**{n: batch[n] for n in names if n in batch}).logits.float().numpy()
+                left = getattr(self.tokenizer, "padding_side", "right") == "left"
+                for j, i in enumerate(said):
+                    n = len(enc["input_ids"][j])
+                    logits[i] = (full[j, full.shape[1] - n:] if left else full[j, :n], enc.word_ids(j))
+            for i in chunk:
+                if i in logits:
+                    out.append(tag_words(texts[i], spans[i], logits[i][1], logits[i][0], labels))
+                else:
+                    out.append({"entities": [], "tags": [], "truncated_words": 0})
+        return out
+
     def predict(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, dict[str, float]]]:
         """Each text's label and its probability of every label, by label name."""
+        if self.tagger:
+            raise TypeError("a tagger predicts entities: use Predictor.tag or predict_stream")
         out = []
         for p in self.probabilities(texts, batch_size):
             best = int(p.argmax())
@@ -47,6 +87,9 @@ class Predictor:
         deploy.runtime.ExportedModel.predict_stream answers."""
         texts = iter(texts)
         while batch := list(itertools.islice(texts, batch_size)):
+            if self.tagger:
+                yield from zip(batch, self.tag(batch, batch_size))
+                continue
             for text, (label, probabilities) in zip(batch, self.predict(batch, batch_size)):
                 yield text, {"label": label, "probabilities": probabilities}
 
@@ -78,18 +121,16 @@ def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
         raise UserError(f"{model_dir}: no {INT8_FILE} (export with --int8, or drop --int8)")
     for candidate in (model_dir, RunPaths(model_dir).student):
         if os.path.isfile(os.path.join(candidate, "config.json")):
-            _refuse_taggers(candidate, model_dir)
-            model = load_classifier(candidate, "model").eval()
+            tagger = _is_tagger(candidate)
+            model = load_classifier(candidate, "model", auto_model="AutoModelForTokenClassification" if tagger
+                                    else "AutoModelForSequenceClassification").eval()
             tokenizer = load_tokenizer(candidate, "tokenizer")
             id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-            return Predictor(model, tokenizer, id2label, _max_length(candidate, tokenizer), "pytorch")
+            return Predictor(model, tokenizer, id2label, _max_length(candidate, tokenizer), "pytorch", tagger)
     raise UserError(f"{model_dir}: no model here (no {FP32_FILE}, config.json or student/config.json)")
 
 
-def _refuse_taggers(model_dir: str, given: str) -> None:
-    """A token-classification model predicts from its export only (entities with spans: deploy.runtime); loaded
-    here it would be read as a sequence classifier with a fresh head, and answer nonsense."""
+def _is_tagger(model_dir: str) -> bool:
+    """Whether the model in `model_dir` tags tokens (a `...ForTokenClassification` architecture)."""
     architectures = read_json(os.path.join(model_dir, "config.json")).get("architectures") or []
-    if any(str(a).endswith("ForTokenClassification") for a in architectures):
-        raise UserError(f"{given}: a token-classification model; predict from its export (kdistill export RUN_DIR "
-                        "--format onnx, then kdistill predict RUN_DIR/export \"some text\")")
+    return any(str(a).endswith("ForTokenClassification") for a in architectures)
