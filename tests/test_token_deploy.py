@@ -313,6 +313,9 @@ def test_a_token_sweep_is_judged_on_entity_f1(tmp_path, token_run, capsys):
     assert results["diagnostics"]["train"]["1"]["num_classes"] == len(TAGS)
     report = (out / "report.md").read_text()
     assert "test entity F1 % [95% CI]" in report and "test accuracy %" not in report
+    assert results["plots"][:2] == ["f1_by_strategy.png", "fidelity_by_strategy.png"]
+    for name in results["plots"]:
+        assert (out / name).is_file() and f"({name})" in report, name
     (verdict,) = results["verdict"]
     assert "entity F1" in verdict
     assert "test entity F1 % [95% CI]" in printed

@@ -29,7 +29,14 @@ TITLES = {"accuracy": "accuracy", "f1": "entity F1"}
 # Metrics whose values sit near a bound (0 for calibration error, KL and epsilon, 1 for agreement), where a t-interval
 # over a few seeds crosses it: their intervals are percentile-bootstrap ones, which stay inside the seeds' range.
 BOUNDED = ("agreement", "kl_to_teacher", "epsilon", "ece")
-PLOTS = ("accuracy_by_strategy.png", "accuracy_vs_temperature.png", "accuracy_vs_latency.png", "fidelity_by_strategy.png")
+def plot_files(metric: str = "accuracy") -> dict[str, str]:
+    """The sweep report's plot files, named after the metric the sweep compares on (`accuracy_by_strategy.png` for
+    a classifier, `f1_by_strategy.png` for a tagger)."""
+    return {"by_strategy": f"{metric}_by_strategy.png", "vs_temperature": f"{metric}_vs_temperature.png",
+            "vs_latency": f"{metric}_vs_latency.png", "fidelity": "fidelity_by_strategy.png"}
+
+
+PLOTS = tuple(plot_files().values())  # a classifier's
 METHOD = ("95% intervals are Student-t intervals over seeds, percentile-bootstrap ones for agreement, KL, epsilon and "
           "ECE (which must stay inside their range); differences from hard labels are paired by seed (each "
           "seed starts both runs from the same initialisation and data order) with a paired t-interval.")
@@ -448,10 +455,11 @@ def _blocks(results: dict) -> list[tuple]:
         members = teachers_text(set_teacher, metric)
         b.append(("p", f"Teacher set **{name}** on the same test rows: {shown}" + (f"; {members}" if members else "")
                        + "."))
-    b.append(("img", "accuracy_by_strategy.png", f"Test {title} by setting with 95% intervals"))
-    if "accuracy_vs_temperature.png" in results.get("plots", []):
-        b.append(("img", "accuracy_vs_temperature.png", f"{_title(metric, True)} against temperature"))
-    b.append(("img", "fidelity_by_strategy.png", "Agreement with the teacher and calibration by setting"))
+    files = plot_files(metric)
+    b.append(("img", files["by_strategy"], f"Test {title} by setting with 95% intervals"))
+    if files["vs_temperature"] in results.get("plots", []):
+        b.append(("img", files["vs_temperature"], f"{_title(metric, True)} against temperature"))
+    b.append(("img", files["fidelity"], "Agreement with the teacher and calibration by setting"))
 
     b.append(("h2", "The teacher's soft labels"))
     b.append(("p", "How much a soft label can teach beyond the gold label: mean probability of the top class (1 = "
@@ -480,8 +488,9 @@ def _blocks(results: dict) -> list[tuple]:
         b.append(("p", "Student and teacher are timed one after the other in the same call on the same rows; compare "
                        "the ratios, not the absolute times (shared machines are noisy). One timing per student "
                        "shape: the setting does not change a model's speed."))
-        if "accuracy_vs_latency.png" in results.get("plots", []):
-            b.append(("img", "accuracy_vs_latency.png", f"{_title(metric, True)} against CPU latency, Pareto front marked"))
+        if plot_files(metric)["vs_latency"] in results.get("plots", []):
+            b.append(("img", plot_files(metric)["vs_latency"],
+                      f"{_title(metric, True)} against CPU latency, Pareto front marked"))
     b.append(("h2", "Cost"))
     seconds = [r["train_seconds"] for r in results["runs"] if "train_seconds" in r]
     if seconds:
@@ -522,13 +531,14 @@ def write_report(directory: str, results: dict) -> dict:
     """results.json, the plots, report.md and report.html in `directory`; returns the summarised results."""
     os.makedirs(directory, exist_ok=True)
     results = summarise(results)
-    plots = ["accuracy_by_strategy.png", "fidelity_by_strategy.png"]
+    files = plot_files(headline(results))
+    plots = [files["by_strategy"], files["fidelity"]]
     plot_accuracy_by_strategy(results, os.path.join(directory, plots[0]))
     plot_fidelity(results, os.path.join(directory, plots[1]))
-    if plot_accuracy_vs_temperature(results, os.path.join(directory, "accuracy_vs_temperature.png")):
-        plots.append("accuracy_vs_temperature.png")
-    if plot_accuracy_vs_latency(results, os.path.join(directory, "accuracy_vs_latency.png")):
-        plots.append("accuracy_vs_latency.png")
+    if plot_accuracy_vs_temperature(results, os.path.join(directory, files["vs_temperature"])):
+        plots.append(files["vs_temperature"])
+    if plot_accuracy_vs_latency(results, os.path.join(directory, files["vs_latency"])):
+        plots.append(files["vs_latency"])
     results["plots"] = plots
     write_text(os.path.join(directory, "results.json"), json.dumps(results, indent=2, default=str))
     blocks = _blocks(results)
