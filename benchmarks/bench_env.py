@@ -190,9 +190,9 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
-def image_line(name: str, caption: str) -> str:
-    """The results page's last line: the run's plot, `<name>_accuracy.png` beside the page."""
-    return f"\n![{caption}]({name}_accuracy.png)\n"
+def image_line(name: str, caption: str, suffix: str = "accuracy") -> str:
+    """The results page's last line: the run's plot, `<name>_<suffix>.png` beside the page."""
+    return f"\n![{caption}]({name}_{suffix}.png)\n"
 
 
 def ci_text(c: dict | None, scale: float = 1.0, signed: bool = False) -> str:
@@ -239,3 +239,65 @@ def write_results(results_dir: str, name: str, result: dict, markdown: str) -> N
     with open(os.path.join(results_dir, f"{name}.md"), "w", encoding="utf-8") as fh:
         fh.write(markdown)
     print(markdown)
+
+
+class Cells:
+    """A benchmark's runs ("cells"), each a call `fn(*spec)` that returns a JSON-able dict, run `jobs` at a time in
+    worker processes (spawned; set OMP_NUM_THREADS to cores / jobs) and kept as JSON files in `store` as each
+    finishes: a killed benchmark started again with the same store runs only what is missing.
+
+    `fn` must be a module-level function (the workers import it); `key(spec)` names a cell.
+    """
+
+    def __init__(self, fn, store: str, key, jobs: int = 1):
+        self.fn, self.store, self.key, self.jobs = fn, store, key, max(1, jobs)
+        self.done: dict[str, dict] = {}
+        os.makedirs(store, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.store, slug(key.replace("|", " ")) + ".json")
+
+    def __getitem__(self, key: str) -> dict:
+        return self.done[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.done
+
+    def put(self, key: str, cell: dict) -> None:
+        import json
+
+        self.done[key] = cell
+        tmp = self._path(key) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(cell, fh)
+        os.replace(tmp, self._path(key))
+
+    def run(self, specs: list[tuple]) -> None:
+        """Every spec's cell, unless this object or the store already holds it."""
+        import json
+
+        todo: dict[str, tuple] = {}
+        for spec in specs:
+            key = self.key(spec)
+            if key in self.done or key in todo:
+                continue
+            if os.path.exists(self._path(key)):
+                with open(self._path(key), encoding="utf-8") as fh:
+                    self.done[key] = json.load(fh)
+                print(f"[{now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
+                continue
+            todo[key] = spec
+        if self.jobs > 1 and len(todo) > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(self.jobs, len(todo)), maxtasksperchild=1) as pool:
+                for key, cell in pool.imap_unordered(_keyed, [(self.fn, k, s) for k, s in todo.items()]):
+                    self.put(key, cell)  # kept as soon as it is done
+        else:
+            for key, spec in todo.items():
+                self.put(key, self.fn(*spec))
+
+
+def _keyed(job: tuple) -> tuple[str, dict]:
+    fn, key, spec = job
+    return key, fn(*spec)

