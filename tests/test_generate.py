@@ -59,6 +59,46 @@ def test_greedy_completions_equal_model_generate(run, lm):
     assert [r["completion"] for r in teacher] == [_direct(run["dir"] + "/teacher", p) for p in PROMPTS]
 
 
+def _beam(model_dir: str, prompt: str, beams: int) -> list[int]:
+    """Unpadded beam search on one prompt with `model.generate`: the new token ids."""
+    model = load_classifier(model_dir, "model", auto_model="AutoModelForCausalLM").eval()
+    tok = load_tokenizer(model_dir, "tokenizer")
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=NEW, do_sample=False, num_beams=beams, early_stopping=True,
+                             pad_token_id=tok.pad_token_id, suppress_tokens=[tok.pad_token_id])
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def _log_prob(model_dir: str, prompt: str, completion: list[int]) -> float:
+    """The model's log-probability of `completion`'s tokens after `prompt`."""
+    model = load_classifier(model_dir, "model", auto_model="AutoModelForCausalLM").eval()
+    tok = load_tokenizer(model_dir, "tokenizer")
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"][0].tolist()
+    full = torch.tensor([ids + completion])
+    with torch.inference_mode():
+        logp = model(full).logits[0, :-1].log_softmax(-1)
+    return float(sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(completion)))
+
+
+def test_beam_search_completes_like_model_generate_and_scores_at_least_greedy(run, lm):
+    """Batched, left-padded beam search equals `model.generate` on each prompt alone, for the run's student and for
+    the untrained GPT-2 (whose flat distributions make beams part from greedy decoding)."""
+    differs = 0
+    for path, model_dir in ((run["dir"], run["dir"] + "/student"), (lm["model"], lm["model"])):
+        tok = load_tokenizer(model_dir, "tokenizer")
+        beams = generate(path, PROMPTS, Decoding(max_new_tokens=NEW, batch_size=3, num_beams=4))
+        greedy = generate(path, PROMPTS, Decoding(max_new_tokens=NEW))
+        for prompt, row, plain in zip(PROMPTS, beams, greedy):
+            want = _beam(model_dir, prompt, 4)
+            assert row["completion"] == tok.decode(want, skip_special_tokens=True)
+            got = tok(plain["completion"], add_special_tokens=False)["input_ids"]
+            if len(want) == len(got):  # same length: the beam's sequence is at least as likely as greedy's
+                assert _log_prob(model_dir, prompt, want) >= _log_prob(model_dir, prompt, got) - 1e-4
+            differs += row["completion"] != plain["completion"]
+    assert differs, "beam search found greedy's completion for every prompt: the comparison shows nothing"
+
+
 def test_sampling_is_seeded(run):
     model = load_classifier(run["dir"] + "/student", "model", auto_model="AutoModelForCausalLM")
     tok = load_tokenizer(run["dir"] + "/student", "tokenizer")
@@ -103,7 +143,10 @@ def test_cli_errors(run, lm, tmp_path, capsys):
          f"generate: {other} is a sequence_classification run; generate completes text with a language model "
          "(a run with task: causal_lm)"),
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "0"],
-         "generate: --max_new_tokens and --batch_size must be at least 1"),
+         "generate: --max_new_tokens, --batch_size and --num_beams must be at least 1"),
+        ([run["dir"], "--prompts", str(prompts), "--num_beams", "3", "--do_sample"],
+         "generate: --do_sample draws one completion at random and --num_beams searches for the most likely one; "
+         "give one of them"),
         ([run["dir"], "--prompts", str(prompts), "--max_new_tokens", "200"],
          f"generate: a prompt of {romeo} tokens and --max_new_tokens 200 pass the model's 128 positions; shorten "
          "the prompts or lower --max_new_tokens"),

@@ -384,13 +384,16 @@ def _generate(argv: list[str]) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens,
                         help=f"tokens generated per prompt at most (default {defaults.max_new_tokens})")
     parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding (the default)")
+    parser.add_argument("--num_beams", type=int, default=defaults.num_beams,
+                        help="beam search with this many beams (default 1: greedy); Kim & Rush decode with 5")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature")
     parser.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling's mass (default 1: off)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the sampling seed")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="prompts per generate call")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     args = parser.parse_args(argv)
-    decoding = Decoding(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.seed, args.batch_size)
+    decoding = Decoding(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.seed, args.batch_size,
+                        args.num_beams)
     decoding.check()
     model_dir(args.run_dir, args.teacher)  # a wrong directory is said before the prompts are read
     rows = generate(args.run_dir, read_prompts(args.prompts), decoding, teacher=args.teacher, device=args.device)

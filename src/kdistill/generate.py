@@ -8,8 +8,9 @@ distribution at every position of the training text, the student is trained on t
 `transfer_file`, which a causal_lm run packs into blocks like its training text (with `strategy: hard` the student
 trains on them as next-token targets; with a soft strategy the teacher's top-k on them is cached too).
 
-Decoding is greedy by default, so a run's completions are reproducible; `do_sample` draws with `temperature` and
-`top_p` (nucleus sampling, Holtzman et al. 2020) from a generator seeded with `seed`.
+Decoding is greedy by default, so a run's completions are reproducible; `num_beams` > 1 is beam search (what Kim &
+Rush decode the teacher's transfer set with: beam 5 in their experiments), also deterministic; `do_sample` draws
+with `temperature` and `top_p` (nucleus sampling, Holtzman et al. 2020) from a generator seeded with `seed`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ CAUSAL_LM = "causal_lm"
 
 @dataclass(frozen=True)
 class Decoding:
-    """How completions are chosen: greedy (the default) or sampled."""
+    """How completions are chosen: greedy (the default), beam search (`num_beams` > 1) or sampled."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -38,10 +39,14 @@ class Decoding:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16
+    num_beams: int = 1
 
     def check(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise UserError("generate: --max_new_tokens and --batch_size must be at least 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.num_beams < 1:
+            raise UserError("generate: --max_new_tokens, --batch_size and --num_beams must be at least 1")
+        if self.do_sample and self.num_beams > 1:
+            raise UserError("generate: --do_sample draws one completion at random and --num_beams searches for the "
+                            "most likely one; give one of them")
         if not self.temperature > 0:
             raise UserError(f"generate: --temperature must be positive, not {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -130,6 +135,8 @@ def complete(model, tokenizer, prompts: Sequence[str], decoding: Decoding = Deco
                     raise UserError("generate: a prompt encodes to no tokens")
                 sampling = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p,
                             "top_k": 0} if decoding.do_sample else {"do_sample": False}
+                if decoding.num_beams > 1:  # the highest-scoring beam, length-normalised as transformers does
+                    sampling.update(num_beams=decoding.num_beams, early_stopping=True)
                 with torch.inference_mode():
                     ids = model.generate(**{k: v.to(device) for k, v in enc.items()}, pad_token_id=pad_id,
                                          max_new_tokens=decoding.max_new_tokens, **sampling, **never)
