@@ -124,3 +124,101 @@ def test_uld_needs_a_top_k_cache(tmp_path):
     with pytest.raises(ConfigError, match="distill: uld reads a top-k soft-label cache; set soft_label_top_k"):
         make_config(dict(task="causal_lm", train_file=str(tmp_path / "train.txt"), teacher_model=str(tmp_path),
                          output_dir=str(tmp_path / "run"), objective={"uld": 1.0}, soft_label_top_k=0))
+
+
+# ------------------------------------------------------------------------------------------------ prompt/response
+
+
+class HandWithEos(HandTokenizer):
+    def __init__(self, tokens, eos_token_id):
+        super().__init__(tokens)
+        self.eos_token_id = eos_token_id
+
+
+def _pairs(rows):
+    import datasets
+
+    return datasets.Dataset.from_dict({"prompt": [p for p, _ in rows], "response": [r for _, r in rows]})
+
+
+def test_example_items_align_prompt_and_response_by_characters_and_truncate_each_side_alike(tmp_path):
+    from kdistill.tasks.causal_lm import example_items
+
+    rows = [("the cat", " sat\n"), ("sat", "")]
+    student = char_tokenizer(["the cat sat\n"], str(tmp_path / "char"))  # has an eos: every row keeps a target
+    pieces = {"the cat": ["the", " cat"], " sat\n": [" sat", "\n"], "sat": ["sat"], "": []}
+    data = type("Data", (), {"prompt_column": "prompt", "response_column": "response", "max_length": 64})()
+    # Teacher tokens end at 3, 7 (prompt), 11, 12 (response) and its eos spells nothing; the student's characters
+    # ending there are paired with them, its eos with none.
+    teacher = HandWithEos(pieces, eos_token_id=99)
+    got_rows, items = example_items(_pairs(rows), student, teacher, data, teacher_rows=2, teacher_offset=4)
+    assert got_rows == [4, 5]
+    assert items[0] == [-1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, 3, -1]
+    # "sat" + eos: after "sat" both have read the whole row and predict their eos (teacher position 0)
+    assert items[1] == [-1, -1, 0, -1]
+    # max_length 10: the student's 13 tokens lose the prompt's first 3 characters, the teacher's 5 fit.
+    data.max_length = 10
+    _, items = example_items(_pairs(rows[:1]), student, teacher, data, teacher_rows=1)
+    assert items[0] == [-1, -1, -1, 1, -1, -1, -1, 2, 3, -1]
+    # A teacher with no eos leaves the empty response's row out (nothing to predict); the student's row then reads
+    # no teacher position, and the next row's teacher row is counted without it.
+    data.max_length = 64
+    rows3 = [("sat", ""), ("the cat", " sat\n")]
+    got_rows, items = example_items(_pairs(rows3), student, HandWithEos(pieces, None), data, teacher_rows=1,
+                                    teacher_offset=7)
+    assert got_rows == [7, 7] and items[0] == [-1] * 4
+    assert items[1] == [-1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, 3, -1]
+    with pytest.raises(UserError, match="the teacher's soft labels hold 2 rows but its tokenizer makes 1 examples"):
+        example_items(_pairs(rows3), student, HandWithEos(pieces, None), data, teacher_rows=2)
+
+
+def test_char_student_learns_from_a_bpe_teacher_through_uld_on_prompt_response_rows(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from kdistill.data import load_split
+
+    with open(SHAKESPEARE, encoding="utf-8") as fh:
+        lines = [line for line in fh.read().splitlines() if line.strip()][:240]
+    rows = [{"prompt": lines[i] + "\n", "response": lines[i + 1] + "\n"} for i in range(0, 240, 2)]
+    for name, part in (("train.jsonl", rows[:100]), ("valid.jsonl", rows[100:])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    text = "".join(r["prompt"] + r["response"] for r in rows)
+    bpe = train_bpe_tokenizer(text, 300, str(tmp_path / "teacher"))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
+                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)
+                    ).save_pretrained(tmp_path / "teacher")
+    chars = char_tokenizer(text, str(tmp_path / "char"))
+    values = dict(task="causal_lm", train_file=str(tmp_path / "train.jsonl"),
+                  validation_file=str(tmp_path / "valid.jsonl"), max_length=96,
+                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=20, teacher_learning_rate=5e-3,
+                  teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
+                  student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
+                  objective={"uld": 0.8, "hard_ce": 0.2}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
+                  learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
+                  speed_batches=0, seed=0, use_cpu=True)
+    config = make_config(values)
+    pipeline.teach(config)
+    # What the collator gives the uld term: on real rows, most response characters that end a teacher token are
+    # paired, no prompt-only position (label -100) is, and the probabilities are the teacher's cached top-k at T=1.
+    student_tok = AutoTokenizer.from_pretrained(tmp_path / "char")
+    task = get_task("causal_lm")
+    sources = pipeline.teacher_soft_labels(config, ("train",))
+    part = pipeline.prepare_split(config, "train", student_tok, {}, 0)
+    aligned = task.align_to_teacher(part, load_split(config.data, "train"), student_tok,
+                                    AutoTokenizer.from_pretrained(tmp_path / "teacher"), config.data,
+                                    len(sources["train"][0]), 0)
+    batch = task.collator(student_tok, ConcatSources([sources["train"][0]]))([aligned[i] for i in range(8)])
+    mask, labels = batch["teacher_aligned_mask"], batch["labels"]
+    assert mask.any(-1).all()
+    paired_response = (mask & labels.ne(-100)).sum() / labels.ne(-100).sum()
+    assert paired_response > 0.1, float(paired_response)  # BPE tokens end at about one character in three here
+    sums = batch["teacher_aligned_probs"].sum(-1)[mask]
+    assert bool((sums > 0).all() and (sums <= 1 + 1e-5).all())  # the top-k's share of the mass, never more
+
+    out = pipeline.distill(config)
+    uld = [entry["loss_uld"] for entry in out["log_history"] if "loss_uld" in entry]
+    assert len(uld) >= 3 and uld[-1] < 0.9 * uld[0], uld
+    assert [e for e in out["log_history"] if "eval_loss_uld" in e]

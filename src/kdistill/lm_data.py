@@ -97,14 +97,10 @@ def prompt_response_example(prompt_ids: Sequence[int], response_ids: Sequence[in
         pad_id: pad on the right up to max_length (attention_mask 0, labels -100); None leaves the example
             unpadded for a collator that pads each batch to its longest row.
     """
-    if max_length < 2:
-        raise UserError(f"max_length must be at least 2 tokens (a prompt token and a response token), not {max_length}")
     prompt = [int(i) for i in prompt_ids]
     target = [int(i) for i in response_ids] + ([eos_id] if eos_id is not None else [])
-    if len(prompt) + len(target) > max_length:
-        keep = max(max_length - len(target), 1) if prompt else 0
-        prompt = prompt[len(prompt) - keep:]
-        target = target[:max_length - keep]
+    keep_prompt, keep_target = kept_lengths(len(prompt), len(target), max_length)
+    prompt, target = prompt[len(prompt) - keep_prompt:], target[:keep_target]
     input_ids = prompt + target
     labels = [IGNORE_INDEX] * len(prompt) + target
     if all(label == IGNORE_INDEX for label in labels[1:]):
@@ -116,6 +112,18 @@ def prompt_response_example(prompt_ids: Sequence[int], response_ids: Sequence[in
         attention_mask += [0] * padding
         labels += [IGNORE_INDEX] * padding
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def kept_lengths(prompt: int, target: int, max_length: int) -> tuple[int, int]:
+    """How many of a prompt's last tokens and of a target's (response + eos) first tokens an example of at most
+    `max_length` tokens keeps: `prompt_response_example`'s truncation, as counts, so that another tokenisation of the
+    same row can be cut the same way (the cross-tokenizer alignment of `tasks.causal_lm.example_items`)."""
+    if max_length < 2:
+        raise UserError(f"max_length must be at least 2 tokens (a prompt token and a response token), not {max_length}")
+    if prompt + target <= max_length:
+        return prompt, target
+    keep = max(max_length - target, 1) if prompt else 0
+    return keep, max_length - keep
 
 
 class PromptResponseExamples(NamedTuple):

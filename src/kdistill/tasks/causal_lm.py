@@ -37,6 +37,12 @@ start at different characters, so a teacher position near its block's start has 
 student position paired with it (at most block_size - 1 teacher tokens of context are lost, on about one position
 in block_size); packing is kept so that the cache is the very one the same-tokenizer terms read.
 
+Prompt/response rows are not a stream but one text each (prompt + response): `example_items` gives each student
+example the teacher's cache row for the same table row (`teacher_row`) and, per position, the teacher's position in
+it whose token ends at the same character counted from the prompt's start (`teacher_items`, -1 for none), both
+tokenisations cut to max_length as `lm_data.prompt_response_example` cuts them (`lm_data.kept_lengths`); the collator
+reads them with `aligned_example_teacher`. A row one tokenizer leaves out (no response token left) pairs nothing.
+
 A transfer file is text too, packed the same way, and its blocks keep their next-token labels
 (`transfer_labelled`): teacher completions (`kdistill generate --teacher`) are then Kim & Rush's (2016)
 sequence-level KD, trained on even by a student with no teacher term.
@@ -125,6 +131,61 @@ def teacher_items(texts: list[str], tokenizer: Any, teacher_tokenizer: Any, bloc
     return [flat[b : b + block_size] for b in range(0, len(flat) // block_size * block_size, block_size)]
 
 
+def _example_spans(table, tokenizer, config) -> list[list[tuple[int, int]] | None]:
+    """Per prompt/response row, the character spans (in prompt + response) of the tokens its example keeps, in
+    example order, the eos as an empty span; None for a row the example leaves out (no response token left)."""
+    from ..lm_data import kept_lengths
+
+    out: list[list[tuple[int, int]] | None] = []
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    for start in range(0, len(table), PACK_CHUNK_ROWS):
+        part = table[start : start + PACK_CHUNK_ROWS]
+        prompts, responses = ([str(t) for t in part[c]] for c in (config.prompt_column, config.response_column))
+        encode = lambda texts: tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)  # noqa: E731
+        for prompt, p_spans, r_spans in zip(prompts, encode(prompts)["offset_mapping"],
+                                            encode(responses)["offset_mapping"]):
+            shift = len(prompt)
+            target = [(int(a) + shift, int(b) + shift) for a, b in r_spans]
+            end = target[-1][1] if target else shift
+            target += [(end, end)] * eos  # the eos spells nothing: never aligned
+            keep_prompt, keep_target = kept_lengths(len(p_spans), len(target), config.max_length)
+            spans = [(int(a), int(b)) for a, b in p_spans][len(p_spans) - keep_prompt:] + target[:keep_target]
+            # the example's rule: a row whose labels (shifted) hold no response token is left out
+            out.append(spans if keep_target and (keep_prompt or keep_target > 1) else None)
+    return out
+
+
+def example_items(table, tokenizer, teacher_tokenizer, config, teacher_rows: int, teacher_offset: int = 0
+                  ) -> tuple[list[int], list[list[int]]]:
+    """For prompt/response rows: per student example, the teacher's cache row of the same table row, and per
+    position the teacher's position in that row whose token ends at the same character of prompt + response (or -1;
+    `lm_data.align_by_offsets`, exact). Each example is its own text, so there is no stream: spans are counted from
+    the prompt's first character, and both tokenisations are truncated as `lm_data.prompt_response_example` cuts
+    them (a teacher that kept less of the prompt leaves the student's first positions unpaired).
+
+    Args:
+        teacher_rows: the teacher's examples of this split (its cache rows), a check that both sides count alike.
+    """
+    from ..lm_data import align_by_offsets
+
+    mine, theirs = _example_spans(table, tokenizer, config), _example_spans(table, teacher_tokenizer, config)
+    if sum(s is not None for s in theirs) != teacher_rows:
+        raise UserError(f"the teacher's soft labels hold {teacher_rows} rows but its tokenizer makes "
+                        f"{sum(s is not None for s in theirs)} examples of this data; delete the soft-label cache "
+                        "to recompute")
+    rows, items, row = [], [], teacher_offset
+    for student_spans, teacher_spans in zip(mine, theirs):
+        if student_spans is not None:
+            if teacher_spans is None:  # the teacher's example lost this row: nothing to read
+                rows.append(teacher_offset)
+                items.append([-1] * len(student_spans))
+            else:
+                rows.append(row)
+                items.append(align_by_offsets(teacher_spans, student_spans))
+        row += teacher_spans is not None
+    return rows, items
+
+
 _EXAMPLES_REPORTED: set[tuple] = set()
 
 
@@ -183,6 +244,12 @@ class CausalLMCollator(ItemCollator):
         if "teacher_items" in features[0]:
             if len(sources) > 1:
                 raise UserError("the uld term reads one teacher's top-k cache; use one teacher")
+            if "teacher_row" in features[0]:  # prompt/response examples: a row each, positions within it
+                rows = torch.tensor([f["teacher_row"] for f in features], dtype=torch.long)
+                positions = _pad([f["teacher_items"] for f in features], longest, -1)
+                probs, mask = aligned_example_teacher(sources[0], rows, positions)
+                batch.update(teacher_aligned_probs=probs, teacher_aligned_mask=mask)
+                return batch
             items = torch.tensor([f["teacher_items"] for f in features], dtype=torch.long)
             probs, mask = aligned_teacher(sources[0], items, input_ids.shape[1])
             batch.update(teacher_aligned_probs=probs, teacher_aligned_mask=mask)
@@ -217,6 +284,23 @@ def aligned_teacher(source: Any, items: Tensor, block_size: int) -> tuple[Tensor
     probs = teacher_buckets(values, tail)[..., :-1].exp()  # [rows, block_size, k]: each class's share at T = 1
     picked = probs[where, flat % block_size]
     return picked.masked_fill(~mask.unsqueeze(-1), 0.0), mask
+
+
+def aligned_example_teacher(source: Any, rows: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """`aligned_teacher` for prompt/response examples: the teacher's top-k probabilities at `positions` ([batch,
+    length], -1 for none) of cache rows `rows` ([batch]), and which are real."""
+    from ..losses.lm import teacher_buckets
+
+    mask = positions.ge(0)
+    got = source[rows]
+    if not isinstance(got[0], tuple):
+        raise UserError("the uld term reads a top-k soft-label cache; set soft_label_top_k (not 0)")
+    out = torch.zeros(*positions.shape, got[0][0].shape[-1])
+    for b, (values, _, tail) in enumerate(got):
+        probs = teacher_buckets(values.float(), tail.float())[..., :-1].exp()  # [row's positions, k] at T = 1
+        at = positions[b].clamp(0, len(probs) - 1)
+        out[b] = probs[at]
+    return out.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
 def vocabulary_size(model: torch.nn.Module) -> int | None:
@@ -408,8 +492,10 @@ class CausalLM(Task):
                          teacher_offset: int):
         """`part` (a split's prepared blocks) with `teacher_items` (see `teacher_items`) for the uld term."""
         if self.prompt_response(table, config):
-            raise UserError("the uld term aligns packed text blocks by characters; prompt/response rows are not "
-                            "supported with it yet: use a text file, or a student with the teacher's tokenizer")
+            rows, items = example_items(table, tokenizer, teacher_tokenizer, config, teacher_rows, teacher_offset)
+            if len(items) != len(part):
+                raise RuntimeError(f"{len(items)} aligned examples for {len(part)} prepared ones")
+            return part.add_column("teacher_row", rows).add_column("teacher_items", items)
         items = teacher_items([str(t) for t in table[config.text_column][:]], tokenizer, teacher_tokenizer,
                               config.block_size, teacher_rows, teacher_offset)
         if len(items) != len(part):
