@@ -184,3 +184,35 @@ def test_from_teacher_student_copies_gpt2_layers(lm):
     student = from_teacher(teacher, [1])
     assert student.config.n_layer == 1
     assert torch.equal(student.transformer.h[0].attn.c_attn.weight, teacher.transformer.h[1].attn.c_attn.weight)
+
+
+def test_two_top_k_teachers_train_a_student_on_each_ones_divergence_weighted(runs, lm, tmp_path):
+    """`teachers:` with two top-k caches: the collator keeps each teacher (a teacher dim before k), the lm_ term is
+    their weighted divergences, and evaluation scores the student against the teachers' mixture."""
+    trained = str(runs["root"] / "soft" / "teacher")
+    values = lm_values(lm, tmp_path / "run", teacher_train=False, teacher_model=trained,
+                       teachers=json.dumps([{"model": trained, "weight": 3}, {"model": lm["model"], "weight": 1}]))
+    config = make_config(values)
+    sources = pipeline.teacher_soft_labels(config, ("train",))["train"]
+    assert len(sources) == 2
+    task = get_task("causal_lm")
+    tok = lm["tokenizer"]
+    part = pipeline.prepare_split(config, "train", tok, {})
+    from kdistill.soft_labels.produce import ConcatSources
+
+    batch = task.collator(tok, [ConcatSources([s]) for s in sources], weights=[3.0, 1.0])([part[0], part[1]])
+    assert batch["teacher_topk_values"].shape == (2, BLOCK, 2, 64)
+    assert batch["teacher_topk_tail"].shape == (2, BLOCK, 2)
+    assert batch["teacher_topk_weights"].tolist() == [3.0, 1.0]
+    for t, source in enumerate(sources):
+        values, indices, tail = source[0]
+        assert torch.equal(batch["teacher_topk_indices"][0, :, t], indices.long())
+        assert torch.equal(batch["teacher_topk_tail"][0, :, t], tail.float())
+    out = pipeline.distill(config)
+    curve = [loss for _, loss in out["loss_curve"]]
+    assert curve[-1] < curve[0], curve
+    evaluated = evaluate(config)
+    assert evaluated["student"]["loss"] > 0 and 0 <= evaluated["student"]["agreement"] <= 1
+    assert len(evaluated["teachers"]) == 2 and 0 < evaluated["teacher_disagreement"] <= 1
+    # The ensemble is scored as the teachers' mixture: its top-1 agrees with neither teacher everywhere.
+    assert 0 < evaluated["teacher"]["accuracy"] < 1 and evaluated["student"]["mean_kl"] > 0

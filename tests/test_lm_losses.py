@@ -387,3 +387,78 @@ def test_uld_refuses_misaligned_positions():
     with pytest.raises(ValueError, match=r"teacher probabilities have shape \(3, 4\) but student logits have items of "
                                          r"shape \(2,\)"):
         uld_loss(_rand(2, 6), torch.rand(3, 4))
+
+
+# --- several teachers --------------------------------------------------------------------------------------------
+
+
+def _stacked(*teachers, k):
+    """Several teachers' payloads with a teacher dim before k: values/indices [..., n, k], tail [..., n]."""
+    parts = [topk_of(t, k) for t in teachers]
+    return (torch.stack([p[0] for p in parts], dim=-2), torch.stack([p[1] for p in parts], dim=-2),
+            torch.stack([p[2] for p in parts], dim=-1))
+
+
+def test_several_teachers_forward_kl_has_the_gradient_of_the_kl_from_their_mixture():
+    from kdistill.losses import ensemble_topk_divergence
+
+    vocab = 11
+    student = _rand(2, 5, vocab, seed=1).double().requires_grad_()
+    a, b = _rand(2, 5, vocab, seed=2).double() * 2, _rand(2, 5, vocab, seed=3).double()
+    weights = [3.0, 1.0]
+    got = ensemble_topk_divergence(student, *_stacked(a, b, k=vocab), weights, "forward_kl", temperature=2.0)
+    (grad,) = torch.autograd.grad(got, student)
+    # The teachers' probability mixture at T = 2, and the dense KL from it.
+    mix = 0.75 * F.softmax(a / 2, -1) + 0.25 * F.softmax(b / 2, -1)
+    s = student.detach().clone().requires_grad_()
+    want = (F.kl_div(F.log_softmax(s / 2, -1), mix, reduction="none").sum(-1).mean() * 4)
+    (want_grad,) = torch.autograd.grad(want, s)
+    assert torch.allclose(grad, want_grad, atol=1e-10)
+    # The value is the weighted mean of each teacher's own divergence (the mixture's KL plus a constant).
+    each = [topk_divergence(student, *topk_of(t, vocab), divergence="forward_kl", temperature=2.0) for t in (a, b)]
+    assert float(got) == pytest.approx(0.75 * float(each[0]) + 0.25 * float(each[1]), rel=1e-12)
+    assert float(got) >= float(want) - 1e-12
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_several_teachers_at_top_k_are_each_teachers_divergence_weighted(name):
+    from kdistill.losses import ensemble_topk_divergence
+
+    student = _rand(3, 4, 20, seed=4)
+    teachers = [_rand(3, 4, 20, seed=s) * 2 for s in (5, 6, 7)]
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 1:] = False
+    got = ensemble_topk_divergence(student, *_stacked(*teachers, k=6), [1.0, 0.0, 2.0], name, temperature=1.5,
+                                   mask=mask, **PARAMS.get(name, {}))
+    each = [loss(student, t, 6, name, 1.5, mask=mask) for t in teachers]
+    assert float(got) == pytest.approx(float(each[0]) / 3 + 2 * float(each[2]) / 3, rel=1e-5)
+    # One teacher given twice is that teacher.
+    twice = ensemble_topk_divergence(student, *_stacked(teachers[0], teachers[0], k=6), [1.0, 1.0], name,
+                                     temperature=1.5, mask=mask, **PARAMS.get(name, {}))
+    assert float(twice) == pytest.approx(float(each[0]), rel=1e-5)
+    with pytest.raises(ValueError, match="weights must be 3 non-negative numbers, not all 0"):
+        ensemble_topk_divergence(student, *_stacked(*teachers, k=6), [1.0, 1.0], name)
+
+
+def test_mixture_of_top_k_teachers_is_the_dense_mixture_when_k_is_the_vocabulary_and_a_lower_bound_otherwise():
+    from kdistill.metrics import TopKMixture, mixture_kl, mixture_topk
+
+    vocab = 9
+    a, b = _rand(6, vocab, seed=8) * 2, _rand(6, vocab, seed=9) * 2
+    student = _rand(6, vocab, seed=10)
+    mix = 0.25 * F.softmax(a.double(), -1) + 0.75 * F.softmax(b.double(), -1)
+    classes, probs, tail = mixture_topk(TopKMixture([topk_of(a, vocab), topk_of(b, vocab)], [1, 3]))
+    assert classes.shape == (6, 2 * vocab) and bool((tail == 0).all())
+    dense_back = torch.zeros(6, vocab, dtype=torch.float64).scatter_add_(-1, classes, probs.double())
+    assert torch.allclose(dense_back, mix, atol=1e-6)  # each class once, at its mixture probability
+    assert bool((probs[:, :-1] >= probs[:, 1:]).all())  # largest first, the repeated slots (0) last
+    assert torch.equal(classes[:, 0], mix.argmax(-1))
+    want = (mix * (mix.log() - F.log_softmax(student.double(), -1))).sum(-1)
+    assert torch.allclose(mixture_kl(student, classes, probs, tail).double(), want, atol=1e-5)
+    # At k < V: the union's classes keep at most their mixture probability, the rest goes to the tail, and all of it
+    # still sums to 1.
+    classes, probs, tail = mixture_topk(TopKMixture([topk_of(a, 3), topk_of(b, 3)], [1, 3]))
+    got = torch.zeros(6, vocab, dtype=torch.float64).scatter_add_(-1, classes, probs.double())
+    assert bool((got <= mix + 1e-6).all())
+    assert torch.allclose(probs.double().sum(-1) + tail.double(), torch.ones(6, dtype=torch.float64), atol=1e-5)
+    assert bool((mixture_kl(student, classes, probs, tail) >= -1e-6).all())

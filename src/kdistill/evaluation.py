@@ -193,6 +193,10 @@ def shared_items(per_teacher: list, labels=None) -> list[torch.Tensor]:
     sentence elsewhere; an all-zero vector is a word a teacher never saw) and that carry a label."""
     if isinstance(per_teacher[0], torch.Tensor):
         return list(per_teacher)
+    if len(per_teacher[0]) and isinstance(per_teacher[0][0], tuple):
+        # top-k caches: each teacher's top-1 class at every labelled position (what disagreement compares)
+        return [torch.cat([row[1][:, 0][torch.as_tensor(y).ne(-100)] if labels is not None else row[1][:, 0]
+                           for row, y in zip(rows, labels if labels is not None else rows)]) for rows in per_teacher]
     out: list[list[torch.Tensor]] = [[] for _ in per_teacher]
     for r, rows in enumerate(zip(*per_teacher)):
         n = min(len(x) for x in rows)

@@ -373,6 +373,57 @@ def token_classification_metrics(
     return out
 
 
+class TopKMixture(tuple):
+    """Several teachers' top-k cache rows at the same positions, with their weights: ``TopKMixture(parts,
+    weights)``, parts a list of (values [L, k], indices [L, k], tail [L]). What `kdistill eval` scores an ensemble
+    of top-k teachers as (`causal_lm_metrics`); `mixture_topk` reads it."""
+
+    def __new__(cls, parts: Sequence[tuple], weights: Sequence[float]):
+        out = super().__new__(cls, parts)
+        total = float(sum(weights))
+        out.weights = [float(w) / total for w in weights]
+        return out
+
+
+def mixture_topk(mix: TopKMixture) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teachers' probability mixture at T = 1 over the union of their top-k classes, position by position:
+    (classes [L, n * k], their mixture probabilities [L, n * k], largest first, with a class several teachers hold
+    counted once and its other slots 0; the mixture's tail mass [L], ``sum_i w_i * tail_i``).
+
+    A class of the union that a teacher did not keep has some of that teacher's tail mass, which stays in the tail
+    (the cache does not say how much): the union's probabilities are a lower bound of the mixture's, by at most the
+    teachers' weighted tail mass.
+    """
+    from .losses.lm import teacher_buckets
+
+    classes = torch.cat([i.long() for _, i, _ in mix], dim=-1)
+    probs = torch.cat([w * teacher_buckets(v.float(), t.float())[..., :-1].exp() for w, (v, _, t) in
+                       zip(mix.weights, mix)], dim=-1)
+    tail = sum(w * t.float().exp() for w, (_, _, t) in zip(mix.weights, mix))
+    order = classes.argsort(dim=-1, stable=True)
+    classes, probs = classes.gather(-1, order), probs.gather(-1, order)
+    first = torch.ones_like(classes, dtype=torch.bool)
+    first[..., 1:] = classes[..., 1:] != classes[..., :-1]
+    group = first.long().cumsum(dim=-1) - 1  # each slot's class's first slot, by rank
+    summed = torch.zeros_like(probs).scatter_add_(-1, group, probs)  # at rank r: the r-th distinct class's total
+    merged = torch.zeros_like(probs)
+    merged[first] = summed.gather(-1, group)[first]
+    rank = merged.argsort(dim=-1, descending=True, stable=True)
+    return classes.gather(-1, rank), merged.gather(-1, rank), tail
+
+
+def mixture_kl(logits: torch.Tensor, classes: torch.Tensor, probs: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Per position, KL(mixture || model) at T = 1 over the union's classes and one bucket for every other class
+    (`mixture_topk`'s output; slots of mass 0 add nothing, repeated classes are read once)."""
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    outside = torch.logsumexp(log_q.scatter(-1, classes, float("-inf")), dim=-1)
+    keep = probs > 0
+    head = torch.where(keep, probs * (probs.clamp(min=1e-45).log() - log_q.gather(-1, classes)),
+                       torch.zeros_like(probs)).sum(dim=-1)
+    rest = torch.where(tail > 0, tail * (tail.clamp(min=1e-45).log() - outside), torch.zeros_like(tail))
+    return head + rest
+
+
 def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_rows: Sequence[Any] | None = None,
                       characters: int | None = None) -> dict[str, float]:
     """Next-token quality of a language model on held-out blocks, and its fidelity to the teacher.
@@ -385,7 +436,8 @@ def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_
 
     A row is a [block, V] tensor of logits, or a top-k cache's (values, indices, tail): such a model (the teacher
     scored from its cache) gets `accuracy` and `top_k_coverage` (the share of next tokens among its top k) only,
-    its full distribution being gone.
+    its full distribution being gone. Several top-k teachers come as a `TopKMixture` row: scored as their mixture
+    (`mixture_topk`: its top-1, its union's coverage, KL from it by `mixture_kl`).
     """
     from .lm_data import loss_per_character
     from .losses.lm import topk_divergence
@@ -399,7 +451,7 @@ def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_
         n = int(keep.sum())
         counts["tokens"] += n
         if topk_model:
-            indices = row[1][keep]
+            indices = (mixture_topk(row)[0] if isinstance(row, TopKMixture) else row[1])[keep]
             counts["correct"] += int((indices[:, 0] == y[keep]).sum())
             counts["covered"] += int((indices == y[keep].unsqueeze(-1)).any(dim=-1).sum())
             continue
@@ -409,7 +461,11 @@ def causal_lm_metrics(model_rows: Sequence[Any], labels: Sequence[Any], teacher_
         counts["correct"] += int((top1 == y[keep]).sum())
         if teacher_rows is not None:
             teacher = teacher_rows[r]
-            if isinstance(teacher, tuple):
+            if isinstance(teacher, TopKMixture):
+                classes, probs, tail = (x[keep] for x in mixture_topk(teacher))
+                counts["agree"] += int((top1 == classes[:, 0]).sum())
+                counts["kl"] += float(mixture_kl(logits, classes, probs, tail).sum())
+            elif isinstance(teacher, tuple):
                 v, i, t = (x[keep] for x in teacher)
                 counts["agree"] += int((top1 == i[:, 0]).sum())
                 counts["kl"] += float(topk_divergence(logits, v, i, t, "forward_kl", 1.0, num_items=1))

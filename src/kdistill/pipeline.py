@@ -169,6 +169,7 @@ def make_trainer(task, model, args, train_dataset, eval_dataset=None, tokenizer=
                 logger.info("several cached teachers are combined at the temperature schedule's starting value, "
                             "T=%g, for the whole run", t)
             collate["combine"] = lambda parts: ensemble_logits(parts, w, t, ensemble_combine)
+            collate["weights"] = w  # for top-k caches, which the loss takes teacher by teacher
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -325,6 +326,12 @@ def combine_soft_labels(config: RunConfig, parts: list, temperature: float | Non
     weights = [w for _, w in teachers(config)]
     t = config.distill.temperature if temperature is None else temperature
     how = config.teacher.ensemble_combine
+    if isinstance(parts[0], list) and len(parts[0]) and isinstance(parts[0][0], tuple):
+        # top-k caches (a causal LM's): kept side by side per row, scored as their mixture at T = 1 (the loss
+        # takes them teacher by teacher: losses.ensemble_topk_divergence)
+        from .metrics import TopKMixture
+
+        return [TopKMixture(rows, weights) for rows in zip(*parts)]
     if isinstance(parts[0], list):  # ragged sources (words, tokens): row by row
         return [ensemble_logits(list(rows), weights, t, how) for rows in zip(*parts)]
     return ensemble_logits(parts, weights, t, how)

@@ -13,6 +13,7 @@ from .lm import (
     skew_reverse_kl,
     student_buckets,
     teacher_buckets,
+    ensemble_topk_divergence,
     topk_divergence,
     total_variation,
     uld_loss,
@@ -42,5 +43,5 @@ __all__ = [
     "distillation_loss", "ensemble_logits", "hard_ce", "needs_teacher",
     "layer_map", "logit_mse", "needs", "objective", "preset_weights", "soft_kl",
     "LM_DIVERGENCES", "forward_kl", "jsd", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "student_buckets",
-    "teacher_buckets", "topk_divergence", "total_variation", "uld_loss",
+    "ensemble_topk_divergence", "teacher_buckets", "topk_divergence", "total_variation", "uld_loss",
 ]

@@ -357,6 +357,46 @@ def topk_divergence(
     return loss * temperature**2
 
 
+def ensemble_topk_divergence(
+    student_logits: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    tail: Tensor,
+    weights: Tensor | list[float],
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    num_items: int | Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+) -> Tensor:
+    """Several teachers' top-k caches at once: ``sum_i w_i * topk_divergence(student, teacher i)``, the weights
+    normalised to sum to 1.
+
+    Each teacher keeps its own k + 1 buckets, so no class outside a teacher's top k is given a mass it did not
+    cache (a mixture over the union of their top-k sets would have to guess each teacher's share of the classes in
+    its tail). For the forward KL this has the gradient of the KL from the teachers' probability mixture when the
+    caches are dense (k = V): ``sum_i w_i KL(p_i || q) = KL(sum_i w_i p_i || q) + a constant of the teachers``, the
+    cross-entropy being linear in p; for the other divergences it is the mean of the per-teacher divergences, not
+    the divergence from a mixture. Costs one pass over the student's logits per teacher.
+
+    Args:
+        values, indices: ``[..., n, k]``: teacher i's top-k logits and classes at ``[..., i, :]``.
+        tail: ``[..., n]``.
+        weights: ``[n]``, non-negative, not all 0.
+        The rest as `topk_divergence`.
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.dim() != 1 or w.numel() != values.shape[-2] or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"weights must be {values.shape[-2]} non-negative numbers, not all 0; got {w.tolist()}")
+    w = (w / w.sum()).tolist()
+    parts = [topk_divergence(student_logits, values[..., i, :], indices[..., i, :], tail[..., i], divergence,
+                             temperature, mask, num_items, chunk_size, beta, alpha)
+             for i in range(len(w)) if w[i] > 0]
+    return sum(wi * part for wi, part in zip((x for x in w if x > 0), parts))
+
+
 def uld_loss(
     student_logits: Tensor,
     teacher_probs: Tensor,

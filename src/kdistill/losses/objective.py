@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..schedules import Weight, value_at
 from . import features
-from .lm import topk_divergence, uld_loss
+from .lm import ensemble_topk_divergence, topk_divergence, uld_loss
 from .logits import hard_ce, logit_mse, soft_kl
 
 STRATEGIES = ("hard", "soft", "mixed")
@@ -49,6 +49,9 @@ class TermInputs:
     teacher_topk_values: Tensor | None = None
     teacher_topk_indices: Tensor | None = None
     teacher_topk_tail: Tensor | None = None
+    # Several top-k teachers: the three above gain a teacher dim ([..., n, k] and [..., n]) and these are their
+    # weights [n]; the lm_ terms are then each teacher's divergence, weighted (`ensemble_topk_divergence`).
+    teacher_topk_weights: Tensor | None = None
     jsd_beta: float = 0.5
     skew_alpha: float = 0.1
     # A teacher with another tokenizer (the uld term): per student position the teacher's top-k probabilities at
@@ -97,9 +100,16 @@ def _embedding_term(x: TermInputs) -> Tensor:
 
 
 def _topk_term(divergence: str) -> Callable[[TermInputs], Tensor]:
-    return lambda x: topk_divergence(x.student_logits, x.teacher_topk_values, x.teacher_topk_indices,
-                                     x.teacher_topk_tail, divergence, x.temperature, mask=x.mask,
-                                     num_items=x.num_items, beta=x.jsd_beta, alpha=x.skew_alpha)
+    def term(x: TermInputs) -> Tensor:
+        if x.teacher_topk_values.dim() > x.student_logits.dim():  # several teachers, one dim each
+            return ensemble_topk_divergence(x.student_logits, x.teacher_topk_values, x.teacher_topk_indices,
+                                            x.teacher_topk_tail, x.teacher_topk_weights, divergence, x.temperature,
+                                            mask=x.mask, num_items=x.num_items, beta=x.jsd_beta, alpha=x.skew_alpha)
+        return topk_divergence(x.student_logits, x.teacher_topk_values, x.teacher_topk_indices, x.teacher_topk_tail,
+                               divergence, x.temperature, mask=x.mask, num_items=x.num_items, beta=x.jsd_beta,
+                               alpha=x.skew_alpha)
+
+    return term
 
 
 def _uld_term(x: TermInputs) -> Tensor:
@@ -112,7 +122,7 @@ def _uld_term(x: TermInputs) -> Tensor:
 _TOPK = ("teacher_topk_values", "teacher_topk_indices", "teacher_topk_tail")
 _ALIGNED = ("teacher_aligned_probs", "teacher_aligned_mask")
 # The fields that carry the teacher's outputs (a term needing one needs soft labels).
-TEACHER_FIELDS = ("teacher_logits", *_TOPK, *_ALIGNED)
+TEACHER_FIELDS = ("teacher_logits", *_TOPK, "teacher_topk_weights", *_ALIGNED)
 # Terms that read a top-k soft-label cache (the config asks for soft_label_top_k).
 TOPK_FIELDS = ("teacher_topk_values", "teacher_aligned_probs")
 _HIDDEN = ("student_hidden", "teacher_hidden")

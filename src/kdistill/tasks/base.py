@@ -71,11 +71,14 @@ class ItemCollator:
         teacher_logits: indexed by row (`gather_teacher_logits`), or None for hard-label training.
         combine: several teachers' logits -> one teacher's (`losses.ensemble_logits`), when `teacher_logits`
             is a list of sources.
+        weights: the teachers' weights, for a collator that hands several teachers to the loss rather than
+            combining them (a causal LM's top-k caches).
     """
 
     def __init__(self, pad_inputs: Callable[[list[dict]], dict], teacher_logits: Any = None,
-                 combine: Callable[[list[Tensor]], Tensor] | None = None):
+                 combine: Callable[[list[Tensor]], Tensor] | None = None, weights: list[float] | None = None):
         self.pad_inputs, self.teacher_logits, self.combine = pad_inputs, teacher_logits, combine
+        self.weights = weights
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
         idx = torch.tensor([f["idx"] for f in features], dtype=torch.long)

@@ -256,12 +256,20 @@ class CausalLMCollator(ItemCollator):
             return batch
         got = [source[idx] for source in sources]
         if isinstance(got[0][0], tuple):
-            if len(got) > 1:
-                raise UserError("several teachers' top-k caches cannot be combined yet; use one teacher, or "
-                                "soft_label_top_k: 0 for dense logits")
-            values, indices, tail = zip(*got[0])
-            batch.update(teacher_topk_values=_pad(values, longest, 0.0), teacher_topk_indices=_pad(indices, longest, 0),
-                         teacher_topk_tail=_pad(tail, longest, 0.0))
+            parts = []
+            for rows in got:  # per teacher: values [B, L, k], indices [B, L, k], tail [B, L]
+                values, indices, tail = zip(*rows)
+                parts.append((_pad(values, longest, 0.0), _pad(indices, longest, 0), _pad(tail, longest, 0.0)))
+            if len(parts) == 1:
+                batch.update(zip(("teacher_topk_values", "teacher_topk_indices", "teacher_topk_tail"), parts[0]))
+            else:  # each teacher stays itself: a teacher dim before k, weighted in the loss
+                if len({p[0].shape[-1] for p in parts}) > 1:
+                    raise UserError("several teachers' top-k caches hold different k; make them with one "
+                                    "soft_label_top_k")
+                batch.update(teacher_topk_values=torch.stack([p[0] for p in parts], dim=2),
+                             teacher_topk_indices=torch.stack([p[1] for p in parts], dim=2),
+                             teacher_topk_tail=torch.stack([p[2] for p in parts], dim=2),
+                             teacher_topk_weights=torch.tensor(self.weights or [1.0] * len(parts)))
         else:
             dense = [_pad(list(rows), longest, 0.0) for rows in got]
             batch["teacher_logits"] = dense[0] if len(dense) == 1 else self.combine(dense)
