@@ -13,7 +13,7 @@ import torch
 from .errors import UserError
 from .files import update_json
 from .config import RunConfig
-from .data import split_file
+from .data import load_split, split_file
 from .metrics import disagreement_rate
 from .pipeline import _trust, combine_soft_labels, load_teacher, prepare_split, task_of, teacher_soft_labels
 from .rundir import check_evaluated_run, holding_output_dir, is_main, paths, teacher_dir, teachers
@@ -265,7 +265,15 @@ def evaluate(config: RunConfig, progress: bool = False) -> dict:
     # With several teachers, "teacher" is their combination, scored at T = 1.
     result["teacher"] = task.eval_metrics(teacher_logits, teacher_labels if cross else labels, None, label2id)
     if cross:
-        result["fidelity"] = "not measured: the student's tokens are not the teacher's (cross-tokenizer, uld)"
+        from .tasks.causal_lm import cross_tokenizer_fidelity
+
+        teacher_tokenizer = load_teacher(config, tdir, label2id)[1]
+        aligned = task.align_to_teacher(test, load_split(config.data, "test"), tokenizer, teacher_tokenizer,
+                                        config.data, len(teacher_logits), 0)
+        result["student"].update(cross_tokenizer_fidelity(student_logits, labels, aligned, teacher_logits, tokenizer,
+                                                          teacher_tokenizer, config.data.block_size))
+        result["fidelity"] = ("across tokenizers (uld): at positions where student and teacher tokens end at the same "
+                              "character; agreement of their top-1 tokens' first characters, and the ULD distance")
     if len(per_teacher) > 1:
         result.update(_each_teacher(config, per_teacher, labels, label2id))
 

@@ -311,6 +311,63 @@ def aligned_example_teacher(source: Any, rows: Tensor, positions: Tensor) -> tup
     return out.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
+def first_characters(tokenizer: Any) -> list[str]:
+    """Per token id, the first character of the text the token decodes to alone ("" for a special token or one that
+    spells nothing, such as part of a multi-byte character)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    for i in range(len(tokenizer)):
+        text = "" if i in special else tokenizer.decode([i])
+        out.append("" if not text or text[0] == "\ufffd" else text[0])
+    return out
+
+
+def cross_tokenizer_fidelity(student_logits: list[Tensor], labels: list[Tensor], part, teacher_rows: Any,
+                             tokenizer: Any, teacher_tokenizer: Any, block_size: int) -> dict[str, float]:
+    """How close a student with another tokenizer is to its teacher, at the positions where both have read the same
+    text (`align_to_teacher`'s pairs: a student token and a teacher token that end at the same character).
+
+    - `aligned_positions`: the share of the student's predicted positions that have a teacher partner;
+    - `next_text_agreement`: at those positions, the share where both models' most likely next tokens begin with
+      the same character (the two vocabularies' top-1 compared as text, so a character-level student agrees with a
+      BPE teacher whose next token is " the" when it predicts " ");
+    - `aligned_uld`: the mean ULD distance there (`losses.lm.uld_loss`: L1 between the sorted probabilities, the
+      teacher's top-k and its tail).
+
+    Args:
+        part: the student's test split with `teacher_items` (and, for prompt/response rows, `teacher_row`).
+        teacher_rows: the teacher's top-k cache rows of the same split.
+    """
+    from ..losses.lm import teacher_buckets, uld_loss
+
+    mine, theirs = first_characters(tokenizer), first_characters(teacher_tokenizer)
+    examples = "teacher_row" in part.column_names
+    predicted = paired = agree = 0
+    uld = 0.0
+    for b, (logits, y) in enumerate(zip(student_logits, labels)):
+        items = torch.as_tensor(part[b]["teacher_items"], dtype=torch.long)
+        y = torch.as_tensor(y)
+        keep = y.ne(IGNORE_INDEX)
+        predicted += int(keep.sum())
+        keep &= items.ge(0)
+        if not keep.any():
+            continue
+        rows = torch.full_like(items, int(part[b]["teacher_row"])) if examples else items // block_size
+        positions = items if examples else items % block_size
+        for row in rows[keep].unique().tolist():
+            here = keep & rows.eq(row)
+            values, indices, tail = teacher_rows[row]
+            at = positions[here]
+            probs = teacher_buckets(values[at].float(), tail[at].float())[..., :-1].exp()
+            student = torch.as_tensor(logits).float()[here]
+            uld += float(uld_loss(student, probs, num_items=1))
+            top_s, top_t = student.argmax(-1).tolist(), indices[at, 0].tolist()
+            agree += sum(1 for s_id, t_id in zip(top_s, top_t) if mine[s_id] and mine[s_id] == theirs[t_id])
+            paired += len(top_s)
+    return {"aligned_positions": paired / max(predicted, 1), "next_text_agreement": agree / max(paired, 1),
+            "aligned_uld": uld / max(paired, 1)}
+
+
 def vocabulary_size(model: torch.nn.Module) -> int | None:
     """The model's output width: its lm_head's out features (a padded vocabulary counts its padding)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
