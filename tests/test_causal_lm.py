@@ -216,3 +216,33 @@ def test_two_top_k_teachers_train_a_student_on_each_ones_divergence_weighted(run
     assert len(evaluated["teachers"]) == 2 and 0 < evaluated["teacher_disagreement"] <= 1
     # The ensemble is scored as the teachers' mixture: its top-1 agrees with neither teacher everywhere.
     assert 0 < evaluated["teacher"]["accuracy"] < 1 and evaluated["student"]["mean_kl"] > 0
+
+
+def test_top_k_pass_under_torchrun_deals_out_blocks_and_writes_the_one_process_cache(runs, lm, tmp_path):
+    """Two CPU processes (gloo): each labels every other block of each chunk, the shares are gathered back in order
+    and the first process writes the cache; it holds what one process writes."""
+    import subprocess
+    import sys
+
+    from conftest import write_config
+    from test_reliability import ENV
+
+    trained = str(runs["root"] / "soft" / "teacher")
+    ddp = tmp_path / "ddp"
+    config = write_config(tmp_path / "ddp.yaml", lm_values(lm, ddp, teacher_model=trained, teacher_train=False,
+                                                           num_train_epochs=1))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "kdistill.cli", "distill", "--config", config],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "rank1" in line)[-4000:]
+    one = make_config(lm_values(lm, tmp_path / "one", teacher_model=trained, teacher_train=False))
+    (reference,) = pipeline.teacher_soft_labels(one, ("train",), together=False)["train"]
+    (cache,) = sorted((ddp / "soft_labels").glob("train-*.safetensors"))
+    stored = read_cache(str(cache), _fp(cache))
+    assert stored.payload == "topk" and len(stored) == len(reference) > 2
+    got = pipeline.teacher_soft_labels(make_config(lm_values(lm, ddp, teacher_model=trained, teacher_train=False,
+                                                             num_train_epochs=1)), ("train",))["train"][0]
+    for row in range(len(reference)):  # in row order: block r of the file is block r of the one-process pass
+        (v, i, t), (rv, ri, rt) = got[row], reference[row]
+        assert torch.allclose(v, rv, atol=2e-2) and torch.allclose(t, rt, atol=1e-4)
+        assert float((i[:, 0] == ri[:, 0]).float().mean()) > 0.95

@@ -259,7 +259,7 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                 else:
                     logger.info("soft labels for %s: %d rows reused from %s", split, len(stored), file)
             if is_topk(stored):
-                stored = TopKRows(stored)
+                stored = stored if isinstance(stored, TopKRowList) else TopKRows(stored)
                 logger.info("soft labels for %s: top-%d of %d classes, %d items, %.1f bytes per item", split,
                             stored.top_k, stored.classes, stored.items, stored.bytes_per_item)
             out[split].append(stored)
@@ -324,9 +324,19 @@ def _v1_cache(cache: str, name: str, tdir: str, path: str | None, settings: dict
 
 
 def _interleave(shares: list, world: int):
-    """Rows dealt round-robin to `world` processes, put back in row order (shares differ in length by at most 1)."""
-    rows = [share[j] for j in range(max(len(s) for s in shares)) for share in shares if j < len(share)]
+    """Rows dealt round-robin to `world` processes, put back in row order (shares differ in length by at most 1).
+    Shares that are TopK chunks give one TopK chunk (a process with no rows gives an empty list)."""
+    topk = [s for s in shares if isinstance(s, TopK)]
+    if topk:
+        parts = [s if isinstance(s, TopK) else TopK([], [], [], topk[0].classes) for s in shares]
+        return TopK(*(_dealt([getattr(p, f) for p in parts]) for f in ("values", "indices", "tail")),
+                    topk[0].classes)
+    rows = _dealt(shares)
     return torch.stack(rows) if all(r.shape == rows[0].shape for r in rows) else rows
+
+
+def _dealt(shares: list) -> list:
+    return [share[j] for j in range(max(len(s) for s in shares)) for share in shares if j < len(share)]
 
 
 def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progress: bool,
@@ -346,10 +356,11 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
     table = load_split(config.data, split)
     rows_in_split = len(table)
     rank, world = rank_world(together)
-    if world > 1 and not task.rows_shard:
-        raise UserError(f"the {task.name} task's soft-label pass runs on one process: run it first without torchrun "
-                        "(`kdistill teach`, then the soft labels are cached for the distributed run)")
-    if world > 1:  # this process's share: rows rank, rank + world, ...
+    # A task whose items come from the whole split (a causal LM's blocks, cut from one stream of lines) cannot deal
+    # out the split's rows: every process makes every chunk's items (the same, deterministic) and labels items
+    # rank, rank + world, ... of each chunk.
+    deal_items = world > 1 and not task.rows_shard
+    if world > 1 and not deal_items:  # this process's share: rows rank, rank + world, ...
         table = table.select(range(rank, rows_in_split, world))
     source = split_file(config.data, split) or split
     if rows_in_split == 0:
@@ -360,6 +371,9 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
     # A task that reduces its outputs to top-k batch by batch (a vocabulary's logits would not fit a chunk) is told k.
     k = config.soft_label_top_k()
     reduce = {"top_k": k} if k and task.predicts_topk else {}
+    if deal_items:
+        yield from _dealt_chunks(task, teacher, tokenizer, inputs, rank, world, config, reduce, progress, split)
+        return
     with tqdm(total=len(table), desc=f"soft labels ({split})", unit="rows", disable=not progress) as bar:
         for _ in range(chunks_needed):
             rows = next(inputs, [])
@@ -376,21 +390,43 @@ def teacher_pass_chunks(config: RunConfig, split: str, teacher, tokenizer, progr
         raise RuntimeError("the soft-label pass left rows unlabelled")
 
 
+def _dealt_chunks(task, teacher, tokenizer, inputs: Iterator, rank: int, world: int, config: RunConfig,
+                  reduce: dict, progress: bool, split: str) -> Iterator:
+    """`teacher_pass_chunks` under torchrun for a task that cannot split its rows: each chunk's items dealt out,
+    labelled, gathered and put back in order. Every process reads every chunk, so all take part in every gather."""
+    import torch.distributed as dist
+
+    with tqdm(desc=f"soft labels ({split})", unit="items", disable=not progress) as bar:
+        for rows in inputs:
+            mine = rows[rank::world]
+            logits = task.predict_items(teacher, mine, tokenizer, batch_size=config.distill.per_device_eval_batch_size,
+                                        progress=bar.update, **reduce) if mine else []
+            shares: list = [None] * world
+            dist.all_gather_object(shares, logits)
+            yield _interleave(shares, world)
+
+
 def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bool, together: bool = True):
     """The whole split's logits in memory (`teacher_pass_chunks` joined): for small splits and tests."""
     return _joined(list(teacher_pass_chunks(config, split, teacher, tokenizer, progress, together)))
 
 
 def _joined(chunks: list):
-    """Chunks of the pass as one result: a tensor, or (ragged rows) one list of per-row tensors."""
+    """Chunks of the pass as one result: a tensor, or (ragged rows) one list of per-row tensors, or (TopK chunks)
+    one list of per-row (values, indices, tail), as a top-k cache's rows read (TopKRows)."""
     if all(isinstance(c, torch.Tensor) for c in chunks):
         return torch.cat(chunks)
+    if chunks and all(isinstance(c, TopK) for c in chunks):
+        return TopKRowList([(v.float(), i.long(), t.float()) for c in chunks
+                            for v, i, t in zip(c.values, c.indices, c.tail)], chunks[0].classes)
     return [row for c in chunks for row in c]
 
 
 def per_row(source: Any) -> torch.Tensor | list[torch.Tensor]:
     """A soft-label source in memory: one tensor [rows, C] when each row holds one item, else a list of per-row
     [items_i, C] tensors (ragged: words or tokens)."""
+    if isinstance(source, RowList):
+        return source
     if isinstance(source, list):
         return RowList(source)
     if isinstance(source, torch.Tensor) or not getattr(source, "ragged", False):
@@ -446,13 +482,28 @@ class RowList(list):
         return list.__getitem__(self, idx)
 
 
+class TopKRowList(RowList):
+    """A top-k pass's rows kept in memory (a process that does not write the cache): per row (values, indices,
+    tail), indexable like TopKRows."""
+
+    payload, ragged = "topk", True
+
+    bytes_per_item = float("nan")  # never written by this process
+
+    def __init__(self, rows: list, classes: int):
+        super().__init__(rows)
+        self.classes = classes
+        self.top_k = int(rows[0][0].shape[-1]) if rows else 0
+        self.items = sum(len(r[2]) for r in rows)
+
+
 class ConcatSources:
     """Several splits' soft-label sources as one, indexed by the rows of their splits laid end to end (the
     collator's one index space: train, then transfer, then validation). In-memory tensors are concatenated once;
     a lazily read cache stays lazy, each batch reading only its own rows."""
 
     def __init__(self, sources: list):
-        sources = [RowList(s) if isinstance(s, list) else s for s in sources]
+        sources = [s if isinstance(s, RowList) else RowList(s) if isinstance(s, list) else s for s in sources]
         if all(isinstance(s, torch.Tensor) for s in sources):
             self.sources, self.whole = sources, torch.cat(sources)
         else:

@@ -20,7 +20,7 @@ A task answers the engine's questions about one kind of problem:
 - reports: `headline_metric`, the eval.json key a sweep compares settings on (`kdistill compare`);
 - the soft-label pass: `default_top_k` (the cache's top k when the config sets none; None: every logit),
   `predicts_topk` (its `predict_items` takes `top_k` and reduces each batch itself), `rows_shard` (its input rows may
-  be dealt to processes under torchrun), `cache_settings` (what else its rows depend on, for the fingerprint);
+  be dealt to processes under torchrun; else each chunk's items are), `cache_settings` (what else its rows depend on, for the fingerprint);
 - files and labels: `read_file` (a file format of its own, e.g. plain text; None: the common readers),
   `build_label_map` (an empty map for a task whose outputs are the vocabulary);
 - `check_models`, called when the trainer is built: the student against the teacher's output width.

@@ -383,7 +383,9 @@ class CausalLM(Task):
     headline_metric = "perplexity"
     default_top_k = 64
     predicts_topk = True
-    rows_shard = False  # blocks are cut from the whole stream of lines, not from each process's share of them
+    # Blocks are cut from the whole stream of lines, not from each process's share of them: under torchrun the pass
+    # deals out each chunk's blocks instead (soft_labels.produce).
+    rows_shard = False
     # A transfer file is text (teacher completions: `kdistill generate --teacher`), packed like the training text and
     # trained on as next tokens, Kim & Rush's (2016) sequence-level KD under strategy hard.
     transfer_labelled = True
