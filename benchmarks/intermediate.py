@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/intermediate.py --rows 60614 --jobs 2   # every training row, two cells at a time
     python benchmarks/intermediate.py --quick                        # 2,000 rows, 2 seeds: a few minutes
     python benchmarks/intermediate.py --rebuild benchmarks/results/intermediate.json   # the page again, runs nothing
+    python benchmarks/intermediate.py --speed_only --rows 6000 --seeds 1 2 --teacher DIR   # the epoch ratio alone
 
 Drives kdistill's Python API (make_config, teach, distill, evaluate) on ../shared/data/sst2:
 
@@ -386,6 +387,41 @@ def summarize(result: dict, runner: Runner, prof: dict) -> None:
     }
 
 
+def speed_only(result: dict, runner: Runner, weights: dict, seeds: list[int], temperature: float) -> str:
+    """The online/cache epoch ratio alone, one cell at a time on a quiet machine: per seed an epoch of logits KD
+    from the cache, then one with the teacher in the trainer (logits + hidden + attention), same rows and order.
+    Returns the page."""
+    online = {**KD, "hidden_mse": weights["hidden_mse"], "attention_kl": weights["attention_kl"]}
+    ratios = []
+    for seed in seeds:
+        cache = runner.run("3-layer", "logits KD", KD, seed, temperature)
+        teacher = runner.run("3-layer", "logits KD + hidden + attention", online, seed, temperature)
+        ratios.append(teacher["train_seconds"] / cache["train_seconds"])
+    probe = result["probe"]
+    result["cells"] = runner.cells
+    result["speed"] = {"ratios": ratios, "mean": sum(ratios) / len(ratios), "temperature": temperature}
+    result["summary"] = {"online_over_cache_epoch": result["speed"]["mean"], "ratios": ratios,
+                         "forward_cost_ratio": probe["forward_cost_ratio"], "target": 1.8,
+                         "met": result["speed"]["mean"] <= 1.8, "rows": result["settings"]["rows"]}
+    m = result["machine"]
+    lines = ["# Intermediate-layer terms: epoch with the teacher in the trainer / epoch from the cache (issue 16)",
+             "", f"- **Date**: {result['date']}. **Machine**: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} "
+             f"cores, Python {m['python']}.", bench_env.versions_line(result),
+             f"- **Command**: `{result['command']}`; cells one at a time, load {result['load_start']} at the start.",
+             "", "```", f"{'seed':>5}{'cache epoch s':>15}{'online epoch s':>16}{'ratio':>8}", "-" * 44]
+    for seed, r in zip(seeds, ratios):
+        c, o = (runner.cells[f"3-layer|{n}|{seed}"]["train_seconds"] for n in
+                ("logits KD", "logits KD + hidden + attention"))
+        lines.append(f"{seed:>5}{c:>15.1f}{o:>16.1f}{r:>8.2f}")
+    lines += ["", f"mean ratio {result['speed']['mean']:.2f} (target <= 1.8: "
+              f"{'met' if result['speed']['mean'] <= 1.8 else 'MISSED'})",
+              f"teacher forward / student forward+backward on {probe['batches']} batches of 32: "
+              f"{probe['teacher_forward_s']:.2f} s / {probe['student_forward_backward_s']:.2f} s = "
+              f"{probe['forward_cost_ratio']:.2f}: expected ratio about 1 + {probe['forward_cost_ratio']:.2f}, less "
+              "the data loading and optimizer step both epochs share", "```", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 training rows, 2 seeds")
@@ -398,6 +434,9 @@ def main() -> int:
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--name", default=None, help="results file name (default intermediate[_quick])")
     parser.add_argument("--rebuild", default=None, metavar="JSON", help="write the page again from a results JSON")
+    parser.add_argument("--speed_only", action="store_true",
+                        help="only the online/cache epoch ratio, one cell at a time (results: intermediate_speed)")
+    parser.add_argument("--temperature", type=float, default=4.0, help="--speed_only: logits KD's T (default 4)")
     args = parser.parse_args()
     if args.rebuild:
         stored = bench_env.rebuild_page(args.rebuild, render, "test accuracy by setting")
@@ -427,6 +466,12 @@ def main() -> int:
     weights = feature_weights(probe)
     result["feature_weights"] = weights
     print(f"[{bench_env.now_utc()}] probe: {probe['terms']}, weights {weights}", file=sys.stderr, flush=True)
+    if args.speed_only:
+        runner = Runner(base, teacher_dir, work, 1)
+        page = speed_only(result, runner, weights, prof["seeds"], args.temperature)
+        result.update(seconds=time.perf_counter() - started, load_end=bench_env.load1())
+        bench_env.write_results(args.results_dir, args.name or "intermediate_speed", result, page)
+        return 0
     runner = Runner(base, teacher_dir, work, args.jobs)
     if args.jobs > 1:  # the teacher's logits cached once here, before workers read them side by side
         from kdistill.pipeline import teacher_soft_labels
