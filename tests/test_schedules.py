@@ -173,6 +173,24 @@ def test_mixed_alpha_schedule_weighs_soft_by_alpha_and_hard_by_its_complement():
     assert d.alpha == 1.0
 
 
+def test_an_alpha_schedule_beside_another_strategy_or_an_objective_is_said_once(caplog):
+    from kdistill import config as config_module
+
+    config_module._WARNED.clear()
+    schedule = {"schedule": "linear", "from": 1, "to": 0, "end": 10}
+    soft = make_config(train_file="t.tsv", strategy="soft", alpha=schedule).distill
+    with caplog.at_level("WARNING", logger="kdistill.config"):
+        assert soft.objective_weights() == {"soft_kl": 1.0}
+        soft.objective_weights()
+    said = [r.getMessage() for r in caplog.records if "alpha_schedule" in r.getMessage()]
+    assert said == ["alpha_schedule weighs strategy mixed's soft and hard parts; with strategy soft it does nothing "
+                    "(give a term's weight a schedule in objective instead)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kdistill.config"):
+        make_config(train_file="t.tsv", strategy="mixed", alpha=schedule).distill.objective_weights()
+    assert not [r for r in caplog.records if "alpha_schedule" in r.getMessage()]
+
+
 # ------------------------------------------------------------------------------------------------ in the trainer
 
 

@@ -13,6 +13,7 @@ Field names are unique across the four, so the same names work as flags
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,11 +163,15 @@ class DistillationConfig(TrainingArguments):
     def objective_weights(self) -> dict[str, "float | schedules.Schedule"]:
         """The objective's terms and weights (numbers or `schedules.Schedule`s): `objective` if given, else the
         strategy's preset, whose mixed weights follow `alpha_schedule` (soft alpha(t), hard 1 - alpha(t))."""
+        alpha = self.scheduled("alpha")
+        if isinstance(alpha, schedules.Schedule) and (self.objective is not None or self.strategy != "mixed"):
+            _warn_once(f"alpha_schedule weighs strategy mixed's soft and hard parts; with "
+                       f"{'objective' if self.objective is not None else 'strategy ' + self.strategy} it does "
+                       "nothing (give a term's weight a schedule in objective instead)")
         if self.objective is not None:
             return {name: schedules.parse(w) if isinstance(w, dict) else float(w)
                     for name, w in json.loads(self.objective).items()}
         weights = preset_weights(self.strategy, self.alpha, self.soft_loss)
-        alpha = self.scheduled("alpha")
         if self.strategy == "mixed" and isinstance(alpha, schedules.Schedule):
             soft = next(iter(weights))
             weights = {soft: alpha, "hard_ce": alpha.complement()}
@@ -176,6 +181,16 @@ class DistillationConfig(TrainingArguments):
         """`temperature` or `alpha` as the run uses it: its schedule if it has one, else its number."""
         spec = getattr(self, f"{name}_schedule")
         return schedules.parse(json.loads(spec)) if spec is not None else getattr(self, name)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning logged once per process (objective_weights is read at every step's setup, and by each sweep cell)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger(__name__).warning(message)
 
 
 def _move_schedule(config: "DistillationConfig", name: str, bounds: dict) -> None:
