@@ -263,6 +263,15 @@ class Cells:
     def __contains__(self, key: str) -> bool:
         return key in self.done
 
+    @staticmethod
+    def spec_id(spec: tuple) -> str:
+        """What made a cell (its whole spec: settings, rows, paths), hashed: a stored cell made otherwise is run
+        again rather than reused."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def put(self, key: str, cell: dict) -> None:
         import json
 
@@ -283,19 +292,23 @@ class Cells:
                 continue
             if os.path.exists(self._path(key)):
                 with open(self._path(key), encoding="utf-8") as fh:
-                    self.done[key] = json.load(fh)
-                print(f"[{now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
-                continue
+                    stored = json.load(fh)
+                if stored.get("spec_id", self.spec_id(spec)) == self.spec_id(spec):  # cells kept before ids: as they are
+                    self.done[key] = stored
+                    print(f"[{now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
+                    continue
+                print(f"[{now_utc()}] {key}: stored cell made with other settings; run again", file=sys.stderr,
+                      flush=True)
             todo[key] = spec
         if self.jobs > 1 and len(todo) > 1:
             import multiprocessing
 
             with multiprocessing.get_context("spawn").Pool(min(self.jobs, len(todo)), maxtasksperchild=1) as pool:
                 for key, cell in pool.imap_unordered(_keyed, [(self.fn, k, s) for k, s in todo.items()]):
-                    self.put(key, cell)  # kept as soon as it is done
+                    self.put(key, {**cell, "spec_id": self.spec_id(todo[key])})  # kept as soon as it is done
         else:
             for key, spec in todo.items():
-                self.put(key, self.fn(*spec))
+                self.put(key, {**self.fn(*spec), "spec_id": self.spec_id(spec)})
 
 
 def _keyed(job: tuple) -> tuple[str, dict]:

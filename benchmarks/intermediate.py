@@ -135,9 +135,9 @@ class Runner:
     """The benchmark's cells (bench_env.Cells: `jobs` at a time, each kept under `work/cells/` as it finishes, so a
     killed run started again with the same --work skips them)."""
 
-    def __init__(self, base: dict, teacher_dir: str, work: str, jobs: int = 1):
+    def __init__(self, base: dict, teacher_dir: str, work: str, jobs: int = 1, store: str = "cells"):
         self.base, self.teacher_dir, self.work = base, teacher_dir, work
-        self.store = bench_env.Cells(run_cell, os.path.join(work, "cells"), lambda spec: f"{spec[3]}|{spec[4]}|{spec[6]}",
+        self.store = bench_env.Cells(run_cell, os.path.join(work, store), lambda spec: f"{spec[3]}|{spec[4]}|{spec[6]}",
                                      jobs)
 
     @property
@@ -467,7 +467,7 @@ def main() -> int:
     result["feature_weights"] = weights
     print(f"[{bench_env.now_utc()}] probe: {probe['terms']}, weights {weights}", file=sys.stderr, flush=True)
     if args.speed_only:
-        runner = Runner(base, teacher_dir, work, 1)
+        runner = Runner(base, teacher_dir, work, 1, store="cells-speed")  # never the full run's cells
         page = speed_only(result, runner, weights, prof["seeds"], args.temperature)
         result.update(seconds=time.perf_counter() - started, load_end=bench_env.load1())
         bench_env.write_results(args.results_dir, args.name or "intermediate_speed", result, page)

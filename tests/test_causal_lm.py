@@ -214,8 +214,15 @@ def test_two_top_k_teachers_train_a_student_on_each_ones_divergence_weighted(run
     evaluated = evaluate(config)
     assert evaluated["student"]["loss"] > 0 and 0 <= evaluated["student"]["agreement"] <= 1
     assert len(evaluated["teachers"]) == 2 and 0 < evaluated["teacher_disagreement"] <= 1
-    # The ensemble is scored as the teachers' mixture: its top-1 agrees with neither teacher everywhere.
+    # The ensemble is scored as the teachers' mixture: its top-1 is neither teacher's everywhere.
     assert 0 < evaluated["teacher"]["accuracy"] < 1 and evaluated["student"]["mean_kl"] > 0
+    from kdistill.metrics import TopKMixture, mixture_topk
+
+    test = pipeline.teacher_soft_labels(config, ("test",), together=False)["test"]
+    mixed = torch.cat([mixture_topk(TopKMixture(rows, [3, 1]))[0][:, 0] for rows in zip(*test)])
+    for source in test:
+        alone = torch.cat([row[1][:, 0] for row in source])
+        assert bool((mixed != alone).any()) and bool((mixed == alone).any())
 
 
 def test_top_k_pass_under_torchrun_deals_out_blocks_and_writes_the_one_process_cache(runs, lm, tmp_path):

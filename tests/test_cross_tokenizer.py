@@ -220,8 +220,9 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld_on_prompt_response_r
                   speed_batches=0, seed=0, use_cpu=True)
     config = make_config(values)
     pipeline.teach(config)
-    # What the collator gives the uld term: on real rows, most response characters that end a teacher token are
-    # paired, no prompt-only position (label -100) is, and the probabilities are the teacher's cached top-k at T=1.
+    # What the collator gives the uld term: on real rows a share of the response's positions is paired (the loss
+    # reads only those, its mask being labels != -100 and this one), and the probabilities are the teacher's cached
+    # top-k at T=1.
     student_tok = AutoTokenizer.from_pretrained(tmp_path / "char")
     task = get_task("causal_lm")
     sources = pipeline.teacher_soft_labels(config, ("train",))
@@ -241,3 +242,15 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld_on_prompt_response_r
     uld = [entry["loss_uld"] for entry in out["log_history"] if "loss_uld" in entry]
     assert len(uld) >= 3 and uld[-1] < 0.9 * uld[0], uld
     assert [e for e in out["log_history"] if "eval_loss_uld" in e]
+
+
+def test_same_next_text_reads_first_characters_and_the_end_of_text():
+    from kdistill.tasks.causal_lm import _same_next_text
+
+    mine, theirs = ["", " ", "t", "h"], ["", " the", "t", "x"]
+    mine, theirs = [m[:1] for m in mine], [t[:1] for t in theirs]
+    assert _same_next_text(1, 1, mine, theirs, 0, 0)  # " " and " the" begin alike
+    assert _same_next_text(2, 2, mine, theirs, 0, 0) and not _same_next_text(3, 3, mine, theirs, 0, 0)
+    assert _same_next_text(0, 0, mine, theirs, 0, 0)  # both end the text
+    assert not _same_next_text(0, 1, mine, theirs, 0, 0)
+    assert not _same_next_text(7, 1, mine, theirs, 0, 0)  # a padded output row past the tokenizer spells nothing

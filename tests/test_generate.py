@@ -70,18 +70,7 @@ def _beam(model_dir: str, prompt: str, beams: int) -> list[int]:
     return out[0, ids["input_ids"].shape[1]:].tolist()
 
 
-def _log_prob(model_dir: str, prompt: str, completion: list[int]) -> float:
-    """The model's log-probability of `completion`'s tokens after `prompt`."""
-    model = load_classifier(model_dir, "model", auto_model="AutoModelForCausalLM").eval()
-    tok = load_tokenizer(model_dir, "tokenizer")
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"][0].tolist()
-    full = torch.tensor([ids + completion])
-    with torch.inference_mode():
-        logp = model(full).logits[0, :-1].log_softmax(-1)
-    return float(sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(completion)))
-
-
-def test_beam_search_completes_like_model_generate_and_scores_at_least_greedy(run, lm):
+def test_beam_search_completes_like_model_generate(run, lm):
     """Batched, left-padded beam search equals `model.generate` on each prompt alone, for the run's student and for
     the untrained GPT-2 (whose flat distributions make beams part from greedy decoding)."""
     differs = 0
@@ -92,9 +81,6 @@ def test_beam_search_completes_like_model_generate_and_scores_at_least_greedy(ru
         for prompt, row, plain in zip(PROMPTS, beams, greedy):
             want = _beam(model_dir, prompt, 4)
             assert row["completion"] == tok.decode(want, skip_special_tokens=True)
-            got = tok(plain["completion"], add_special_tokens=False)["input_ids"]
-            if len(want) == len(got):  # same length: the beam's sequence is at least as likely as greedy's
-                assert _log_prob(model_dir, prompt, want) >= _log_prob(model_dir, prompt, got) - 1e-4
             differs += row["completion"] != plain["completion"]
     assert differs, "beam search found greedy's completion for every prompt: the comparison shows nothing"
 

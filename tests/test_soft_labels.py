@@ -579,3 +579,16 @@ def test_round_robin_shares_are_put_back_in_row_order():
 
     shares = [torch.tensor([[0.0], [3.0], [6.0]]), torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [5.0]])]
     assert _interleave(shares, 3).flatten().tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_gathered_chunks_with_no_rows_join_to_nothing_and_top_k_chunks_join_row_by_row():
+    from kdistill.soft_labels.produce import TopK, TopKRowList, _interleave, _joined
+
+    assert _interleave([[], []], 2) == []  # a packed split's short last chunk, on every process
+    a = TopK([torch.ones(2, 3)], [torch.zeros(2, 3, dtype=torch.long)], [torch.zeros(2)], 10)
+    b = TopK([torch.full((2, 3), 2.0)], [torch.ones(2, 3, dtype=torch.long)], [torch.ones(2)], 10)
+    dealt = _interleave([a, b, []], 3)  # the third process had no block in this chunk
+    assert isinstance(dealt, TopK) and [float(v[0, 0]) for v in dealt.values] == [1.0, 2.0]
+    joined = _joined([dealt, _interleave([[], [], []], 3)])
+    assert isinstance(joined, TopKRowList) and len(joined) == 2 and joined.classes == 10 and joined.top_k == 3
+    assert joined.items == 4 and float(joined[torch.tensor([1])][0][0][0, 0]) == 2.0

@@ -24,7 +24,8 @@ from .run import pad
 
 @dataclass
 class Predictor:
-    """A classifier ready for raw text: a PyTorch model or an ONNX session, its tokenizer and labels."""
+    """A classifier or (`tagger`) a token tagger ready for raw text: a PyTorch model or an ONNX session, its
+    tokenizer and labels. A tagger answers `tag` (entities), a classifier `probabilities` and `predict`."""
 
     model: object
     tokenizer: object
@@ -34,6 +35,8 @@ class Predictor:
     tagger: bool = False  # a token-classification model: entities, not one label per text
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        if self.tagger:
+            raise TypeError("a tagger predicts entities: use Predictor.tag or predict_stream")
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         names = [n for n in self.tokenizer.model_input_names if n in enc]
         rows = [{n: enc[n][i] for n in names} for i in range(len(texts))]
@@ -84,7 +87,7 @@ class Predictor:
 
     def predict_stream(self, texts: Iterable[str], batch_size: int = 64) -> Iterator[tuple[str, dict]]:
         """(text, {"label", "probabilities"}) for every text, `batch_size` at a time (bounded memory), as
-        deploy.runtime.ExportedModel.predict_stream answers."""
+        deploy.runtime.ExportedModel.predict_stream answers; for a tagger (text, `tag`'s prediction)."""
         texts = iter(texts)
         while batch := list(itertools.islice(texts, batch_size)):
             if self.tagger:

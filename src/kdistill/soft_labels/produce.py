@@ -248,7 +248,7 @@ def teacher_outputs(config: RunConfig, splits: tuple[str, ...] = SPLITS, progres
                     _barrier(together)
                     # Read back lazily (the first process wrote it); a process that cannot see it keeps what it
                     # computed.
-                    stored = read_cache(file, fp) if is_main(config) or logits is None else None
+                    stored = read_cache(file, fp)
                     if stored is None:
                         if logits is None:
                             raise UserError(f"{file} was written by the first process but is unreadable here: "
@@ -327,6 +327,8 @@ def _interleave(shares: list, world: int):
     """Rows dealt round-robin to `world` processes, put back in row order (shares differ in length by at most 1).
     Shares that are TopK chunks give one TopK chunk (a process with no rows gives an empty list)."""
     topk = [s for s in shares if isinstance(s, TopK)]
+    if not topk and not any(len(s) for s in shares):  # a chunk with no rows (a packed split's short last chunk)
+        return []
     if topk:
         parts = [s if isinstance(s, TopK) else TopK([], [], [], topk[0].classes) for s in shares]
         return TopK(*(_dealt([getattr(p, f) for p in parts]) for f in ("values", "indices", "tail")),
@@ -414,7 +416,8 @@ def teacher_pass(config: RunConfig, split: str, teacher, tokenizer, progress: bo
 def _joined(chunks: list):
     """Chunks of the pass as one result: a tensor, or (ragged rows) one list of per-row tensors, or (TopK chunks)
     one list of per-row (values, indices, tail), as a top-k cache's rows read (TopKRows)."""
-    if all(isinstance(c, torch.Tensor) for c in chunks):
+    chunks = [c for c in chunks if isinstance(c, (torch.Tensor, TopK)) or len(c)]  # chunks with no rows add none
+    if chunks and all(isinstance(c, torch.Tensor) for c in chunks):
         return torch.cat(chunks)
     if chunks and all(isinstance(c, TopK) for c in chunks):
         return TopKRowList([(v.float(), i.long(), t.float()) for c in chunks

@@ -169,6 +169,9 @@ def example_items(table, tokenizer, teacher_tokenizer, config, teacher_rows: int
     from ..lm_data import align_by_offsets
 
     mine, theirs = _example_spans(table, tokenizer, config), _example_spans(table, teacher_tokenizer, config)
+    if not teacher_rows and any(s is not None for s in mine):
+        raise UserError("the teacher's tokenizer keeps no example of this data (every row lost its response to "
+                        "max_length): raise max_length")
     if sum(s is not None for s in theirs) != teacher_rows:
         raise UserError(f"the teacher's soft labels hold {teacher_rows} rows but its tokenizer makes "
                         f"{sum(s is not None for s in theirs)} examples of this data; delete the soft-label cache "
@@ -313,13 +316,27 @@ def aligned_example_teacher(source: Any, rows: Tensor, positions: Tensor) -> tup
 
 def first_characters(tokenizer: Any) -> list[str]:
     """Per token id, the first character of the text the token decodes to alone ("" for a special token or one that
-    spells nothing, such as part of a multi-byte character)."""
+    spells nothing, such as part of a multi-byte character). A SentencePiece word-start token ("\u2581the"), whose
+    lone decoding drops its space, begins with " "."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     out = []
     for i in range(len(tokenizer)):
-        text = "" if i in special else tokenizer.decode([i])
+        if i in special:
+            out.append("")
+            continue
+        piece = tokenizer.convert_ids_to_tokens(i)
+        text = " " if isinstance(piece, str) and piece.startswith("\u2581") else tokenizer.decode([i])
         out.append("" if not text or text[0] == "\ufffd" else text[0])
     return out
+
+
+def _same_next_text(s_id: int, t_id: int, mine: list[str], theirs: list[str], s_eos, t_eos) -> bool:
+    """Whether two top-1 tokens begin the same next text: the same first character, or both the end of text. An id
+    past a tokenizer's vocabulary (a padded output layer's spare rows) spells nothing."""
+    if s_id == s_eos and t_id == t_eos:
+        return True
+    a = mine[s_id] if s_id < len(mine) else ""
+    return bool(a) and a == (theirs[t_id] if t_id < len(theirs) else "")
 
 
 def cross_tokenizer_fidelity(student_logits: list[Tensor], labels: list[Tensor], part, teacher_rows: Any,
@@ -329,7 +346,7 @@ def cross_tokenizer_fidelity(student_logits: list[Tensor], labels: list[Tensor],
 
     - `aligned_positions`: the share of the student's predicted positions that have a teacher partner;
     - `next_text_agreement`: at those positions, the share where both models' most likely next tokens begin with
-      the same character (the two vocabularies' top-1 compared as text, so a character-level student agrees with a
+      the same character, or are both the end of text (the two vocabularies' top-1 compared as text, so a character-level student agrees with a
       BPE teacher whose next token is " the" when it predicts " ");
     - `aligned_uld`: the mean ULD distance there (`losses.lm.uld_loss`: L1 between the sorted probabilities, the
       teacher's top-k and its tail).
@@ -362,7 +379,8 @@ def cross_tokenizer_fidelity(student_logits: list[Tensor], labels: list[Tensor],
             student = torch.as_tensor(logits).float()[here]
             uld += float(uld_loss(student, probs, num_items=1))
             top_s, top_t = student.argmax(-1).tolist(), indices[at, 0].tolist()
-            agree += sum(1 for s_id, t_id in zip(top_s, top_t) if mine[s_id] and mine[s_id] == theirs[t_id])
+            agree += sum(_same_next_text(s_id, t_id, mine, theirs, tokenizer.eos_token_id,
+                                         teacher_tokenizer.eos_token_id) for s_id, t_id in zip(top_s, top_t))
             paired += len(top_s)
     return {"aligned_positions": paired / max(predicted, 1), "next_text_agreement": agree / max(paired, 1),
             "aligned_uld": uld / max(paired, 1)}
