@@ -216,13 +216,16 @@ def diff_text(c: dict | None) -> str:
     return ci_text(c, signed=True)
 
 
-def rebuild_page(path: str, render, image: str | None = None) -> dict:
+def rebuild_page(path: str, render, image: str | None = None, update=None) -> dict:
     """A results page (.md beside the JSON at `path`) written again by `render(result)` from the stored JSON,
-    with the `![image](<name>_<image>.png)` line the run appended; returns the result."""
+    with the `![image](<name>_<image>.png)` line the run appended; returns the result. `update(result)` may add
+    to it first what other results files hold (the JSON itself stays as its run wrote it)."""
     import json
 
     with open(path, encoding="utf-8") as fh:
         stored = json.load(fh)
+    if update is not None:
+        update(stored)
     name = os.path.splitext(os.path.basename(path))[0]
     with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as fh:
         fh.write(render(stored) + (image_line(name, image) if image else ""))
