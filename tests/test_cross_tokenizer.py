@@ -79,25 +79,31 @@ def test_different_vocabularies_without_uld_name_uld():
         task.check_models(student, 300, {"uld": 0.5, "lm_forward_kl": 0.5})
 
 
+def uld_run(tmp_path, teacher_text, student_text) -> dict:
+    """A 1-layer GPT-2 teacher with a byte-level BPE trained on `teacher_text`, a character tokenizer over
+    `student_text`, and the run values (without data or teacher epochs) for a 1-layer character student on uld."""
+    bpe = train_bpe_tokenizer(teacher_text, 300, str(tmp_path / "teacher"))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
+                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)
+                    ).save_pretrained(tmp_path / "teacher")
+    chars = char_tokenizer(student_text, str(tmp_path / "char"))
+    return dict(task="causal_lm", teacher_model=str(tmp_path / "teacher"), teacher_learning_rate=5e-3,
+                teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
+                student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
+                objective={"uld": 0.8, "hard_ce": 0.2}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
+                learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
+                speed_batches=0, seed=0, use_cpu=True)
+
+
 def test_char_student_learns_from_a_bpe_teacher_through_uld(tmp_path):
     with open(SHAKESPEARE, encoding="utf-8") as fh:
         lines = fh.read().splitlines(keepends=True)[:160]
     train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
     train.write_text("".join(lines[:120]), encoding="utf-8")
     validation.write_text("".join(lines[120:]), encoding="utf-8")
-    bpe = train_bpe_tokenizer(lines[:120], 300, str(tmp_path / "teacher"))
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
-                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)
-                    ).save_pretrained(tmp_path / "teacher")
-    chars = char_tokenizer(lines[:160], str(tmp_path / "char"))
-    values = dict(task="causal_lm", train_file=str(train), validation_file=str(validation), block_size=32,
-                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=30, teacher_learning_rate=5e-3,
-                  teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
-                  student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
-                  objective={"uld": 0.8, "hard_ce": 0.2}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
-                  learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
-                  speed_batches=0, seed=0, use_cpu=True)
+    values = dict(uld_run(tmp_path, lines[:120], lines[:160]), train_file=str(train),
+                  validation_file=str(validation), block_size=32, teacher_epochs=30)
     config = make_config(values)
     pipeline.teach(config)
     out = pipeline.distill(config)
@@ -204,20 +210,8 @@ def test_char_student_learns_from_a_bpe_teacher_through_uld_on_prompt_response_r
     for name, part in (("train.jsonl", rows[:100]), ("valid.jsonl", rows[100:])):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
     text = "".join(r["prompt"] + r["response"] for r in rows)
-    bpe = train_bpe_tokenizer(text, 300, str(tmp_path / "teacher"))
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(bpe), n_positions=128,
-                               bos_token_id=bpe.eos_token_id, eos_token_id=bpe.eos_token_id)
-                    ).save_pretrained(tmp_path / "teacher")
-    chars = char_tokenizer(text, str(tmp_path / "char"))
-    values = dict(task="causal_lm", train_file=str(tmp_path / "train.jsonl"),
-                  validation_file=str(tmp_path / "valid.jsonl"), max_length=96,
-                  teacher_model=str(tmp_path / "teacher"), teacher_epochs=20, teacher_learning_rate=5e-3,
-                  teacher_batch_size=16, student_init="from_config", student_tokenizer=str(tmp_path / "char"),
-                  student_config_overrides={"n_layer": 1, "vocab_size": len(chars)},
-                  objective={"uld": 0.8, "hard_ce": 0.2}, output_dir=str(tmp_path / "run"), num_train_epochs=4,
-                  learning_rate=3e-3, per_device_train_batch_size=16, logging_steps=4, save_strategy="no",
-                  speed_batches=0, seed=0, use_cpu=True)
+    values = dict(uld_run(tmp_path, text, text), train_file=str(tmp_path / "train.jsonl"),
+                  validation_file=str(tmp_path / "valid.jsonl"), max_length=96, teacher_epochs=20)
     config = make_config(values)
     pipeline.teach(config)
     # What the collator gives the uld term: on real rows a share of the response's positions is paired (the loss
