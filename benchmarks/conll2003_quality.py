@@ -364,10 +364,14 @@ def main() -> int:
               "anchors": ANCHORS, "target_values": TARGETS}
     try:
         base = base_values(prof, work)
+        import torch
+
+        cell_threads = torch.get_num_threads()
+        torch.set_num_threads(cell_threads * args.jobs)  # the teacher and its cache pass run alone: every core
         if args.teacher:
             teacher_dir = os.path.abspath(args.teacher)
         else:
-            teach(make_config(base))
+            teach(make_config(base))  # a run started again with the same --work reuses its teacher
             teacher_dir = os.path.join(work, "teacher-run", "teacher")
         result["teacher"] = {"dir": teacher_dir, **teacher_figures(teacher_dir)}
         print(f"[{bench_env.now_utc()}] teacher ready: dev F1 {f1(result['teacher'].get('dev_f1'))}",
@@ -377,6 +381,7 @@ def main() -> int:
             from kdistill.pipeline import teacher_soft_labels
 
             teacher_soft_labels(make_config({**base, "teacher_model": teacher_dir, "teacher_train": False}))
+        torch.set_num_threads(cell_threads)
         first = prof["seeds"][0]
         runner.run_all([("3-layer", setting, first) for setting in SETTINGS])
         candidates = [s for s in SETTINGS if s != "hard"]
