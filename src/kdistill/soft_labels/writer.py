@@ -1,6 +1,7 @@
 """Writing a soft-label cache (the v2 layout of cache.py) in streamed chunks: memory holds one chunk, not the split."""
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -46,13 +47,28 @@ def _flatten(rows: Rows, ndim: int, what: str) -> tuple[torch.Tensor, list[int] 
     return (torch.cat(parts) if parts else torch.empty(0)), [len(p) for p in parts]
 
 
+# Below this share of the mass outside the top k, the tail is computed exactly (see topk_payload).
+EXACT_TAIL_BELOW = 0.05
+
+
 def topk_payload(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a top-k cache keeps of full logits [..., C]: (the k largest, largest first [..., k]; their classes
-    [..., k]; the log of the softmax mass (T = 1) outside them [...], <= 0, -inf when k = C)."""
+    [..., k]; the log of the softmax mass (T = 1) outside them [...], <= 0, -inf when k = C).
+
+    The tail is log(1 - exp(x)) with x = logsumexp(top k) - logsumexp(all): one pass over the logits beside top-k.
+    Its error is about that of x (a few float32 ulps of the logsumexp) over the tail's mass, under 1e-4 where the
+    tail holds at least EXACT_TAIL_BELOW of the mass; items with a smaller tail (a confident teacher, where 1 - sum
+    p_topk would round towards 0) get logsumexp over the other logits minus logsumexp over all, exact at any size.
+    """
     values, indices = torch.topk(logits, k, dim=-1)
-    # logsumexp over the other logits minus logsumexp over all: exact where 1 - sum p_topk would round to 0.
-    rest = torch.logsumexp(logits.scatter(-1, indices, float("-inf")), dim=-1)
-    return values, indices, (rest - torch.logsumexp(logits, dim=-1)).clamp(max=0.0)
+    total = torch.logsumexp(logits, dim=-1)
+    x = (torch.logsumexp(values, dim=-1) - total).clamp(max=0.0)
+    tail = torch.log(-torch.expm1(x))
+    small = x > math.log1p(-EXACT_TAIL_BELOW)
+    if small.any():
+        rest = logits[small].scatter_(-1, indices[small], float("-inf"))  # a copy of those items only
+        tail[small] = (torch.logsumexp(rest, dim=-1) - total[small]).clamp(max=0.0)
+    return values, indices, tail
 
 
 class CacheWriter:
