@@ -1,6 +1,6 @@
 """Causal-LM distillation on tiny Shakespeare, on the CPU, everything trained here from scratch (issue 17).
 
-    python benchmarks/shakespeare_lm.py            # the issue's sizes: 6x384 teacher (~40 min), 3 seeds: hours
+    OMP_NUM_THREADS=1 python benchmarks/shakespeare_lm.py --jobs 2   # the issue's sizes: 6x384 teacher (~40 min), 3 seeds
     python benchmarks/shakespeare_lm.py --quick    # 4x256 teacher (300 steps), students 80 steps: ~30 min, 1 thread
     python benchmarks/shakespeare_lm.py --smoke --results_dir /tmp/x   # 1-layer 32-wide models: checks the script
     python benchmarks/shakespeare_lm.py --rebuild benchmarks/results/shakespeare_lm.json   # the page again
@@ -54,10 +54,12 @@ SETTINGS = {
     "reverse_kl top-8": ("soft", "reverse_kl", 8), "reverse_kl top-64": ("soft", "reverse_kl", 64),
     "jsd top-8": ("soft", "jsd", 8), "jsd top-64": ("soft", "jsd", 64),
 }
+# full: a 6x384 step on 32 blocks of 256 took 14 s on one thread beside two other jobs (2026-12-02), so 480 steps
+# are about 40 min on two quiet cores; the students' 3 epochs are about 100 steps each.
 PROFILES = {
     "full": {"teacher": {"n_layer": 6, "n_embd": 384, "n_head": 6}, "vocab": 4096, "block": 256,
-             "teacher_steps": 2400, "teacher_batch": 32, "student_layers": 2, "student_steps": None,
-             "student_epochs": 1.0, "batch": 32, "seeds": [1, 2, 3], "char_seeds": [1, 2, 3], "lines": None,
+             "teacher_steps": 480, "teacher_batch": 32, "student_layers": 2, "student_steps": None,
+             "student_epochs": 3.0, "batch": 32, "seeds": [1, 2, 3], "char_seeds": [1, 2, 3], "lines": None,
              "kd": [k for k in SETTINGS if k != "hard"], "lr": 1e-3, "teacher_lr": 1e-3, "logging_steps": 50},
     "quick": {"teacher": {"n_layer": 4, "n_embd": 256, "n_head": 4}, "vocab": 1024, "block": 128,
               "teacher_steps": 300, "teacher_batch": 32, "student_layers": 2, "student_steps": 80,
@@ -103,7 +105,9 @@ def teacher_init(prof: dict, text_file: str, work: str) -> dict:
     tok = train_bpe_tokenizer(lines, prof["vocab"], init)
     char = char_tokenizer(lines, chars)
     torch.manual_seed(0)
+    # gelu_pytorch_tanh: GPT-2's gelu_new as one torch kernel (equal within 3e-7), 4x faster than its Python form
     GPT2LMHeadModel(GPT2Config(**prof["teacher"], n_positions=prof["block"], vocab_size=len(tok),
+                               activation_function="gelu_pytorch_tanh",
                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id)).save_pretrained(init)
     # Counted as causal_lm packs them (each line tokenised on its own, no special tokens), so that teacher_steps
@@ -136,62 +140,70 @@ def cache_bytes(directory: str, split: str = "train") -> int:
     return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.startswith(f"{split}-"))
 
 
+def cell_values(base: dict, teacher_dir: str, work: str, init: dict, setting: str, seed: int) -> dict:
+    """The distill config of one (setting, seed)."""
+    common = {**base, "teacher_model": teacher_dir, "teacher_train": False, "seed": seed,
+              "output_dir": os.path.join(work, "students", setting.replace(" ", "_"), f"seed{seed}")}
+    if setting.startswith("char"):
+        char = {**common, "student_tokenizer": init["char_dir"], "soft_label_top_k": 64,
+                "soft_label_cache": cache_dir(work, 64),
+                "student_config_overrides": {**base["student_config_overrides"], "vocab_size": init["char_vocab"]}}
+        if setting == "char uld":
+            return {**char, "objective": {"uld": 0.5, "hard_ce": 0.5}}
+        return {**char, "strategy": "hard"}
+    strategy, soft_loss, top_k = SETTINGS[setting]
+    return {**common, "strategy": strategy, "soft_loss": soft_loss, "soft_label_top_k": top_k,
+            "soft_label_cache": cache_dir(work, top_k)}
+
+
+def run_cell(base: dict, teacher_dir: str, work: str, init: dict, setting: str, seed: int) -> dict:
+    """One student distilled and scored, with what the page reports; module-level, so pool workers can run it."""
+    import math
+
+    logging.basicConfig(level=logging.WARNING)
+    from kdistill import distill, evaluate, make_config
+
+    values = cell_values(base, teacher_dir, work, init, setting, seed)
+    start = time.perf_counter()
+    trained = distill(make_config(values))
+    if setting.startswith("char"):
+        # evaluate() checks the teacher's cached test blocks against the student's and refuses a student with
+        # another tokenizer (README: eval's cross-tokenizer fidelity is not yet there), so the char student is
+        # scored alone on the held-out blocks, as the teacher is, with its own tokenizer
+        from shakespeare_lm_hub import teacher_scores
+
+        scored = teacher_scores(make_config({**base, "teacher_model": os.path.join(values["output_dir"], "student"),
+                                             "teacher_train": False, "strategy": "hard",
+                                             "output_dir": os.path.join(values["output_dir"], "scored")}))
+        s = {**scored, "perplexity": math.exp(scored["loss"])}
+    else:  # evaluate refuses a config other than the run's, so KL is read against each run's own cache
+        s = evaluate(make_config(values))["student"]
+    cache = trained.get("soft_label_cache") or {}
+    cell = {"setting": setting, "seed": seed, "loss": s["loss"], "loss_per_character": s["loss_per_character"],
+            "perplexity": s["perplexity"], "accuracy": s.get("accuracy"), "agreement": s.get("agreement"),
+            "mean_kl": s.get("mean_kl"), "tokens": s.get("tokens"), "train_seconds": trained["train_seconds"],
+            "train_loss": trained["train_loss"], "cache_top_k": cache.get("top_k"),
+            "cache_bytes_per_token_reported": cache.get("bytes_per_token"), "seconds": time.perf_counter() - start,
+            "student_parameters": trained.get("student_parameters"), "loss_curve": trained.get("loss_curve", [])}
+    log(f"{setting} seed {seed}: loss {cell['loss']:.4f}/token {cell['loss_per_character']:.4f}/char "
+        f"(train {cell['train_seconds']:.1f} s, all {cell['seconds']:.1f} s)")
+    return cell
+
+
 class Runner:
-    """One student per (setting, seed): distil, evaluate, and record what the page reports."""
+    """The students, keyed "setting|seed": `jobs` at a time, each in its own process, each kept under `work/cells/`
+    as it finishes (bench_env.Cells), so a killed run started again with the same --work skips them."""
 
-    def __init__(self, base: dict, teacher_dir: str, work: str, init: dict):
-        self.base, self.teacher_dir, self.work, self.init = base, teacher_dir, work, init
-        self.cells: dict[str, dict] = {}
+    def __init__(self, base: dict, teacher_dir: str, work: str, init: dict, jobs: int = 1):
+        self.spec = (base, teacher_dir, work, init)
+        self.store = bench_env.Cells(run_cell, os.path.join(work, "cells"), lambda spec: f"{spec[4]}|{spec[5]}", jobs)
 
-    def values(self, setting: str, seed: int) -> dict:
-        common = {**self.base, "teacher_model": self.teacher_dir, "teacher_train": False, "seed": seed,
-                  "output_dir": os.path.join(self.work, "students", setting.replace(" ", "_"), f"seed{seed}")}
-        if setting.startswith("char"):
-            char = {**common, "student_tokenizer": self.init["char_dir"], "soft_label_top_k": 64,
-                    "soft_label_cache": cache_dir(self.work, 64),
-                    "student_config_overrides": {**self.base["student_config_overrides"],
-                                                 "vocab_size": self.init["char_vocab"]}}
-            if setting == "char uld":
-                return {**char, "objective": {"uld": 0.5, "hard_ce": 0.5}}
-            return {**char, "strategy": "hard"}
-        strategy, soft_loss, top_k = SETTINGS[setting]
-        return {**common, "strategy": strategy, "soft_loss": soft_loss, "soft_label_top_k": top_k,
-                "soft_label_cache": cache_dir(self.work, top_k)}
+    @property
+    def cells(self) -> dict[str, dict]:
+        return self.store.done
 
-    def run(self, setting: str, seed: int) -> dict:
-        key = f"{setting}|{seed}"
-        if key in self.cells:
-            return self.cells[key]
-        from kdistill import distill, evaluate, make_config
-
-        values = self.values(setting, seed)
-        start = time.perf_counter()
-        trained = distill(make_config(values))
-        if setting.startswith("char"):
-            # evaluate() checks the teacher's cached test blocks against the student's and refuses a student with
-            # another tokenizer (README: eval's cross-tokenizer fidelity is not yet there), so the char student is
-            # scored alone on the held-out blocks, as the teacher is, with its own tokenizer
-            from shakespeare_lm_hub import teacher_scores
-
-            scored = teacher_scores(make_config({**self.base, "teacher_model": os.path.join(values["output_dir"],
-                                                 "student"), "teacher_train": False, "strategy": "hard",
-                                                 "output_dir": os.path.join(values["output_dir"], "scored")}))
-            import math
-
-            s = {**scored, "perplexity": math.exp(scored["loss"])}
-        else:  # evaluate refuses a config other than the run's, so KL is read against each run's own cache
-            s = evaluate(make_config(values))["student"]
-        cache = trained.get("soft_label_cache") or {}
-        cell = {"setting": setting, "seed": seed, "loss": s["loss"], "loss_per_character": s["loss_per_character"],
-                "perplexity": s["perplexity"], "accuracy": s.get("accuracy"), "agreement": s.get("agreement"),
-                "mean_kl": s.get("mean_kl"), "tokens": s.get("tokens"), "train_seconds": trained["train_seconds"],
-                "train_loss": trained["train_loss"], "cache_top_k": cache.get("top_k"),
-                "cache_bytes_per_token_reported": cache.get("bytes_per_token"), "seconds": time.perf_counter() - start,
-                "student_parameters": trained.get("student_parameters"), "loss_curve": trained.get("loss_curve", [])}
-        self.cells[key] = cell
-        log(f"{setting} seed {seed}: loss {cell['loss']:.4f}/token {cell['loss_per_character']:.4f}/char "
-            f"(train {cell['train_seconds']:.1f} s, all {cell['seconds']:.1f} s)")
-        return cell
+    def run_all(self, pairs: list[tuple[str, int]]) -> None:
+        self.store.run([(*self.spec, setting, seed) for setting, seed in pairs])
 
 
 def timed_cache_pass(base: dict, teacher_dir: str, work: str) -> dict:
@@ -200,14 +212,18 @@ def timed_cache_pass(base: dict, teacher_dir: str, work: str) -> dict:
     import torch
 
     from kdistill import make_config
-    from kdistill.pipeline import load_teacher, prepare_split, task_of, teacher_soft_labels
+    from kdistill.pipeline import _loader, load_teacher, prepare_split, task_of, teacher_outputs
 
+    kept = os.path.join(work, "cache_pass.json")  # a restarted run finds the cache made: its timing is kept
+    if os.path.isfile(kept):
+        with open(kept, encoding="utf-8") as fh:
+            return json.load(fh)
     config = make_config({**base, "teacher_model": teacher_dir, "teacher_train": False, "strategy": "soft",
                           "soft_label_top_k": 64, "soft_label_cache": cache_dir(work, 64),
                           "output_dir": os.path.join(work, "cache_pass")})
     splits = ("train", "validation", "test")
     start = time.perf_counter()
-    teacher_soft_labels(config, splits)
+    teacher_outputs(config, splits, loader=_loader(config))  # the pass as it streams to disk (training reads it lazily)
     pass_s = time.perf_counter() - start
     teacher, tok = load_teacher(config, teacher_dir, {})
     task = task_of(config)
@@ -222,9 +238,12 @@ def timed_cache_pass(base: dict, teacher_dir: str, work: str) -> dict:
         for i in range(0, len(rows), batch):
             teacher(input_ids=torch.tensor([r["input_ids"] for r in rows[i : i + batch]]))
     bare_s = time.perf_counter() - start
-    return {"tokens": tokens, "split_tokens": split_tokens, "blocks": len(rows), "batch_size": batch, "pass_seconds": pass_s,
-            "bare_seconds": bare_s, "pass_tokens_per_s": tokens / pass_s, "bare_tokens_per_s": tokens / bare_s,
-            "ratio": bare_s / pass_s}
+    out = {"tokens": tokens, "split_tokens": split_tokens, "blocks": len(rows), "batch_size": batch, "pass_seconds": pass_s,
+           "bare_seconds": bare_s, "pass_tokens_per_s": tokens / pass_s, "bare_tokens_per_s": tokens / bare_s,
+           "ratio": bare_s / pass_s, "threads": torch.get_num_threads()}
+    with open(kept, "w", encoding="utf-8") as fh:
+        json.dump(out, fh)
+    return out
 
 
 def interval(values: list[float]) -> dict:
@@ -406,6 +425,8 @@ def main() -> int:
     parser.add_argument("--work", default=None, help="run directory (default: a new one under /tmp)")
     parser.add_argument("--results_dir", default=None, help="default benchmarks/results (required with --smoke)")
     parser.add_argument("--rebuild", default=None, metavar="JSON", help="write the page again from a results JSON")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="students trained side by side, each in its own process (set OMP_NUM_THREADS=cores/jobs)")
     args = parser.parse_args()
     if args.rebuild:
         with open(args.rebuild, encoding="utf-8") as fh:
@@ -428,8 +449,12 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="kdistill-shakespeare-lm-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
     started = time.perf_counter()
-    result = {**bench_env.provenance(), "profile": profile_name, "settings": {**prof, "work": work},
+    result = {**bench_env.provenance(), "profile": profile_name, "settings": {**prof, "work": work, "jobs": args.jobs},
               "nanogpt_loss_per_character": NANOGPT, "published": PUBLISHED}
+    import torch
+
+    cell_threads = torch.get_num_threads()
+    torch.set_num_threads(cell_threads * args.jobs)  # the teacher, its scores and caches run alone: every core
     text_file = data_file(prof, work)
     init = teacher_init(prof, text_file, work)
     result["init"] = init
@@ -445,7 +470,10 @@ def main() -> int:
     t0 = time.perf_counter()
     taught = teach(make_config({**base, "teacher_model": init["dir"], "teacher_train": True, "teacher_epochs": epochs,
                                 "teacher_learning_rate": prof["teacher_lr"], "teacher_batch_size": prof["teacher_batch"],
-                                "strategy": "hard", "output_dir": teacher_run, "seed": 0}))
+                                "strategy": "hard", "output_dir": teacher_run, "seed": 0,
+                                # a restarted run reuses a finished teacher (teach_results.json is written last)
+                                "overwrite": not os.path.isfile(os.path.join(teacher_run, "teacher",
+                                                                             "teach_results.json"))}))
     teacher_dir = os.path.join(teacher_run, "teacher")
     log(f"teacher: {epochs:.2f} epochs in {time.perf_counter() - t0:.0f} s")
     scores = teacher_scores(make_config({**base, "teacher_model": teacher_dir, "teacher_train": False,
@@ -455,18 +483,20 @@ def main() -> int:
     log(f"teacher held-out: {scores['loss']:.4f}/token, {scores['loss_per_character']:.4f}/char")
     result["cache_pass"] = timed_cache_pass(base, teacher_dir, work)
     log(f"cache pass: {result['cache_pass']}")
-    runner = Runner(base, teacher_dir, work, init)
+    if args.jobs > 1:  # every cache made once here, before the workers read them side by side
+        from kdistill.pipeline import teacher_soft_labels
+
+        for top_k in sorted({SETTINGS[k][2] for k in prof["kd"]} - {64}):
+            setting = next(k for k in prof["kd"] if SETTINGS[k][2] == top_k)
+            teacher_soft_labels(make_config(cell_values(base, teacher_dir, work, init, setting, prof["seeds"][0])))
+    torch.set_num_threads(cell_threads)
+    runner = Runner(base, teacher_dir, work, init, args.jobs)
     first = prof["seeds"][0]
-    for setting in ["hard", *prof["kd"]]:
-        runner.run(setting, first)
+    runner.run_all([(setting, first) for setting in ["hard", *prof["kd"]]])
     best = min(prof["kd"], key=lambda s: runner.cells[f"{s}|{first}"]["loss"])
     result["best_kd"] = best
-    for seed in prof["seeds"][1:]:
-        runner.run("hard", seed)
-        runner.run(best, seed)
-    for seed in prof["char_seeds"]:
-        runner.run("char hard", seed)
-        runner.run("char uld", seed)
+    runner.run_all([(setting, seed) for seed in prof["seeds"][1:] for setting in ("hard", best)]
+                   + [(setting, seed) for seed in prof["char_seeds"] for setting in ("char hard", "char uld")])
     # Bytes per token as stored: the train split's cache file over its tokens.
     tokens = result["cache_pass"]["split_tokens"]["train"]
     result["cache_bytes_per_token"] = {str(k): cache_bytes(cache_dir(work, k)) / tokens for k in (8, 64, 0)
