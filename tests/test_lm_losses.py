@@ -462,3 +462,31 @@ def test_mixture_of_top_k_teachers_is_the_dense_mixture_when_k_is_the_vocabulary
     assert bool((got <= mix + 1e-6).all())
     assert torch.allclose(probs.double().sum(-1) + tail.double(), torch.ones(6, dtype=torch.float64), atol=1e-5)
     assert bool((mixture_kl(student, classes, probs, tail) >= -1e-6).all())
+
+
+def test_student_buckets_match_float64_at_every_share_of_the_students_tail():
+    # From a flat student (most of its mass outside the teacher's 8 classes: the one-pass route) to one that puts
+    # almost everything on them (under EXACT_TAIL_BELOW outside: the masked-copy route): values and gradients.
+    from kdistill.losses.lm import EXACT_TAIL_BELOW
+
+    torch.manual_seed(0)
+    vocab, k = 500, 8
+    indices = torch.stack([torch.randperm(vocab)[:k] for _ in range(120)])
+    s = torch.randn(120, vocab)
+    boost = torch.linspace(0.0, 30.0, 120).unsqueeze(1)  # row by row, more of the mass on the k classes
+    s = s.scatter_add(1, indices, boost.expand(-1, k).contiguous())
+    weights = torch.rand(120, k + 1)
+
+    def run(x):
+        x = x.clone().requires_grad_()
+        out = student_buckets(x, indices, 1.5)
+        (out * weights.to(out.dtype)).sum().backward()
+        return out.detach(), x.grad
+
+    got, got_grad = run(s)
+    want, want_grad = run(s.double())
+    tail_share = torch.softmax(s.double(), 1).scatter(1, indices, 0.0).sum(1)
+    assert (tail_share > 0.5).any() and (tail_share < EXACT_TAIL_BELOW).any() and (tail_share < 1e-9).any()
+    assert ((tail_share > EXACT_TAIL_BELOW) & (tail_share < 2 * EXACT_TAIL_BELOW)).any()
+    assert ((got.double() - want).abs() / want.abs().clamp(min=1.0)).max() < 1e-5
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)

@@ -33,10 +33,11 @@ and every divergence is taken at temperature T and multiplied by T^2, as `soft_k
 (float64 if the student logits are float64).
 
 Memory: the student's ``[tokens, V]`` logits come in as they are (the shifted view ``logits[:, :-1]`` too, not
-copied), and are read ``chunk_size`` tokens at a time; each chunk runs under activation checkpointing, so its
-float32 ``[chunk_size, V]`` temporaries are dropped after the forward and recomputed in the backward (one more pass
-over the logits). No float tensor of the whole batch's ``[tokens, V]`` is made here (the gradient of the logits,
-``[tokens, V]`` in their dtype, is autograd's).
+copied), and are read ``chunk_size`` tokens at a time (by default as many as make CHUNK_ELEMENTS floats, 128 MiB
+in float32). When a batch takes several chunks, each runs under activation checkpointing, so its float32
+``[chunk_size, V]`` temporaries are dropped after the forward and recomputed in the backward (one more pass over the
+logits); a batch within one chunk keeps them, which is the same bound. So no float temporary here exceeds one
+chunk's, whatever the batch (the gradient of the logits, ``[tokens, V]`` in their dtype, is autograd's).
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .logits import _item_mask, _reduce
 
-# Tokens per chunk: 256 tokens of a 152k vocabulary are about 150 MiB per float32 temporary.
-DEFAULT_CHUNK_SIZE = 256
+# Floats per chunk's temporary (128 MiB in float32): the default chunk is CHUNK_ELEMENTS // V tokens, 220 tokens of
+# a 152k vocabulary, 8,192 of a 4,096 one. A batch within one chunk runs as it is; only several chunks are
+# checkpointed (their recomputation in the backward costs about a third of the loss's time).
+CHUNK_ELEMENTS = 2**25
+# Below this share of the student's mass outside the teacher's top k, the student's tail bucket is computed exactly.
+EXACT_TAIL_BELOW = 0.05
 
 # The log of the smallest normal float32: reverse KL takes the teacher's log-probabilities no lower than this, so a
 # bucket the teacher gives exactly zero mass costs a large finite amount instead of inf (and a NaN gradient).
@@ -241,8 +246,25 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float 
     """
     s = student_logits.to(_work_dtype(student_logits))
     idx = indices.to(device=s.device, dtype=torch.long)
-    others = _logsumexp_or_empty(s.scatter(-1, idx, -math.inf))
-    return F.log_softmax(torch.cat([s.gather(-1, idx), others], dim=-1) / temperature, dim=-1)
+    picked = s.gather(-1, idx)
+    if idx.shape[-1] >= s.shape[-1]:  # k = V: no class is left for the last bucket
+        others = _logsumexp_or_empty(s.scatter(-1, idx, -math.inf))
+        return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
+    # The other classes' logsumexp as total + log(1 - exp(x)), x = logsumexp(picked) - total: one pass over the row
+    # and no copy of it. Where the student keeps under EXACT_TAIL_BELOW of its mass outside the k classes, x nears 0
+    # and that loses digits, so those rows take the logsumexp over a copy with the k classes masked out.
+    total = torch.logsumexp(s, dim=-1, keepdim=True)
+    x = (torch.logsumexp(picked, dim=-1, keepdim=True) - total).clamp(max=0.0)
+    small = x > math.log1p(-EXACT_TAIL_BELOW)
+    bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
+    others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
+    if bool(small.any()):
+        rows = small.reshape(-1).nonzero().squeeze(-1)
+        flat_s, flat_idx = s.reshape(-1, s.shape[-1]), idx.reshape(-1, idx.shape[-1])
+        exact = _logsumexp_or_empty(flat_s[rows].scatter(-1, flat_idx[rows], -math.inf))
+        placed = torch.zeros(small.numel(), 1, dtype=s.dtype, device=s.device)
+        others = torch.where(small, placed.index_put((rows,), exact).reshape(others.shape), others)
+    return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
 
 
 # --- chunked reduction over tokens -------------------------------------------------------------------------------
@@ -272,6 +294,8 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     chunk by chunk would make each chunk's backward allocate a full-size gradient). Each chunk picks its counted
     rows and runs under non-reentrant checkpointing when a gradient is wanted.
     """
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // max(1, student_logits.shape[-1]))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     grid = _token_grid(student_logits)
@@ -282,7 +306,7 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     step = max(1, chunk_size // m)
     host_keep = keep.cpu()  # one transfer: which chunks hold a counted token
     busy = [bool(host_keep[:, j : j + step].any()) for j in range(0, length, step)]
-    grad = torch.is_grad_enabled() and grid.requires_grad
+    grad = torch.is_grad_enabled() and grid.requires_grad and sum(busy) > 1  # one chunk: nothing to free early
 
     def run(chunk: Tensor, chunk_keep: Tensor, *chunk_teacher: Tensor) -> Tensor:
         return per_token(chunk[chunk_keep], *(t[chunk_keep] for t in chunk_teacher))
@@ -320,7 +344,7 @@ def topk_divergence(
     temperature: float = 1.0,
     mask: Tensor | None = None,
     num_items: int | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     beta: float = 0.5,
     alpha: float = 0.1,
 ) -> Tensor:
@@ -340,8 +364,8 @@ def topk_divergence(
         temperature: > 0.
         mask: optional boolean ``[...]``: the tokens that count (e.g. ``labels != -100``); the others are not read.
         num_items: optional global denominator (see `logits`).
-        chunk_size: tokens per chunk (at most, unless a shifted view has more sequences than this); changes memory
-            and speed, not the result.
+        chunk_size: tokens per chunk (at most, unless a shifted view has more sequences than this); default
+            CHUNK_ELEMENTS // V; changes memory and speed, not the result.
         beta: JSD(beta)'s mixture weight of the teacher (``divergence="jsd"``).
         alpha: the skew of ``skew_forward_kl`` / ``skew_reverse_kl``.
     """
@@ -367,7 +391,7 @@ def ensemble_topk_divergence(
     temperature: float = 1.0,
     mask: Tensor | None = None,
     num_items: int | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     beta: float = 0.5,
     alpha: float = 0.1,
 ) -> Tensor:
@@ -403,7 +427,7 @@ def uld_loss(
     mask: Tensor | None = None,
     num_items: int | Tensor | None = None,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Universal Logit Distillation: the L1 distance between sorted probability vectors, for different tokenizers.
 
