@@ -104,8 +104,9 @@ def test_topk_cache_written_and_read_back(runs, lm):
     assert torch.equal(indices[0, :8], logits[0].topk(64).indices[:8])
     assert torch.allclose(values[0], logits[0].topk(64).values, atol=2e-2)
     cache_info = runs["soft_out"]["soft_label_cache"]
-    # fp16 values and int32 indices (6 bytes a logit), a float32 tail, plus the header and offsets.
-    assert cache_info["top_k"] == 64 and 64 * 6 + 4 <= cache_info["bytes_per_token"] < 64 * 6 + 4 + 40
+    # fp16 values and uint16 indices (a vocabulary under 65,536: 4 bytes a logit), a float32 tail, plus the header
+    # and offsets.
+    assert cache_info["top_k"] == 64 and 64 * 4 + 4 <= cache_info["bytes_per_token"] < 64 * 4 + 4 + 40
 
 
 def _fp(path):

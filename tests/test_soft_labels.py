@@ -210,6 +210,37 @@ def test_topk_tail_is_within_1e_4_of_float64_at_every_share_of_the_mass():
     assert ((tail.double() - want_tail).abs() / want_tail.abs().clamp(min=1.0)).max() < 1e-4
 
 
+def _index_dtype_on_disk(path) -> str:
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        return json.loads(fh.read(n))["indices"]["dtype"]
+
+
+@pytest.mark.parametrize("classes, dtype", [(300, "U16"), (65_536, "U16"), (70_001, "I32")])
+def test_topk_indices_take_uint16_up_to_65536_classes_and_round_trip(tmp_path, classes, dtype):
+    path = tmp_path / "topk.safetensors"
+    torch.manual_seed(0)
+    x = torch.randn(7, classes)
+    x[0, classes - 1] = 50.0  # the last class in a top-k: the largest index each dtype must hold
+    # float32 values after 7 x 3 two-byte indices would start misaligned: values are written before them
+    write_cache(str(path), x, FP, payload="topk", top_k=3, value_dtype="float32")
+    assert _index_dtype_on_disk(path) == dtype
+    values, indices, tail = read_cache(str(path), FP).gather_topk(range(7))
+    want_values, want_indices = x.topk(3, dim=1)
+    assert indices.dtype == torch.long and torch.equal(indices, want_indices) and int(indices[0, 0]) == classes - 1
+    assert torch.equal(values, want_values)
+
+
+def test_a_topk_cache_written_with_int32_indices_for_a_small_vocabulary_is_still_read(tmp_path, monkeypatch):
+    path = tmp_path / "old.safetensors"
+    x = logits(5, 10)
+    monkeypatch.setattr(writer_module, "index_dtype", lambda classes: "I32")  # as caches were written before U16
+    write_cache(str(path), x, FP, payload="topk", top_k=4)
+    monkeypatch.undo()
+    assert _index_dtype_on_disk(path) == "I32"
+    assert torch.equal(read_cache(str(path), FP).gather_topk(range(5))[1], x.topk(4, dim=1).indices)
+
+
 def test_topk_with_k_equal_to_classes_is_the_dense_cache(tmp_path):
     x = logits(12, 5)
     write_cache(str(tmp_path / "k.safetensors"), x, FP, payload="topk", top_k=5)

@@ -186,8 +186,8 @@ class TeacherConfig:
     soft_label_top_k: int | None = field(
         default=None,
         metadata={"help": "Cache per item only the teacher's k largest logits, their classes and the log of the mass "
-                  "outside them (fp16 values, int32 indices). Unset: the task's default (every logit for "
-                  "classification, 64 for causal_lm); 0: every logit (dense)."},
+                  "outside them (fp16 values; uint16 indices up to 65,536 classes, else int32). Unset: the task's "
+                  "default (every logit for classification, 64 for causal_lm); 0: every logit (dense)."},
     )
     teacher_backbone: str | None = field(
         default=None,

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..files import atomic_write
 from ..lock import file_lock
 from .cache import (BLOCK, FORMAT, NP_DTYPES, ORDER, PAYLOADS, VALUE_DTYPES, _not_finite, _Spec, check_finite,
-                    header_bytes)
+                    header_bytes, index_dtype)
 
 # Logits per step of the top-k reduction: bounds the temporaries of torch.topk and of the tail (64 MiB of float32).
 TOPK_STEP_ELEMENTS = 1 << 24
@@ -239,11 +239,13 @@ class CacheWriter:
     def _write_topk(self, values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor,
                     lengths: list[int] | None, first: int) -> None:
         self._write("tail", tail.float())
-        self._write("indices", indices.to(torch.int32))
+        wide = index_dtype(self.classes) == "I32"
+        self._write("indices", indices.to(torch.int32) if wide else indices.to(torch.int32).numpy().astype(np.uint16))
         self._write("values", self._cast(values.float(), lengths, first))
 
-    def _write(self, name: str, tensor: torch.Tensor) -> None:
-        self._spools[name].write(tensor.contiguous().numpy().data)
+    def _write(self, name: str, tensor: torch.Tensor | np.ndarray) -> None:
+        array = tensor if isinstance(tensor, np.ndarray) else tensor.contiguous().numpy()
+        self._spools[name].write(np.ascontiguousarray(array).data)
 
     def _end_rows(self, items: int, lengths: list[int] | None) -> None:
         counts = np.ones(items, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
@@ -256,10 +258,11 @@ class CacheWriter:
             raise RuntimeError(f"{self.path}: an add failed inside the `with` block; the cache is not written")
         classes, k = self.classes or 0, self.top_k or 0
         shapes = {"offsets": ("I64", (self.rows + 1,)), "tail": ("F32", (self.items,)),
-                  "indices": ("I32", (self.items, k)),
+                  "indices": (index_dtype(classes), (self.items, k)),
                   "values": (VALUE_DTYPES[self.value_dtype], (self.items, k if self.top_k else classes))}
         specs, end = {}, 0
-        for name in self._spools:
+        # widest element first (ORDER among equals: a stable sort), so that each tensor starts aligned
+        for name in sorted(self._spools, key=lambda n: -np.dtype(NP_DTYPES[shapes[n][0]]).itemsize):
             dtype, shape = shapes[name]
             spec = _Spec(dtype, shape, end, end + int(np.prod(shape)) * np.dtype(NP_DTYPES[dtype]).itemsize)
             assert self._spools[name].tell() == spec.end - spec.begin, f"{name}: spooled bytes do not match its shape"
