@@ -13,7 +13,7 @@ train, the last 10% validate; evaluate's test split is the same last 10%).
   (`lm_data.train_bpe_tokenizer`), trained by `kdistill teach` for a fixed budget of steps.
 - Students: the teacher's width with fewer layers (`student_init: from_config`), each for the same max_steps, same
   rows and order per seed: hard labels (next-token CE), forward KL, reverse KL, JSD (beta 0.5) over the teacher's
-  top-k cache (fp16 values, int32 indices, the log of the mass outside), and forward KL over every logit
+  top-k cache (fp16 values, uint16 indices, the log of the mass outside), and forward KL over every logit
   (`soft_label_top_k: 0`, dense `soft_kl`). The best KD setting is chosen on the held-out loss of the first seed,
   then it and hard labels run with every seed; differences paired by seed with 95% t-intervals (kdistill.stats).
 - Cross-tokenizer: a character-level student (`lm_data.char_tokenizer`) trained with `uld` (Boizard et al. 2024)

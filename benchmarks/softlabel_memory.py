@@ -23,8 +23,8 @@ soft-label cache (soft_labels.CacheWriter / read_cache), each case in a fresh ch
 (deleted after):
 
 - topk64_5M_tokens: 5,000,000 tokens in rows of 16-240 tokens, top-64 fp16 logits of a 32,000-class vocabulary
-  (random top-k values, indices and tails handed to `add_topk`, as a big-vocabulary teacher pass will), about 2 GB;
-  one epoch of `gather_topk` over all rows in random batches of 32;
+  (random top-k values, indices and tails handed to `add_topk`, as a big-vocabulary teacher pass will), about
+  1.3 GB (uint16 indices; 1.85 GB with int32); one epoch of `gather_topk` over all rows in random batches of 32;
 - dense_1M_rows_4_classes: 1,000,000 rows of 4 float32 logits; one epoch of `gather` in random batches of 32, then
   the same batches timed against indexing the logits held in memory (what the collator did before v2);
 - topk64_5M_tokens_keep_pages (with --keep_pages): the first case with the reader never releasing its mapped pages,

@@ -490,3 +490,17 @@ def test_student_buckets_match_float64_at_every_share_of_the_students_tail():
     assert ((tail_share > EXACT_TAIL_BELOW) & (tail_share < 2 * EXACT_TAIL_BELOW)).any()
     assert ((got.double() - want).abs() / want.abs().clamp(min=1.0)).max() < 1e-5
     torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_student_minus_inf_at_every_teacher_class_gives_a_finite_gradient():
+    # k = 1 and the student masks the teacher's top token with a -inf bias: its bucket is -inf (a reverse KL or JSD
+    # stays finite there) and no NaN may reach the logits through the tail bucket's logsumexp.
+    torch.manual_seed(0)
+    vocab = 20
+    bias = torch.zeros(vocab)
+    bias[3] = -math.inf
+    weight = torch.randn(vocab, vocab, requires_grad=True)
+    out = student_buckets(torch.randn(2, vocab) @ weight + bias, torch.tensor([[3], [5]]))
+    assert torch.isneginf(out[0, 0]) and torch.isfinite(out[1]).all()
+    torch.where(torch.isfinite(out), out, 0.0).sum().backward()
+    assert torch.isfinite(weight.grad).all()

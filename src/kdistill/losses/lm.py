@@ -36,8 +36,9 @@ Memory: the student's ``[tokens, V]`` logits come in as they are (the shifted vi
 copied), and are read ``chunk_size`` tokens at a time (by default as many as make CHUNK_ELEMENTS floats, 128 MiB
 in float32). When a batch takes several chunks, each runs under activation checkpointing, so its float32
 ``[chunk_size, V]`` temporaries are dropped after the forward and recomputed in the backward (one more pass over the
-logits); a batch within one chunk keeps them, which is the same bound. So no float temporary here exceeds one
-chunk's, whatever the batch (the gradient of the logits, ``[tokens, V]`` in their dtype, is autograd's).
+logits); a batch within one chunk keeps what its backward needs (about two float32 ``[tokens, V]`` tensors, so
+at most about two chunks' worth) until the backward. So the temporaries here stay within a few chunks' floats,
+whatever the batch (the gradient of the logits, ``[tokens, V]`` in their dtype, is autograd's).
 """
 
 from __future__ import annotations
@@ -252,9 +253,10 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float 
         return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
     # The other classes' logsumexp as total + log(1 - exp(x)), x = logsumexp(picked) - total: one pass over the row
     # and no copy of it. Where the student keeps under EXACT_TAIL_BELOW of its mass outside the k classes, x nears 0
-    # and that loses digits, so those rows take the logsumexp over a copy with the k classes masked out.
+    # and that loses digits, so those rows take the logsumexp over a copy with the k classes masked out. (x's error
+    # is a few float32 ulps of `total`, so it grows with the logits' size: see soft_labels.writer.topk_payload.)
     total = torch.logsumexp(s, dim=-1, keepdim=True)
-    x = (torch.logsumexp(picked, dim=-1, keepdim=True) - total).clamp(max=0.0)
+    x = (_logsumexp_or_empty(picked) - total).clamp(max=0.0)  # the guard: picked all -inf gives no NaN gradient
     small = x > math.log1p(-EXACT_TAIL_BELOW)
     bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
     others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
@@ -292,7 +294,8 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     The logits, as a ``[M, L, V]`` grid of views, are cut along L by one `torch.split` into chunks of
     ``max(1, chunk_size // M)`` positions: views, and one backward node that assembles the gradient once (slicing
     chunk by chunk would make each chunk's backward allocate a full-size gradient). Each chunk picks its counted
-    rows and runs under non-reentrant checkpointing when a gradient is wanted.
+    rows and, when a gradient is wanted and more than one chunk holds counted rows, runs under non-reentrant
+    checkpointing.
     """
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // max(1, student_logits.shape[-1]))
