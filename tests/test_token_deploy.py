@@ -26,6 +26,7 @@ from kdistill import pipeline
 from kdistill.cli import main
 from kdistill.config import make_config
 from kdistill.deploy.runtime import ExportedModel, decode_entities, format_prediction, split_words, tag_words
+from kdistill.errors import UserError
 from kdistill.evaluation import evaluate
 from kdistill.tasks.token import align, word_logits
 
@@ -367,6 +368,9 @@ def test_pytorch_predict_of_a_tagger_matches_its_export_word_by_word(token_run, 
         assert got[-1] == {"entities": [], "tags": [], "truncated_words": 0}
         with pytest.raises(TypeError):
             predictor.predict(texts[:1])
+    with pytest.raises(UserError, match="an export of a token_classification model; load it with "
+                                        "kdistill.deploy.ExportedModel.load"):
+        load_predictor(str(out))  # its Predictor would read one row of logits per text
     found = [e for e in exported if e["entities"]]
     assert found, "the tiny tagger finds no entity in any text: the comparison above shows nothing"
     assert main(["predict", str(token_run), "--json", *texts[3:5]]) == 0

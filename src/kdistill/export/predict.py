@@ -115,6 +115,12 @@ def load_predictor(model_dir: str, int8: bool = False) -> Predictor:
         raise UserError(f"{model_dir}: no such directory")
     onnx_file = os.path.join(model_dir, INT8_FILE if int8 else FP32_FILE)
     if os.path.isfile(onnx_file):
+        report = os.path.join(model_dir, REPORT_FILE)
+        task = read_json(report).get("task", "sequence_classification") if os.path.isfile(report) else None
+        if task not in (None, "sequence_classification"):  # Predictor reads an export's one row of logits per text
+            raise UserError(f"{model_dir}: an export of a {task} model; load it with "
+                            "kdistill.deploy.ExportedModel.load (what `kdistill predict` does), or give the run "
+                            "directory for predictions on PyTorch")
         tokenizer = load_tokenizer(model_dir, "tokenizer")
         label2id = read_json(os.path.join(model_dir, LABELS_FILE)) if os.path.isfile(os.path.join(model_dir, LABELS_FILE)) else {}
         id2label = {int(v): str(k) for k, v in label2id.items()}
