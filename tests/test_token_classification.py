@@ -187,6 +187,12 @@ def test_truncation_warns_once_with_the_count_of_words_lost(pieces, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"long.txt: {lost} of {len(long) + 1} words lost their labels (tokenizer): 1 sentence(s) "
                         "longer than max_length=16 tokens were cut"]
+    # Evaluation scores every word (a cut one as untagged); the soft-label diagnostics score the teacher on the words
+    # its pass caches a vector for: the kept ones.
+    prepared = task.prepare(table, tok, config, labels, source="long.txt")
+    assert [len(x) for x in task.item_labels(prepared)] == [len(long), 1]
+    seen = task.seen_item_labels(prepared)
+    assert [len(x) for x in seen] == [kept, 1] and seen[1].tolist() == [TAGS.index("B-ORG")]
 
 
 # --- soft labels per word ------------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ DIAGNOSTIC_ROWS = 200_000
 def _item_labels(task, part, rows: int, items: int) -> torch.Tensor | None:
     """The labels of a split's first `rows` rows, one per item of the teacher's soft labels (None when the student's
     items are not the teacher's: words another tokenizer truncated elsewhere)."""
-    labels = task.item_labels(part.select(range(rows)))
+    labels = task.seen_item_labels(part.select(range(rows)))
     if isinstance(labels, list):
         labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     return labels if labels.numel() == items else None

@@ -181,6 +181,11 @@ class Task:
     def item_labels(self, table: Any) -> Tensor | list[Tensor]:
         return stack_labels(table["labels"][:])
 
+    def seen_item_labels(self, table: Any) -> Tensor | list[Tensor]:
+        """The labels of the items the soft-label pass caches, one per cached item (the soft-label diagnostics score
+        the teacher on them); `item_labels` unless some items never reach the model (a tagger's truncated words)."""
+        return self.item_labels(table)
+
     def check_teacher_logits(self, teacher_logits: Any, rows: int, num_labels: int) -> None:
         from ..errors import UserError
 

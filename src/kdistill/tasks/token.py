@@ -219,6 +219,12 @@ class TokenClassification(Task):
     def item_labels(self, table) -> list[Tensor]:
         return [torch.tensor(row, dtype=torch.long) for row in table["word_labels"][:]]
 
+    def seen_item_labels(self, table) -> list[Tensor]:
+        # the words up to the last with a sub-token, as word_logits keeps them: a sentence cut at max_length caches
+        # no vector for the words past the cut
+        return [torch.tensor(row[: max((w for w in ids if w >= 0), default=-1) + 1], dtype=torch.long)
+                for row, ids in zip(table["word_labels"][:], table["word_ids"][:])]
+
     # --- batches and models
     def collator(self, tokenizer: Any = None, teacher_logits: Any = None, **kwargs: Any) -> TokenCollator:
         return TokenCollator(self.pad_inputs(tokenizer), teacher_logits, **kwargs)
