@@ -255,6 +255,7 @@ class Cells:
     def __init__(self, fn, store: str, key, jobs: int = 1):
         self.fn, self.store, self.key, self.jobs = fn, store, key, max(1, jobs)
         self.done: dict[str, dict] = {}
+        self.kept: list[str] = []  # cells found in the store, made by an earlier run
         os.makedirs(store, exist_ok=True)
 
     def _path(self, key: str) -> str:
@@ -298,6 +299,7 @@ class Cells:
                     stored = json.load(fh)
                 if stored.get("spec_id", self.spec_id(spec)) == self.spec_id(spec):  # cells kept before ids: as they are
                     self.done[key] = stored
+                    self.kept.append(key)
                     print(f"[{now_utc()}] {key}: kept from an earlier run", file=sys.stderr, flush=True)
                     continue
                 print(f"[{now_utc()}] {key}: stored cell made with other settings; run again", file=sys.stderr,

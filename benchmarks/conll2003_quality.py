@@ -144,6 +144,26 @@ def teacher_figures(teacher_dir: str) -> dict:
             "train_loss": done.get("train_loss"), "learning_curve": done.get("loss_curve")}
 
 
+def teacher_word_stats(base: dict, teacher_dir: str, temperatures: list[float]) -> dict:
+    """The soft labels' entropy per training word and the teacher's error rate on those words at each temperature,
+    read from the run's cache: the words the teacher's pass saw (a sentence cut at max_length loses its tail)."""
+    import torch
+
+    from kdistill import make_config, metrics
+    from kdistill.pipeline import label_map, load_teacher, prepare_split, task_of, teacher_soft_labels
+
+    config = make_config({**base, "teacher_model": teacher_dir, "teacher_train": False, "strategy": "soft"})
+    label2id = label_map(config)
+    rows = teacher_soft_labels(config, ("train",))["train"][0]
+    part = prepare_split(config, "train", load_teacher(config, teacher_dir, label2id)[1], label2id,
+                         who="teacher tokenizer")
+    labels = torch.cat(task_of(config).seen_item_labels(part))
+    logits = torch.cat(list(rows)) if isinstance(rows, list) else rows
+    if len(labels) != len(logits):
+        raise RuntimeError(f"{len(labels)} training words with labels but {len(logits)} in the cache")
+    return {str(float(t)): {**metrics.soft_label_stats(logits, t, labels), "words": len(labels)} for t in temperatures}
+
+
 def compare(runner: Runner, student: str, best: str, seeds: list[int]) -> dict:
     from kdistill.stats import paired_difference, t_interval
 
@@ -282,6 +302,27 @@ def last(entry: dict) -> str:
     return f"{points[-1][1]:.3f}" if points else "-"
 
 
+def room_text(result: dict) -> str:
+    """What the 3-layer target asks of the soft labels, from the teacher's and the hard students' F1 and the soft
+    labels' own statistics."""
+    three, t = result["comparisons"]["3-layer"], result["teacher"]
+    room = t["test_f1"] - three["hard"]["mean"]
+    cold = result["soft_label_stats"].get("1.0") or next(iter(result["soft_label_stats"].values()), {})
+    theirs = ANCHORS["teacher"] - ANCHORS["3-layer hard"]
+    text = (f"The 3-layer student on gold tags alone is at {100 * three['hard_share']['mean']:.1f}% of its teacher "
+            f"(test F1 {f1(three['hard']['mean'])} against {f1(t['test_f1'])}): {100 * room:.2f} F1 of room, so "
+            f"+{100 * TARGETS['3-layer gain']:.1f} asks the soft labels to close "
+            f"{100 * TARGETS['3-layer gain'] / room:.0f}% of the gap, where TextBrewer's +2.2 closed "
+            f"{100 * ANCHORS['3-layer gain'] / theirs:.0f}% of theirs ({f1(ANCHORS['3-layer hard'])} against "
+            f"{f1(ANCHORS['teacher'])}); ours closed {100 * three['best_minus_hard']['mean'] / room:.0f}%. ")
+    if cold.get("teacher_error_rate") is not None:
+        text += (f"At T = 1 the teacher puts {cold['mean_top_prob']:.3f} of each training word's mass on one tag "
+                 f"(normalised entropy {cold['normalized_entropy']:.3f}) and is wrong on "
+                 f"{100 * cold['teacher_error_rate']:.2f}% of those words: beside the gold tags its soft labels "
+                 "carry little, and a higher T flattens them without adding to what they know. ")
+    return text
+
+
 def render(result: dict) -> str:
     """The results page: header, table, and why the targets that were missed were missed."""
     text = table(result)
@@ -305,6 +346,7 @@ def render(result: dict) -> str:
                   f"{p['teacher_epochs']} "
                   "epoch(s) the teacher is undertrained, not at a ceiling. "
                   if weak_teacher and result["soft_label_stats"] else "")
+               + (room_text(result) if not weak_teacher else "")
                + "The measurements to read beside them are in the table: the soft labels' entropy per training "
                "word and the teacher's error rate on those words at each temperature (nearly one-hot labels carry "
                "little beyond the gold tags; a teacher wrong on many training words passes its errors on), and "
@@ -313,10 +355,12 @@ def render(result: dict) -> str:
                + (f"This is a subset run (--quick: the first 3,000): {p['rows']:,} training sentences and {p['eval_rows']} test "
                   "sentences, so the teacher and the differences are far from the full run's. " if quick else "")
                + "Tried here: hard; soft at T = 1, 4, 8; mixed alpha 0.5 at T = 4; the best on dev F1.\n")
+    kept = (f" (this invocation: {len(result['kept_cells'])} of the {len(result['cells'])} students were kept from an "
+            "earlier run of the same --work, and their times are their own, in the table)") if result.get("kept_cells") else ""
     header = (f"# CoNLL-2003 named entities: soft vs hard labels (issue 15)\n\n- **Date**: {result['date']}. "
               f"**Machine**: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, Python {m['python']}.\n"
               f"{bench_env.versions_line(result)}\n- **Command**: `{result['command']}`. **Duration**: "
-              f"{result['seconds'] / 60:.1f} min; load {result['load_start']} at the start, {result['load_end']} "
+              f"{result['seconds'] / 60:.1f} min{kept}; load {result['load_start']} at the start, {result['load_end']} "
               f"at the end.\n- Entity F1: seqeval, strict IOB2, on test.txt. Intervals: 95% t-intervals over the "
               "seeds; differences paired by seed (each seed starts both settings alike). Anchors: TextBrewer, "
               "docs/source/ExperimentResults.md (BERT-base-cased teacher; its students' shares are of 91.1).\n")
@@ -399,10 +443,12 @@ def main() -> int:
         result["best_setting"] = best
         result["cells"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in cells}
         result["comparisons"] = {s: compare(runner, s, best, prof["seeds"]) for s in ("3-layer", "BiLSTM")}
-        result["soft_label_stats"] = {str(SETTINGS[s]["temperature"]): runner.cells[("3-layer", s, first)]["soft_label_stats"]
-                                      for s in SETTINGS if s != "hard"
-                                      and runner.cells[("3-layer", s, first)]["soft_label_stats"]}
+        # from the cache, on every training word the teacher's pass saw (distill's own soft_label_stats, kept in
+        # each cell, lacked the error rate on full CoNLL before seen_item_labels: one sentence is cut at max_length)
+        result["soft_label_stats"] = teacher_word_stats(
+            base, teacher_dir, sorted({SETTINGS[s]["temperature"] for s in SETTINGS if s != "hard"}))
         result["targets"] = targets(result)
+        result["kept_cells"] = list(runner.store.kept)
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
