@@ -271,6 +271,32 @@ def test_an_export_that_fails_midway_leaves_the_old_export_and_no_half_one(tmp_p
     assert (run / "export" / "model.int8.onnx").is_file()
 
 
+def test_an_export_holds_its_target_not_the_directory_around_it(tmp_path, distilled_run, monkeypatch):
+    # --out tmp/exports/a: while it is written, another kdistill process may still write tmp/exports/b (an export to
+    # /tmp/x once refused every kdistill run under /tmp); the export holds a.lock (a second export of it waits).
+    run, shared = tmp_path / "run", tmp_path / "exports"
+    shutil.copytree(distilled_run, run)
+    script = ("import sys\nfrom kdistill.errors import UserError\nfrom kdistill.lock import directory_lock\n"
+              "try:\n    with directory_lock(sys.argv[1]):\n        pass\nexcept UserError as err:\n"
+              "    print(err)\n    sys.exit(3)\n")  # exit 3 and the refusal if refused
+    seen = {}
+    real = export.run._export
+
+    def export_and_look(*args, **kwargs):
+        child = subprocess.run([sys.executable, "-c", script, str(shared / "b")], capture_output=True, text=True,
+                               env=ENV, timeout=120)
+        seen["b"] = (child.returncode, child.stdout.strip())
+        seen["held"] = (shared / "a.lock").is_file()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export.run, "_export", export_and_look)
+    assert main(["export", str(run), "--format", "onnx", "--speed_batches", "0", "--rows", "16",
+                 "--out", str(shared / "a")]) == 0
+    assert seen == {"b": (0, ""), "held": True}
+    assert (shared / "a" / "export_report.json").is_file()
+    assert sorted(p.name for p in shared.iterdir()) == ["a"]  # no lock or staging file left beside it
+
+
 def test_export_refuses_a_target_it_would_replace_with_other_files_in_it(tmp_path, capsys, distilled_run):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -3,7 +3,8 @@
 A command that writes into a directory holds `<directory>/.kdistill.lock` (`directory_lock`) from start to end; a
 second kdistill process that wants the same directory is refused at once, in one line naming the holder (the pid,
 command and start time the holder wrote into the lock file). A cache file is locked through `<file>.lock`
-(`file_lock`) while it is made; a second process waits for it there, since it wants the very file being made.
+(`file_lock`) while it is made, and an export through `<export>.lock` beside it; a second process waits for it
+there, since it wants the very file being made.
 
 The locks are `fcntl.flock` locks, which belong to the open file: the kernel releases them when the holder ends,
 however it ends (SIGKILL, the OOM killer), so a lock file left by a killed process is just locked again by the
@@ -222,6 +223,12 @@ def directory_lock(directory: str, role: str = "output_dir",
                 os.rmdir(path)
             except OSError:
                 break
+
+
+def refuse_inside_busy(path: str, role: str, advice: str = "") -> None:
+    """Refuse `path` (a file or directory this process is about to write) when a directory above it is held by
+    another kdistill process, in one line naming that process; holds nothing itself."""
+    _check_outer(os.path.realpath(path), role, path, advice)
 
 
 @contextmanager

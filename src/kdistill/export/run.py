@@ -22,7 +22,7 @@ from ..tasks import get_task
 from ..tasks.base import flat_items
 from ..evaluation import size_on_disk
 from ..files import atomic_directory, stale_siblings, write_json, write_text
-from ..lock import directory_lock
+from ..lock import directory_lock, file_lock, refuse_inside_busy
 from ..report.model_card import ANCHORS, INT8_AGREEMENT_TARGET, model_card, model_facts, pct, summary
 from ..soft_labels import predict_logits
 from ..students import count_parameters, load_classifier, load_tokenizer
@@ -147,7 +147,11 @@ def export_run(
     with ExitStack() as held:
         # One writer: the run (read, and by default written into) and the directory the export goes into.
         held.enter_context(directory_lock(run_dir, "run directory", ""))
-        held.enter_context(directory_lock(os.path.dirname(os.path.abspath(target)), "directory", ""))
+        # The target's own lock (<target>.lock beside it; a second export of it waits), not its parent's: holding
+        # the parent would refuse every kdistill run under it while this export runs (an export to /tmp/x, all of
+        # /tmp). A target inside another process's run or sweep is refused.
+        refuse_inside_busy(target, "--out", "")
+        held.enter_context(file_lock(os.path.abspath(target), f"export {target}"))
         for stale in stale_siblings(target):  # a killed export's leftovers; the lock says no one is filling them
             logger.info("removing %s, left by an export that did not finish", stale)
             shutil.rmtree(stale, ignore_errors=True)
