@@ -194,7 +194,8 @@ def test_topk_tail_keeps_a_tiny_mass_that_one_minus_the_sum_would_lose(tmp_path)
 
 
 def test_topk_tail_is_within_1e_4_of_float64_at_every_share_of_the_mass():
-    from kdistill.soft_labels.writer import EXACT_TAIL_BELOW, topk_payload
+    from kdistill.losses.lm import EXACT_TAIL_BELOW
+    from kdistill.soft_labels.writer import topk_payload
 
     torch.manual_seed(0)
     # 1,000 classes; scales from flat (most mass outside the top 8) to peaked (almost none): both of the tail's routes

@@ -58,7 +58,7 @@ from .logits import _item_mask, _reduce
 # a 152k vocabulary, 8,192 of a 4,096 one. A batch within one chunk runs as it is; only several chunks are
 # checkpointed (their recomputation in the backward costs about a third of the loss's time).
 CHUNK_ELEMENTS = 2**25
-# Below this share of the student's mass outside the teacher's top k, the student's tail bucket is computed exactly.
+# Below this share of a row's mass outside its k classes, others_logsumexp takes the exact (masked copy) route.
 EXACT_TAIL_BELOW = 0.05
 
 # The log of the smallest normal float32: reverse KL takes the teacher's log-probabilities no lower than this, so a
@@ -235,11 +235,48 @@ def _logsumexp_or_empty(x: Tensor) -> Tensor:
     return torch.where(empty, torch.full_like(out, -math.inf), out)
 
 
+def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = None,
+                     total: Tensor | None = None) -> Tensor:
+    """The logsumexp of each row's logits outside its `indices`, ``[..., 1]`` (-inf where there are none), with a
+    gradient; the tail bucket of a top-k cache (`soft_labels.writer.topk_payload`) and of the student here.
+
+    Computed as ``total + log(1 - exp(x))``, ``x = logsumexp(picked) - total``: one pass over the row and no copy of it.
+    Where under EXACT_TAIL_BELOW of a row's mass lies outside the k classes, x nears 0 and that loses digits, so those
+    rows take the logsumexp over a copy with the k classes masked out. x's error is a few float32 ulps of `total`,
+    so it grows with the logits' size: about 4e-5 in the result for logits of size 10 and 1e-4 of size 100 at the
+    threshold (1e-3 at 1,000, where the masked route's is 8e-5).
+
+    Args:
+        logits: ``[..., V]``.
+        indices: ``[..., k]`` classes, distinct within a row.
+        picked, total: ``logits.gather(-1, indices)`` and ``logsumexp(logits, -1, keepdim=True)``, if the caller
+            has them.
+    """
+    if picked is None:
+        picked = logits.gather(-1, indices)
+    if indices.shape[-1] >= logits.shape[-1]:  # k = V: no class is left
+        return _logsumexp_or_empty(logits.scatter(-1, indices, -math.inf))
+    if total is None:
+        total = torch.logsumexp(logits, dim=-1, keepdim=True)
+    x = (_logsumexp_or_empty(picked) - total).clamp(max=0.0)  # the guard: picked all -inf gives no NaN gradient
+    small = x > math.log1p(-EXACT_TAIL_BELOW)
+    bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
+    others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
+    if bool(small.any()):
+        rows = small.reshape(-1).nonzero().squeeze(-1)
+        flat, flat_idx = logits.reshape(-1, logits.shape[-1]), indices.reshape(-1, indices.shape[-1])
+        exact = _logsumexp_or_empty(flat[rows].scatter(-1, flat_idx[rows], -math.inf))
+        placed = torch.zeros(small.numel(), 1, dtype=logits.dtype, device=logits.device)
+        others = torch.where(small, placed.index_put((rows,), exact).reshape(others.shape), others)
+    return others
+
+
 def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float = 1.0) -> Tensor:
     """The student's log-probabilities over the teacher's k + 1 buckets, ``[..., k + 1]``, softened at `temperature`.
 
     Bucket i < k is the student's class ``indices[..., i]``; bucket k holds every other class, its logit the
-    logsumexp of theirs (-inf when there are none). This reads the whole ``[..., V]`` row: call it on a chunk.
+    logsumexp of theirs (`others_logsumexp`; -inf when there are none). This reads the whole ``[..., V]`` row: call
+    it on a chunk.
 
     Args:
         student_logits: ``[..., V]``.
@@ -248,24 +285,7 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float 
     s = student_logits.to(_work_dtype(student_logits))
     idx = indices.to(device=s.device, dtype=torch.long)
     picked = s.gather(-1, idx)
-    if idx.shape[-1] >= s.shape[-1]:  # k = V: no class is left for the last bucket
-        others = _logsumexp_or_empty(s.scatter(-1, idx, -math.inf))
-        return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
-    # The other classes' logsumexp as total + log(1 - exp(x)), x = logsumexp(picked) - total: one pass over the row
-    # and no copy of it. Where the student keeps under EXACT_TAIL_BELOW of its mass outside the k classes, x nears 0
-    # and that loses digits, so those rows take the logsumexp over a copy with the k classes masked out. (x's error
-    # is a few float32 ulps of `total`, so it grows with the logits' size: see soft_labels.writer.topk_payload.)
-    total = torch.logsumexp(s, dim=-1, keepdim=True)
-    x = (_logsumexp_or_empty(picked) - total).clamp(max=0.0)  # the guard: picked all -inf gives no NaN gradient
-    small = x > math.log1p(-EXACT_TAIL_BELOW)
-    bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
-    others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
-    if bool(small.any()):
-        rows = small.reshape(-1).nonzero().squeeze(-1)
-        flat_s, flat_idx = s.reshape(-1, s.shape[-1]), idx.reshape(-1, idx.shape[-1])
-        exact = _logsumexp_or_empty(flat_s[rows].scatter(-1, flat_idx[rows], -math.inf))
-        placed = torch.zeros(small.numel(), 1, dtype=s.dtype, device=s.device)
-        others = torch.where(small, placed.index_put((rows,), exact).reshape(others.shape), others)
+    others = others_logsumexp(s, idx, picked)
     return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
 
 

@@ -1,7 +1,6 @@
 """Writing a soft-label cache (the v2 layout of cache.py) in streamed chunks: memory holds one chunk, not the split."""
 
 import hashlib
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write
 from ..lock import file_lock
+from ..losses.lm import others_logsumexp
 from .cache import (BLOCK, FORMAT, NP_DTYPES, ORDER, PAYLOADS, VALUE_DTYPES, _not_finite, _Spec, check_finite,
                     header_bytes, index_dtype)
 
@@ -47,29 +47,16 @@ def _flatten(rows: Rows, ndim: int, what: str) -> tuple[torch.Tensor, list[int] 
     return (torch.cat(parts) if parts else torch.empty(0)), [len(p) for p in parts]
 
 
-# Below this share of the mass outside the top k, the tail is computed exactly (see topk_payload).
-EXACT_TAIL_BELOW = 0.05
-
-
 def topk_payload(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a top-k cache keeps of full logits [..., C]: (the k largest, largest first [..., k]; their classes
     [..., k]; the log of the softmax mass (T = 1) outside them [...], <= 0, -inf when k = C).
 
-    The tail is log(1 - exp(x)) with x = logsumexp(top k) - logsumexp(all): one pass over the logits beside top-k.
-    Its error is about that of x (a few float32 ulps of logsumexp(all), which grow with the logits' size) over the
-    tail's mass: about 4e-5 for logits of size 10 and 1e-4 of size 100 where the tail holds at least
-    EXACT_TAIL_BELOW of the mass (1e-3 at 1,000, where the exact route's is 8e-5), well under the float16 values'
-    own rounding. Items with a smaller tail (a confident teacher, where 1 - sum p_topk would round towards 0) get
-    logsumexp over the other logits minus logsumexp over all, exact at any size.
+    The tail is logsumexp over the other logits minus logsumexp over all (`losses.lm.others_logsumexp`: one pass
+    beside top-k, exact where 1 - sum p_topk would round towards 0), its error well under the float16 values' own.
     """
     values, indices = torch.topk(logits, k, dim=-1)
-    total = torch.logsumexp(logits, dim=-1)
-    x = (torch.logsumexp(values, dim=-1) - total).clamp(max=0.0)
-    tail = torch.log(-torch.expm1(x))
-    small = x > math.log1p(-EXACT_TAIL_BELOW)
-    if small.any():
-        rest = logits[small].scatter_(-1, indices[small], float("-inf"))  # a copy of those items only
-        tail[small] = (torch.logsumexp(rest, dim=-1) - total[small]).clamp(max=0.0)
+    total = torch.logsumexp(logits, dim=-1, keepdim=True)
+    tail = (others_logsumexp(logits, indices, values, total) - total).squeeze(-1).clamp(max=0.0)
     return values, indices, tail
 
 
