@@ -145,7 +145,7 @@ def export_run(
     target = out or os.path.join(run_dir, "export")
     _check_target(target, run_dir)
     with ExitStack() as held:
-        # One writer: the run (read, and by default written into) and the directory the export goes into.
+        # One writer: the run (read, and by default written into) and the export target.
         held.enter_context(directory_lock(run_dir, "run directory", ""))
         # The target's own lock (<target>.lock beside it; a second export of it waits), not its parent's: holding
         # the parent would refuse every kdistill run under it while this export runs (an export to /tmp/x, all of
