@@ -254,3 +254,27 @@ def test_top_k_pass_under_torchrun_deals_out_blocks_and_writes_the_one_process_c
         (v, i, t), (rv, ri, rt) = got[row], reference[row]
         assert torch.allclose(v, rv, atol=2e-2) and torch.allclose(t, rt, atol=1e-4)
         assert float((i[:, 0] == ri[:, 0]).float().mean()) > 0.95
+
+
+def test_diagnostic_rows_bound_a_language_models_logits_not_its_rows(monkeypatch):
+    monkeypatch.setattr(pipeline, "DIAGNOSTIC_FLOATS", 1000)
+    assert pipeline.diagnostic_rows(torch.zeros(500, 2), 500) == 500  # a classifier's rows: 1,000 floats
+    assert pipeline.diagnostic_rows(torch.zeros(900, 2), 900) == 500
+    blocks = [torch.zeros(10, 30) for _ in range(8)]  # 8 blocks of 10 tokens over 30 classes: 300 floats a block
+    assert pipeline.diagnostic_rows(blocks, 8) == 3
+    assert pipeline.diagnostic_rows([torch.zeros(100, 30)], 1) == 1  # at least one row
+    monkeypatch.setattr(pipeline, "DIAGNOSTIC_ROWS", 2)
+    assert pipeline.diagnostic_rows(torch.zeros(500, 2), 500) == 2
+
+
+def test_a_dense_cache_s_diagnostics_read_only_the_leading_blocks(runs, lm, tmp_path, monkeypatch):
+    """Full-vocabulary soft labels (soft_label_top_k: 0): the diagnostics read as many blocks as DIAGNOSTIC_FLOATS
+    allows (all of tiny Shakespeare's blocks over a 4,096 vocabulary once ran a 24 GiB machine out of memory)."""
+    classes = len(lm["tokenizer"])
+    monkeypatch.setattr(pipeline, "DIAGNOSTIC_FLOATS", 5 * BLOCK * classes)
+    config = make_config(lm_values(lm, tmp_path / "dense", soft_label_top_k=0, teacher_train=False, max_steps=2,
+                                   teacher_model=str(runs["root"] / "soft" / "teacher")))
+    out = pipeline.distill(config)
+    stats = out["soft_label_stats"]["train"]
+    assert stats["rows"] == 5
+    assert 0 < stats["mean_top_prob"] < 1 and 0 <= stats["teacher_error_rate"] <= 1

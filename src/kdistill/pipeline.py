@@ -349,8 +349,24 @@ def make_soft_labels(config: RunConfig, splits: tuple[str, ...] = SPLITS, progre
     return {split: combine_soft_labels(config, per_teacher) for split, per_teacher in parts.items()}
 
 
-# The soft-label diagnostics read this many of a split's first rows (all of them in smaller splits).
+# The soft-label diagnostics read this many of a split's first rows (all of them in smaller splits), and at most
+# about DIAGNOSTIC_FLOATS logits of them: a causal LM's row is a block of tokens, each a vocabulary wide (all of tiny
+# Shakespeare's 1,201 training blocks of 256 tokens over 4,096 classes are 5 GB of float32, which the diagnostics'
+# softmax copies took past 24 GiB). A classifier's 200,000 rows of a few classes stay well inside it.
 DIAGNOSTIC_ROWS = 200_000
+DIAGNOSTIC_FLOATS = 1 << 25
+
+
+def diagnostic_rows(source, rows: int) -> int:
+    """How many of a split's first `rows` rows the soft-label diagnostics read from `source` (a cache or a tensor):
+    at most DIAGNOSTIC_ROWS, and as many as keep their logits near DIAGNOSTIC_FLOATS (at least one row)."""
+    stored = max(len(source), 1)
+    if isinstance(source, list):  # ragged rows in memory ([items_i, C] each)
+        items, width = sum(len(r) for r in source), (source[0].shape[-1] if source else 1)
+    else:  # a cache, or a tensor with one item per row
+        items, width = getattr(source, "items", None) or stored, classes(source)
+    per_row = max(items, 1) / stored * max(width, 1)
+    return max(1, min(rows, DIAGNOSTIC_ROWS, int(DIAGNOSTIC_FLOATS // per_row)))
 
 
 def _item_labels(task, part, rows: int, items: int) -> torch.Tensor | None:
@@ -363,13 +379,14 @@ def _item_labels(task, part, rows: int, items: int) -> torch.Tensor | None:
 
 
 def _soft_label_diagnostics(teacher_logits: dict[str, torch.Tensor], parts: dict, temperature: float,
-                            task=None) -> dict:
+                            task=None, rows_read: dict[str, int] | None = None) -> dict:
     """How informative the soft labels the student trains on are, at its temperature; logged, with a warning when
-    they are nearly one-hot."""
+    they are nearly one-hot. `teacher_logits[split]` holds the items of the split's first `rows_read[split]` rows
+    (default: DIAGNOSTIC_ROWS or fewer)."""
     out = {}
     for split in ("train", "transfer"):
         if split in teacher_logits and split in parts:
-            rows = min(len(parts[split]), DIAGNOSTIC_ROWS)
+            rows = min(len(parts[split]), (rows_read or {}).get(split, DIAGNOSTIC_ROWS))
             labels = None
             if "labels" in parts[split].column_names:
                 labels = (_item_labels(task, parts[split], rows, len(teacher_logits[split])) if task is not None
@@ -495,11 +512,12 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     teacher_weights = [w for _, w in teachers(config)]
     diagnostics = {}
     if sources and not topk:  # the diagnostics read whole distributions
-        # On a split's first DIAGNOSTIC_ROWS rows: a large cache is never read whole into memory.
-        in_memory = {s: ensemble_logits([leading(x, DIAGNOSTIC_ROWS) for x in v], teacher_weights, args.temperature,
+        # On a split's first rows (diagnostic_rows): a large cache is never read whole into memory.
+        rows_read = {s: diagnostic_rows(v[0], len(v[0])) for s, v in sources.items() if s in ("train", "transfer")}
+        in_memory = {s: ensemble_logits([leading(x, rows_read[s]) for x in v], teacher_weights, args.temperature,
                                         config.teacher.ensemble_combine)
                      for s, v in sources.items() if s in ("train", "transfer")}
-        diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature, task)
+        diagnostics = _soft_label_diagnostics(in_memory, parts, args.temperature, task, rows_read)
     online_teachers = teacher_tokenizers = None
     wants_features = any(name in FEATURE_TERMS for name in weights)
     if online and wants_teacher or wants_features:
