@@ -238,7 +238,8 @@ def _logsumexp_or_empty(x: Tensor) -> Tensor:
 def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = None,
                      total: Tensor | None = None) -> Tensor:
     """The logsumexp of each row's logits outside its `indices`, ``[..., 1]`` (-inf where there are none), with a
-    gradient; the tail bucket of a top-k cache (`soft_labels.writer.topk_payload`) and of the student here.
+    gradient: the student's tail bucket here. (A cache's tail, with no gradient to keep, is computed exactly by
+    masking the k classes in place: `soft_labels.writer.topk_payload`.)
 
     Computed as ``total + log(1 - exp(x))``, ``x = logsumexp(picked) - total``: one pass over the row and no copy of it.
     Where under EXACT_TAIL_BELOW of a row's mass lies outside the k classes, x nears 0 and that loses digits, so those
