@@ -263,12 +263,9 @@ def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = No
     small = x > math.log1p(-EXACT_TAIL_BELOW)
     bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
     others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
-    if bool(small.any()):
-        rows = small.reshape(-1).nonzero().squeeze(-1)
-        flat, flat_idx = logits.reshape(-1, logits.shape[-1]), indices.reshape(-1, indices.shape[-1])
-        exact = _logsumexp_or_empty(flat[rows].scatter(-1, flat_idx[rows], -math.inf))
-        placed = torch.zeros(small.numel(), 1, dtype=logits.dtype, device=logits.device)
-        others = torch.where(small, placed.index_put((rows,), exact).reshape(others.shape), others)
+    if bool(small.any()):  # only those rows copied (a flat reshape of a strided view would copy every row)
+        where = small.squeeze(-1).nonzero(as_tuple=True)
+        others = others.index_put(where, _logsumexp_or_empty(logits[where].scatter(-1, indices[where], -math.inf)))
     return others
 
 
@@ -330,18 +327,25 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     step = max(1, chunk_size // m)
     host_keep = keep.cpu()  # one transfer: which chunks hold a counted token
     busy = [bool(host_keep[:, j : j + step].any()) for j in range(0, length, step)]
+    whole = [bool(host_keep[:, j : j + step].all()) for j in range(0, length, step)]
     grad = torch.is_grad_enabled() and grid.requires_grad and sum(busy) > 1  # one chunk: nothing to free early
 
     def run(chunk: Tensor, chunk_keep: Tensor, *chunk_teacher: Tensor) -> Tensor:
         return per_token(chunk[chunk_keep], *(t[chunk_keep] for t in chunk_teacher))
+
+    def run_whole(chunk: Tensor, *chunk_teacher: Tensor) -> Tensor:
+        # every token counts (packed text blocks): the chunk as it is, a view, not a copy of its counted rows (which
+        # also cost a zero-filled full-size gradient to scatter back into)
+        return per_token(chunk, *chunk_teacher).reshape(-1)
 
     parts = [grid[0, :0, :1].sum(dim=-1).to(_work_dtype(grid))]  # empty, but carries the grad_fn if nothing counts
     for i, chunk in enumerate(torch.split(grid, step, dim=1)):
         if not busy[i]:
             continue
         span = slice(i * step, i * step + chunk.shape[1])
-        args = (chunk, keep[:, span], *(t[:, span] for t in rows))
-        parts.append(checkpoint(run, *args, use_reentrant=False) if grad else run(*args))
+        fn, args = (run_whole, (chunk, *(t[:, span] for t in rows))) if whole[i] else \
+            (run, (chunk, keep[:, span], *(t[:, span] for t in rows)))
+        parts.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
     per_item = torch.cat(parts)
     return _reduce(per_item, torch.ones_like(per_item, dtype=torch.bool), num_items)
 
