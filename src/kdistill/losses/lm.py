@@ -282,9 +282,30 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float 
     """
     s = student_logits.to(_work_dtype(student_logits))
     idx = indices.to(device=s.device, dtype=torch.long)
-    picked = s.gather(-1, idx)
-    others = others_logsumexp(s, idx, picked)
+    picked, others = _BucketLogits.apply(s, idx)
     return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
+
+
+class _BucketLogits(torch.autograd.Function):
+    """The student's k + 1 bucket logits, ``(logits.gather(-1, indices), others_logsumexp(logits, indices))``, with a
+    backward that writes the gradient over the vocabulary once: ``d others / d l_j = exp(l_j - others)`` outside the
+    k classes and ``d picked_i / d l_j = [j = indices_i]``, so row by row ``g_others * exp(l - others)`` with the k
+    classes then set to ``g_picked``. (Autograd through the forward's logsumexps, log1mexp and gather builds three
+    vocabulary-wide gradients and adds them.)"""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        picked = logits.gather(-1, indices)
+        others = others_logsumexp(logits, indices, picked)
+        ctx.save_for_backward(logits, indices, others)
+        return picked, others
+
+    @staticmethod
+    def backward(ctx, g_picked: Tensor, g_others: Tensor) -> tuple[Tensor, None]:
+        logits, indices, others = ctx.saved_tensors
+        # no class outside the k (others = -inf): no gradient through the tail, and no exp(l + inf)
+        grad = (logits - torch.where(torch.isneginf(others), math.inf, others)).exp_().mul_(g_others)
+        return grad.scatter_(-1, indices, g_picked), None
 
 
 # --- chunked reduction over tokens -------------------------------------------------------------------------------
