@@ -333,7 +333,8 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     The logits, as a ``[M, L, V]`` grid of views, are cut along L by one `torch.split` into chunks of
     ``max(1, chunk_size // M)`` positions: views, and one backward node that assembles the gradient once (slicing
     chunk by chunk would make each chunk's backward allocate a full-size gradient). Each chunk picks its counted
-    rows and, when a gradient is wanted and more than one chunk holds counted rows, runs under non-reentrant
+    rows (a chunk in which every token counts is passed as the view it is, ``per_token`` then sees ``[M, n, V]``) and,
+    when a gradient is wanted and more than one chunk holds counted rows, runs under non-reentrant
     checkpointing.
     """
     if chunk_size is None:
