@@ -248,6 +248,31 @@ def test_a_shifted_view_of_the_logits_gives_what_its_copy_gives():
         assert torch.equal(full.grad[:, -1], torch.zeros(3, 30))
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_chunks_where_every_token_counts_give_what_the_masked_route_gives(name):
+    # Packed text: every token of a shifted view counts, so chunks are read as views; some rows put almost all of the
+    # student's mass on the teacher's classes (the tail's exact route, on a strided 3-d chunk). The reference runs
+    # the masked route: the same positions with one uncounted position appended.
+    t = _rand(3, 10, 30, seed=1)
+    values, indices, tail = topk_of(t, 4)
+    full = _rand(3, 11, 30).detach()
+    full[:, :-1] = full[:, :-1].scatter_add(-1, indices, torch.full(indices.shape, 25.0) * (torch.rand(3, 10, 1) > 0.5))
+    full.requires_grad_()
+    padded = torch.cat([full.detach()[:, :-1], torch.zeros(3, 1, 30)], dim=1).requires_grad_()
+    keep = torch.ones(3, 11, dtype=torch.bool)
+    keep[:, -1] = False
+    pad = lambda x, fill: torch.cat([x, torch.full((3, 1, *x.shape[2:]), fill, dtype=x.dtype)], dim=1)  # noqa: E731
+    for chunk_size in (4, 1000):
+        full.grad = padded.grad = None
+        a = topk_divergence(full[:, :-1], values, indices, tail, name, chunk_size=chunk_size)
+        b = topk_divergence(padded, pad(values, 0.0), pad(indices, 0), pad(tail, -1.0), name, mask=keep,
+                            chunk_size=1000)
+        a.backward()
+        b.backward()
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)
+        torch.testing.assert_close(full.grad[:, :-1], padded.grad[:, :-1], rtol=1e-5, atol=1e-8)
+
+
 # --- zero mass and -inf ------------------------------------------------------------------------------------------
 
 

@@ -238,7 +238,8 @@ def _logsumexp_or_empty(x: Tensor) -> Tensor:
 def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = None,
                      total: Tensor | None = None) -> Tensor:
     """The logsumexp of each row's logits outside its `indices`, ``[..., 1]`` (-inf where there are none), with a
-    gradient; the tail bucket of a top-k cache (`soft_labels.writer.topk_payload`) and of the student here.
+    gradient: the student's tail bucket here. (A cache's tail, with no gradient to keep, is computed exactly by
+    masking the k classes in place: `soft_labels.writer.topk_payload`.)
 
     Computed as ``total + log(1 - exp(x))``, ``x = logsumexp(picked) - total``: one pass over the row and no copy of it.
     Where under EXACT_TAIL_BELOW of a row's mass lies outside the k classes, x nears 0 and that loses digits, so those
@@ -262,12 +263,9 @@ def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = No
     small = x > math.log1p(-EXACT_TAIL_BELOW)
     bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
     others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
-    if bool(small.any()):
-        rows = small.reshape(-1).nonzero().squeeze(-1)
-        flat, flat_idx = logits.reshape(-1, logits.shape[-1]), indices.reshape(-1, indices.shape[-1])
-        exact = _logsumexp_or_empty(flat[rows].scatter(-1, flat_idx[rows], -math.inf))
-        placed = torch.zeros(small.numel(), 1, dtype=logits.dtype, device=logits.device)
-        others = torch.where(small, placed.index_put((rows,), exact).reshape(others.shape), others)
+    if bool(small.any()):  # only those rows copied (a flat reshape of a strided view would copy every row)
+        where = small.squeeze(-1).nonzero(as_tuple=True)
+        others = others.index_put(where, _logsumexp_or_empty(logits[where].scatter(-1, indices[where], -math.inf)))
     return others
 
 
@@ -284,9 +282,30 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float 
     """
     s = student_logits.to(_work_dtype(student_logits))
     idx = indices.to(device=s.device, dtype=torch.long)
-    picked = s.gather(-1, idx)
-    others = others_logsumexp(s, idx, picked)
+    picked, others = _BucketLogits.apply(s, idx)
     return F.log_softmax(torch.cat([picked, others], dim=-1) / temperature, dim=-1)
+
+
+class _BucketLogits(torch.autograd.Function):
+    """The student's k + 1 bucket logits, ``(logits.gather(-1, indices), others_logsumexp(logits, indices))``, with a
+    backward that writes the gradient over the vocabulary once: ``d others / d l_j = exp(l_j - others)`` outside the
+    k classes and ``d picked_i / d l_j = [j = indices_i]``, so row by row ``g_others * exp(l - others)`` with the k
+    classes then set to ``g_picked``. (Autograd through the forward's logsumexps, log1mexp and gather builds three
+    vocabulary-wide gradients and adds them.)"""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        picked = logits.gather(-1, indices)
+        others = others_logsumexp(logits, indices, picked)
+        ctx.save_for_backward(logits, indices, others)
+        return picked, others
+
+    @staticmethod
+    def backward(ctx, g_picked: Tensor, g_others: Tensor) -> tuple[Tensor, None]:
+        logits, indices, others = ctx.saved_tensors
+        # no class outside the k (others = -inf): no gradient through the tail, and no exp(l + inf)
+        grad = (logits - torch.where(torch.isneginf(others), math.inf, others)).exp_().mul_(g_others)
+        return grad.scatter_(-1, indices, g_picked), None
 
 
 # --- chunked reduction over tokens -------------------------------------------------------------------------------
@@ -314,7 +333,8 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     The logits, as a ``[M, L, V]`` grid of views, are cut along L by one `torch.split` into chunks of
     ``max(1, chunk_size // M)`` positions: views, and one backward node that assembles the gradient once (slicing
     chunk by chunk would make each chunk's backward allocate a full-size gradient). Each chunk picks its counted
-    rows and, when a gradient is wanted and more than one chunk holds counted rows, runs under non-reentrant
+    rows (a chunk in which every token counts is passed as the view it is, ``per_token`` then sees ``[M, n, V]``) and,
+    when a gradient is wanted and more than one chunk holds counted rows, runs under non-reentrant
     checkpointing.
     """
     if chunk_size is None:
@@ -329,18 +349,25 @@ def _chunked(per_token: Callable[..., Tensor], student_logits: Tensor, teacher: 
     step = max(1, chunk_size // m)
     host_keep = keep.cpu()  # one transfer: which chunks hold a counted token
     busy = [bool(host_keep[:, j : j + step].any()) for j in range(0, length, step)]
+    whole = [bool(host_keep[:, j : j + step].all()) for j in range(0, length, step)]
     grad = torch.is_grad_enabled() and grid.requires_grad and sum(busy) > 1  # one chunk: nothing to free early
 
     def run(chunk: Tensor, chunk_keep: Tensor, *chunk_teacher: Tensor) -> Tensor:
         return per_token(chunk[chunk_keep], *(t[chunk_keep] for t in chunk_teacher))
+
+    def run_whole(chunk: Tensor, *chunk_teacher: Tensor) -> Tensor:
+        # every token counts (packed text blocks): the chunk as it is, a view, not a copy of its counted rows (which
+        # also cost a zero-filled full-size gradient to scatter back into)
+        return per_token(chunk, *chunk_teacher).reshape(-1)
 
     parts = [grid[0, :0, :1].sum(dim=-1).to(_work_dtype(grid))]  # empty, but carries the grad_fn if nothing counts
     for i, chunk in enumerate(torch.split(grid, step, dim=1)):
         if not busy[i]:
             continue
         span = slice(i * step, i * step + chunk.shape[1])
-        args = (chunk, keep[:, span], *(t[:, span] for t in rows))
-        parts.append(checkpoint(run, *args, use_reentrant=False) if grad else run(*args))
+        fn, args = (run_whole, (chunk, *(t[:, span] for t in rows))) if whole[i] else \
+            (run, (chunk, keep[:, span], *(t[:, span] for t in rows)))
+        parts.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
     per_item = torch.cat(parts)
     return _reduce(per_item, torch.ones_like(per_item, dtype=torch.bool), num_items)
 

@@ -1,6 +1,7 @@
 """Writing a soft-label cache (the v2 layout of cache.py) in streamed chunks: memory holds one chunk, not the split."""
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -12,7 +13,6 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write
 from ..lock import file_lock
-from ..losses.lm import others_logsumexp
 from .cache import (BLOCK, FORMAT, NP_DTYPES, ORDER, PAYLOADS, VALUE_DTYPES, _not_finite, _Spec, check_finite,
                     header_bytes, index_dtype)
 
@@ -47,17 +47,22 @@ def _flatten(rows: Rows, ndim: int, what: str) -> tuple[torch.Tensor, list[int] 
     return (torch.cat(parts) if parts else torch.empty(0)), [len(p) for p in parts]
 
 
-def topk_payload(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def topk_payload(logits: torch.Tensor, k: int, overwrite: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a top-k cache keeps of full logits [..., C]: (the k largest, largest first [..., k]; their classes
     [..., k]; the log of the softmax mass (T = 1) outside them [...], <= 0, -inf when k = C).
 
-    The tail is logsumexp over the other logits minus logsumexp over all (`losses.lm.others_logsumexp`: one pass
-    beside top-k, exact where 1 - sum p_topk would round towards 0), its error well under the float16 values' own.
+    The tail is exact for every item, however little mass lies outside: the logsumexp of the other logits (the k
+    classes set to -inf, k writes a row) minus the logsumexp of all, that total itself put together from the two
+    parts (``logaddexp(others, logsumexp(top k))``), so the row is read twice (top-k, then the others), not three
+    times. `overwrite=True` lets it set the k classes in `logits` itself (a teacher pass that drops its logits
+    after): no copy of the row. (The student's tail bucket, which needs a gradient, is `losses.lm.others_logsumexp`.)
     """
     values, indices = torch.topk(logits, k, dim=-1)
-    total = torch.logsumexp(logits, dim=-1, keepdim=True)
-    tail = (others_logsumexp(logits, indices, values, total) - total).squeeze(-1).clamp(max=0.0)
-    return values, indices, tail
+    rest = (logits if overwrite else logits.clone()).scatter_(-1, indices, -math.inf)
+    others = torch.logsumexp(rest, dim=-1)  # -inf for a row with no class left (k = C) or only -inf ones
+    total = torch.logaddexp(others, torch.logsumexp(values, dim=-1))
+    return values, indices, (others - total).clamp(max=0.0)
 
 
 class CacheWriter:

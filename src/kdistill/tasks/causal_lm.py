@@ -539,7 +539,7 @@ class CausalLM(Task):
             logits = (out["logits"] if isinstance(out, dict) else out[0]).float()
             classes = logits.shape[-1]
             if top_k:
-                for part, t in zip(parts, topk_payload(logits, top_k)):
+                for part, t in zip(parts, topk_payload(logits, top_k, overwrite=True)):
                     part.extend(row[:n] for row, n in zip(t.cpu().unbind(0), lengths))
             else:
                 parts[0].extend(row[:n] for row, n in zip(logits.cpu().unbind(0), lengths))
