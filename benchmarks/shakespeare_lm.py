@@ -67,7 +67,7 @@ PROFILES = {
              "kd": [k for k in SETTINGS if k != "hard"], "lr": 1e-3, "teacher_lr": 1e-3, "logging_steps": 50},
     "quick": {"teacher": {"n_layer": 4, "n_embd": 256, "n_head": 4}, "vocab": 1024, "block": 128,
               "teacher_steps": 300, "teacher_batch": 32, "student_layers": 2, "student_steps": 80,
-              "student_epochs": None, "batch": 32, "seeds": [1, 2], "char_seeds": [1], "lines": None,
+              "student_epochs": None, "batch": 32, "seeds": [1, 2, 3], "char_seeds": [1], "lines": None,
               "kd": ["forward_kl top-8", "forward_kl top-64", "forward_kl full", "reverse_kl top-64", "jsd top-64",
                      "forward_kl top-64 + CE"],
               "lr": 1e-3, "teacher_lr": 1e-3, "logging_steps": 25},
