@@ -236,3 +236,18 @@ def test_prompt_response_eval_has_rouge_l_and_tokens_per_second(pair_run, lm, pa
                                                          result["teacher"]["generation_tokens_per_s_b1"])
     assert set(json.loads((Path(config.distill.output_dir) / "eval.json").read_text())["student"]) >= {
         "rouge_l", "scoring_tokens_per_s", "generation_tokens_per_s_b1", "loss", "perplexity"}
+
+
+def test_token_ids_are_the_tokenizers_own_and_a_truncating_backend_is_left_to_it(lm):
+    from kdistill.students import load_tokenizer
+    from kdistill.tasks.causal_lm import token_ids
+
+    tok = load_tokenizer(lm["model"], "tokenizer")
+    lines = head_text(400).splitlines(keepends=True) + ["", "  spaced  ", "caf\u00e9 \u2014 na\u00efve"]
+    want = tok(lines, add_special_tokens=False)["input_ids"]
+    assert token_ids(tok, lines) == want and sum(map(len, want)) > 1000
+    tok.backend_tokenizer.enable_truncation(max_length=3)  # a backend left truncating: not asked directly
+    try:
+        assert token_ids(tok, lines) == want
+    finally:
+        tok.backend_tokenizer.no_truncation()

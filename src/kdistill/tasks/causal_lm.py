@@ -79,6 +79,19 @@ def shifted_labels(block: list[int]) -> list[int]:
     return [*block[1:], IGNORE_INDEX]
 
 
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, no special tokens: ``tokenizer(texts, add_special_tokens=False)["input_ids"]``.
+
+    A fast tokenizer whose backend neither truncates nor pads is asked directly (`tokenizers`' encode_batch, the call
+    transformers makes), skipping the Python conversion of every encoding to a dict: for tiny Shakespeare's 35,526
+    training lines that conversion was 1.0 of the 2.4 s the split took to tokenise and pack.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def packed_chunks(texts: list[str], tokenizer: Any, block_size: int, chunk_rows: int = PACK_CHUNK_ROWS,
                   source: str = "data") -> Iterator[list[list[int]]]:
     """The blocks of `texts` (their tokens as one stream), one list per `chunk_rows` texts: a chunk's tail shorter
@@ -88,7 +101,7 @@ def packed_chunks(texts: list[str], tokenizer: Any, block_size: int, chunk_rows:
     carry: list[int] = []
     total = 0
     for start in range(0, len(texts), chunk_rows):
-        ids = tokenizer(texts[start : start + chunk_rows], add_special_tokens=False)["input_ids"]
+        ids = token_ids(tokenizer, texts[start : start + chunk_rows])
         stream = [*carry, *(i for row in ids for i in row)]
         blocks, dropped = pack_blocks([stream], block_size)
         carry = stream[len(stream) - dropped :] if dropped else []
@@ -202,9 +215,8 @@ def example_chunks(table, tokenizer: Any, config, chunk_rows: int = PACK_CHUNK_R
     for start in range(0, len(table), chunk_rows):
         part = table[start : start + chunk_rows]
         prompts, responses = ([str(t) for t in part[c]] for c in (config.prompt_column, config.response_column))
-        encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-        made = prompt_response_examples(zip(encode(prompts), encode(responses)), config.max_length,
-                                        tokenizer.eos_token_id)
+        made = prompt_response_examples(zip(token_ids(tokenizer, prompts), token_ids(tokenizer, responses)),
+                                        config.max_length, tokenizer.eos_token_id)
         truncated += made.truncated
         skipped += [start + i for i in made.skipped]
         yield made.examples
