@@ -17,7 +17,8 @@ timed.
    (same seed, data and order), per step = (train_seconds(S2) - train_seconds(S1)) / (S2 - S1), so the setup, the
    first step and the cache's opening cancel; settings interleaved, repeats in turn, the median taken (target
    <= 1.15x).
-Results: benchmarks/results/shakespeare_lm_speed{,_quick,_smoke}.{json,md} (top-level `summary`).
+Results: benchmarks/results/shakespeare_lm_speed{,_quick,_smoke}{,_pass,_steps}.{json,md} (top-level `summary`; the
+suffix names the one part timed with --parts).
 """
 
 import argparse
@@ -128,26 +129,28 @@ def step_legs(base: dict, teacher_dir: str, work: str, init: dict, steps: tuple[
 
 
 def render(result: dict) -> str:
-    p, s = result["pass"], result["steps"]
-    med = p["median_seconds"]
     m = result["machine"]
     lines = [f"# Causal-LM speed (`shakespeare_lm_speed.py`, {result['profile']} profile)", "",
              f"- **Date**: {result['date']}. **Machine**: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} "
              f"cores, Python {m['python']}.", bench_env.versions_line(result),
              f"- **Command**: `{result['command']}`. **Duration**: {result['seconds'] / 60:.1f} min; load "
-             f"{result['load_start']} at the start, {result['load_end']} at the end.", "",
-             f"Cache pass over the train split ({p['blocks']} blocks, {p['tokens']:,} tokens, batch {p['batch_size']}, "
-             f"{p['threads']} threads), median of {p['repeats']} interleaved repeats:", "",
-             "| leg | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in med.items()]
-    lines += ["", f"Pass over bare: **{p['ratio']:.3f}x** (per repeat {', '.join(f'{x:.3f}' for x in p['ratios'])}); "
-              f"forward over forward + top-k now {p['kernel_ratio_now']:.3f}x, with the earlier tail route "
-              f"{p['kernel_ratio_before']:.3f}x (tail {p['tail_speedup']:.2f}x faster now; "
-              f"{100 * p['share_of_items_under_5pct_tail']:.0f}% of the tokens keep under 5% of the mass outside "
-              "the top 64).", "",
-              f"Training step by differencing {s['steps'][0]} and {s['steps'][1]} steps, median of {s['repeats']}:", "",
-              "| setting | s / step | over hard |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.3f} | {s['over_hard'][k]:.2f} |" for k, v in s["median_per_step"].items()]
+             f"{result['load_start']} at the start, {result['load_end']} at the end.", ""]
+    if "pass" in result:
+        p = result["pass"]
+        lines += [f"Cache pass over the train split ({p['blocks']} blocks, {p['tokens']:,} tokens, batch "
+                  f"{p['batch_size']}, {p['threads']} threads), median of {p['repeats']} interleaved repeats:", "",
+                  "| leg | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in p["median_seconds"].items()]
+        lines += ["", f"Pass over bare: **{p['ratio']:.3f}x** (per repeat {', '.join(f'{x:.3f}' for x in p['ratios'])}"
+                  f"); forward over forward + top-k now {p['kernel_ratio_now']:.3f}x, with the earlier tail route "
+                  f"{p['kernel_ratio_before']:.3f}x (tail {p['tail_speedup']:.2f}x faster now; "
+                  f"{100 * p['share_of_items_under_5pct_tail']:.0f}% of the tokens keep under 5% of the mass outside "
+                  "the top 64).", ""]
+    if "steps" in result:
+        s = result["steps"]
+        lines += [f"Training step by differencing {s['steps'][0]} and {s['steps'][1]} steps, median of "
+                  f"{s['repeats']}:", "", "| setting | s / step | over hard |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.3f} | {s['over_hard'][k]:.2f} |" for k, v in s["median_per_step"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +160,8 @@ def main() -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full", help="the work directory's profile")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs=2, default=(4, 16))
+    parser.add_argument("--parts", nargs="+", choices=("pass", "steps"), default=["pass", "steps"],
+                        help="what to time (a page of one part says so)")
     parser.add_argument("--results_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     profile = args.profile
@@ -167,17 +172,21 @@ def main() -> int:
     base = base_values(prof, data_file(prof, work), work)
     started = time.perf_counter()
     result = {**bench_env.provenance(), "profile": profile, "work": work}
-    result["pass"] = pass_legs(base, teacher_dir, work, args.repeats)
-    result["steps"] = step_legs(base, teacher_dir, work, init_of(work), tuple(args.steps), args.repeats)
-    worst = max((v, k) for k, v in result["steps"]["over_hard"].items() if k != "hard")
-    result["summary"] = {"cache_pass_over_bare": result["pass"]["ratio"],
-                         "cache_pass_target_met": result["pass"]["ratio"] >= 0.9,
-                         "kd_step_over_hard": result["steps"]["over_hard"],
-                         "worst_kd_step": {"setting": worst[1], "over_hard": worst[0]},
-                         "kd_step_target_met": {k: v <= 1.15 for k, v in result["steps"]["over_hard"].items()
-                                                if k != "hard"}}
+    result["summary"] = {}
+    if "pass" in args.parts:
+        result["pass"] = pass_legs(base, teacher_dir, work, args.repeats)
+        result["summary"].update(cache_pass_over_bare=result["pass"]["ratio"],
+                                 cache_pass_target_met=result["pass"]["ratio"] >= 0.9)
+    if "steps" in args.parts:
+        result["steps"] = step_legs(base, teacher_dir, work, init_of(work), tuple(args.steps), args.repeats)
+        over = result["steps"]["over_hard"]
+        worst = max((v, k) for k, v in over.items() if k != "hard")
+        result["summary"].update(kd_step_over_hard=over, worst_kd_step={"setting": worst[1], "over_hard": worst[0]},
+                                 kd_step_target_met={k: v <= 1.15 for k, v in over.items() if k != "hard"})
     result.update(seconds=time.perf_counter() - started, load_end=bench_env.load1())
     name = "shakespeare_lm_speed" + ("" if profile == "full" else f"_{profile}")
+    if len(args.parts) == 1:
+        name += f"_{args.parts[0]}"
     bench_env.write_results(args.results_dir, name, result, render(result))
     return 0
 
