@@ -54,8 +54,8 @@ def pass_legs(base: dict, teacher_dir: str, work: str, repeats: int) -> dict:
     from kdistill.pipeline import _loader, load_teacher, prepare_split, task_of, teacher_outputs
     from kdistill.soft_labels.writer import topk_payload
 
-    config = make_config({**base, "teacher_model": teacher_dir, "teacher_train": False, "strategy": "soft",
-                          "soft_label_top_k": 64, "output_dir": os.path.join(work, "speed", "probe")})
+    top64 = {**base, "teacher_model": teacher_dir, "teacher_train": False, "strategy": "soft", "soft_label_top_k": 64}
+    config = make_config({**top64, "output_dir": os.path.join(work, "speed", "probe")})
     teacher, tok = load_teacher(config, teacher_dir, {})
     teacher.eval()
     rows = task_of(config).model_rows(prepare_split(config, "train", tok, {}), tok)
@@ -89,9 +89,7 @@ def pass_legs(base: dict, teacher_dir: str, work: str, repeats: int) -> dict:
             exact_share = exact / items
         cache = os.path.join(work, "speed", f"pass_cache_{r}")
         shutil.rmtree(cache, ignore_errors=True)
-        run = make_config({**base, "teacher_model": teacher_dir, "teacher_train": False, "strategy": "soft",
-                           "soft_label_top_k": 64, "soft_label_cache": cache,
-                           "output_dir": os.path.join(work, "speed", "pass_run")})
+        run = make_config({**top64, "soft_label_cache": cache, "output_dir": os.path.join(work, "speed", "pass_run")})
         start = time.perf_counter()
         teacher_outputs(run, ("train",), loader=_loader(run))
         legs["pass"].append(time.perf_counter() - start)

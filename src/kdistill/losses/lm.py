@@ -237,9 +237,9 @@ def _logsumexp_or_empty(x: Tensor) -> Tensor:
 
 def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = None,
                      total: Tensor | None = None) -> Tensor:
-    """The logsumexp of each row's logits outside its `indices`, ``[..., 1]`` (-inf where there are none), with a
-    gradient: the student's tail bucket here. (A cache's tail, with no gradient to keep, is computed exactly by
-    masking the k classes in place: `soft_labels.writer.topk_payload`.)
+    """The logsumexp of each row's logits outside its `indices`, ``[..., 1]`` (-inf where there are none): the value of
+    the student's tail bucket, without a copy of the row (its gradient is `_BucketLogits.backward`'s; a cache's tail
+    is computed exactly by masking the k classes in place: `soft_labels.writer.topk_payload`).
 
     Computed as ``total + log(1 - exp(x))``, ``x = logsumexp(picked) - total``: one pass over the row and no copy of it.
     Where under EXACT_TAIL_BELOW of a row's mass lies outside the k classes, x nears 0 and that loses digits, so those
@@ -259,10 +259,9 @@ def others_logsumexp(logits: Tensor, indices: Tensor, picked: Tensor | None = No
         return _logsumexp_or_empty(logits.scatter(-1, indices, -math.inf))
     if total is None:
         total = torch.logsumexp(logits, dim=-1, keepdim=True)
-    x = (_logsumexp_or_empty(picked) - total).clamp(max=0.0)  # the guard: picked all -inf gives no NaN gradient
+    x = (_logsumexp_or_empty(picked) - total).clamp(max=0.0)  # rounding may put x just above 0
     small = x > math.log1p(-EXACT_TAIL_BELOW)
-    bound = torch.full_like(x, math.log1p(-EXACT_TAIL_BELOW))
-    others = total + _log1mexp(torch.where(small, bound, x))  # the exact rows' x kept off 0: no inf in the backward
+    others = total + _log1mexp(x)  # the small rows' (inexact, -inf at x = 0) are replaced below
     if bool(small.any()):  # only those rows copied (a flat reshape of a strided view would copy every row)
         where = small.squeeze(-1).nonzero(as_tuple=True)
         others = others.index_put(where, _logsumexp_or_empty(logits[where].scatter(-1, indices[where], -math.inf)))

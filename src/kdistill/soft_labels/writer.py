@@ -56,7 +56,7 @@ def topk_payload(logits: torch.Tensor, k: int, overwrite: bool = False
     classes set to -inf, k writes a row) minus the logsumexp of all, that total itself put together from the two
     parts (``logaddexp(others, logsumexp(top k))``), so the row is read twice (top-k, then the others), not three
     times. `overwrite=True` lets it set the k classes in `logits` itself (a teacher pass that drops its logits
-    after): no copy of the row. (The student's tail bucket, which needs a gradient, is `losses.lm.others_logsumexp`.)
+    after): no copy of the row. (The student's tail bucket, which needs a gradient, is `losses.lm.student_buckets`'s.)
     """
     values, indices = torch.topk(logits, k, dim=-1)
     rest = (logits if overwrite else logits.clone()).scatter_(-1, indices, -math.inf)
