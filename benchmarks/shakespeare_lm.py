@@ -60,7 +60,7 @@ SETTINGS = {
 }
 # full: the issue's teacher budget, about 40 minutes on 2 cores. Its example size, 6x384, does not fit it on every
 # machine we get: a 6x384 step on 32 blocks of 256 (vocab 4096) took 15.6 s on 2 threads of an AVX2-only AMD EPYC
-# (2026-12-02; 4 s on session 9's AVX-512/AMX Xeon), 125 min for 480 steps; 4x256 took 4.9 s there (39 min).
+# (2026-12-02), 125 min for 480 steps; 4x256 took 4.9 s there (39 min).
 # Students 2x256 for 100 steps (about 2.7 epochs of the BPE blocks; the character students' 100 steps see fewer
 # characters, the same for both of them).
 PROFILES = {
