@@ -140,6 +140,9 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
                         f"({layers}); a student copies each teacher layer at most once")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    kinds = getattr(config, "layer_types", None)  # per layer, e.g. full or sliding-window attention (Gemma 2, Qwen2)
+    if isinstance(kinds, (list, tuple)) and len(kinds) == n_teacher:
+        config.layer_types = [kinds[i] for i in layers]  # each copied layer keeps its kind
     student = type(teacher)(config)
     new_index = {old: new for new, old in enumerate(layers)}
     state = {}
