@@ -508,7 +508,12 @@ def distill(config: RunConfig, progress: bool = False) -> dict[str, float]:
     if sources:
         combined = _concat_sources(sources, list(parts))
         if len(combined[0]) != offset and "uld" not in weights:  # uld: the teacher's blocks are its own
-            raise UserError("the soft-label cache does not cover the data (row counts differ); delete it to recompute")
+            raise UserError(
+                f"the soft-label cache holds {len(combined[0]):,} rows but the student's data has {offset:,}: the "
+                "cache was made from other data (delete it to recompute) or the teacher's tokenizer splits the text "
+                "otherwise than the student's (a causal LM's blocks are counted in its tokens; transformers may load a "
+                "tokenizer as its model type's class, such as Qwen2Tokenizer, with that class's pre-tokenizer); give "
+                "both one tokenizer, or use the cross-tokenizer term uld")
     teacher_weights = [w for _, w in teachers(config)]
     diagnostics = {}
     if sources and not topk:  # the diagnostics read whole distributions
