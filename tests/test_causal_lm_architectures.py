@@ -97,3 +97,17 @@ def test_a_student_of_the_teacher_s_layers_keeps_each_one_s_attention_kind():
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         expected = teacher.lm_head(teacher.model.norm(hidden))
         assert torch.allclose(student(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_a_student_from_a_qwen2_config_with_fewer_layers_loads_back(qwen, tmp_path):
+    from kdistill.config_sections import StudentConfig
+    from kdistill.students import build_student
+
+    spec = StudentConfig(student_init="from_config", student_config_overrides={"num_hidden_layers": 1})
+    student, _ = build_student(spec, None, qwen["teacher"], {}, auto_model="AutoModelForCausalLM")
+    assert student.config.layer_types == ["full_attention"]
+    student.save_pretrained(tmp_path / "s")
+    assert Qwen2ForCausalLM.from_pretrained(tmp_path / "s").config.num_hidden_layers == 1
+    deeper = StudentConfig(student_init="from_config", student_config_overrides={"num_hidden_layers": 3})
+    with pytest.raises(UserError, match="give student_config_overrides a layer_types of 3 entries"):
+        build_student(deeper, None, qwen["teacher"], {}, auto_model="AutoModelForCausalLM")

@@ -164,6 +164,20 @@ def from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel
     return student
 
 
+def _fit_layer_types(config, overrides: dict) -> None:
+    """A config whose num_hidden_layers was changed keeps one `layer_types` entry a layer (transformers refuses to
+    load it back otherwise): the base's first layers' kinds, unless the overrides give layer_types themselves."""
+    kinds, layers = getattr(config, "layer_types", None), getattr(config, "num_hidden_layers", None)
+    if "layer_types" in overrides or not isinstance(kinds, (list, tuple)) or not isinstance(layers, int) \
+            or len(kinds) == layers:
+        return
+    if len(kinds) < layers:
+        raise UserError(f"student: {layers} layers, but the base config's layer_types names the kinds of "
+                        f"{len(kinds)}; give student_config_overrides a layer_types of {layers} entries "
+                        f"(its kinds: {', '.join(sorted(set(kinds)))})")
+    config.layer_types = list(kinds[:layers])
+
+
 def vocabulary_texts(data: DataConfig) -> list[str] | list[list[str]]:
     """The texts a `student_init: bilstm` student's vocabulary comes from: the text column of every training row
     (for a task of tagged words, each sentence's list of words).
@@ -221,6 +235,7 @@ def build_student(
             if not hasattr(config, key):
                 raise UserError(f"student: config {type(config).__name__} has no field {key!r}")
             setattr(config, key, value)
+        _fit_layer_types(config, spec.overrides())
         if label2id:
             config.num_labels = len(label2id)
             config.label2id, config.id2label = dict(label2id), {i: k for k, i in label2id.items()}
