@@ -17,6 +17,14 @@ when the trainer is built, and Qwen2.5-7B's padded 152,064 rows would be too.
 
 Writes benchmarks/results/shakespeare_lm_hub.json (a top-level `summary`) and .md. Refuses in one line, exit 2, with
 no CUDA GPU or when the models are neither in the local hub cache nor reachable.
+
+`--cpu` runs the same steps on the CPU, in float32, for checking this script where no GPU is lent, and writes
+shakespeare_lm_hub_cpu.{json,md}, whose figures say nothing about the hub models. With `--tiny` it first makes, in
+the work directory, a pair of Qwen2ForCausalLM (the Qwen2.5 models' class) to check it with: a 512-token BPE of the
+train split, a 2 x 64 teacher taught one epoch by `teach`, a 1 x 64 student from a config (about a minute):
+
+    OMP_NUM_THREADS=2 python benchmarks/shakespeare_lm_hub.py --cpu --tiny --steps 60 --block_size 128 \
+        --batch_size 16 --learning_rate 3e-3
 """
 
 import argparse
@@ -28,9 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DATA = os.path.join("..", "shared", "data", "tinyshakespeare", "input.txt")
-# (name, strategy, soft_loss): the students, each from the same pretrained weights.
-STUDENTS = (("hard", "hard", "kl"), ("forward_kl", "soft", "forward_kl"), ("reverse_kl", "soft", "reverse_kl"),
-            ("jsd", "soft", "jsd"))
+# (name, strategy, soft_loss): the students, each from the same pretrained weights. A KD student first: a pair the
+# trainer refuses (vocabularies of two widths) is refused before a hard student has trained for nothing.
+STUDENTS = (("forward_kl", "soft", "forward_kl"), ("reverse_kl", "soft", "reverse_kl"), ("jsd", "soft", "jsd"),
+            ("hard", "hard", "kl"))
 PUBLISHED = ("MiniLLM and GKD report distilled students above plain fine-tuning (GPT-2 1.5B -> 120M on Dolly, "
              "ROUGE-L 23.2 SFT vs 24.6 MiniLLM: Gu et al. 2024)")
 
@@ -66,7 +75,7 @@ def run_config(args, name: str, strategy: str, soft_loss: str):
         "output_dir": os.path.join(args.out, name), "soft_label_cache": os.path.join(args.out, "soft_labels"),
         "max_steps": args.steps, "learning_rate": args.learning_rate, "warmup_steps": args.steps // 10,
         "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.batch_size,
-        "bf16": True, "logging_steps": 10, "save_strategy": "no", "speed_batches": args.speed_batches,
+        "bf16": not args.cpu, "logging_steps": 10, "save_strategy": "no", "speed_batches": args.speed_batches,
         "seed": args.seed, "overwrite": True, "report_to": "none",
     })
 
@@ -92,6 +101,41 @@ def teacher_scores(config) -> dict:
             "loss_per_character": loss_per_character(nll / tokens, int(tokens), labels.characters)}
 
 
+def tiny_pair(args) -> tuple[str, str]:
+    """`--tiny`: (teacher, student) directories of two small Qwen2ForCausalLM sharing a BPE of the train split, made
+    under the work directory unless they are there; the teacher taught one epoch."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from kdistill import make_config, teach
+    from kdistill.lm_data import split_text, train_bpe_tokenizer
+    from kdistill.pipeline import paths
+
+    root = os.path.join(args.out, "tiny")
+    init, student = os.path.join(root, "teacher_init"), os.path.join(root, "student")
+    config = make_config({
+        "task": "causal_lm", "train_file": args.data, "train_fraction": 0.9, "block_size": args.block_size,
+        "max_length": args.block_size, "teacher_model": init, "teacher_train": True, "teacher_epochs": 1.0,
+        "teacher_learning_rate": 3e-3, "teacher_batch_size": 16, "strategy": "hard", "student_init": "from_pretrained",
+        "student_model": student, "output_dir": os.path.join(root, "teach"), "seed": 0, "save_strategy": "no",
+        "report_to": "none", "overwrite": True})
+    taught = paths(config).teacher
+    if os.path.isfile(os.path.join(taught, "config.json")):
+        return taught, student
+    with open(args.data, encoding="utf-8") as fh:
+        tok = train_bpe_tokenizer(split_text(fh.read(), 0.9)[0].splitlines(keepends=True), 512, init)
+    for layers, path in ((2, init), (1, student)):
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=args.block_size, tie_word_embeddings=True,
+            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )).save_pretrained(path)
+        tok.save_pretrained(path)
+    teach(config)
+    return taught, student
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="Qwen/Qwen2.5-1.5B")
@@ -104,29 +148,40 @@ def main() -> int:
     parser.add_argument("--learning_rate", type=float, default=2e-5)
     parser.add_argument("--speed_batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "bench", "shakespeare_lm_hub"))
+    parser.add_argument("--out", default=None, help="work directory (default runs/bench/shakespeare_lm_hub[_cpu])")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run on the CPU in float32: a check of this script with small local models")
+    parser.add_argument("--tiny", action="store_true",
+                        help="with --cpu: make and use two small Qwen2 models (see the docstring) as the pair")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
     os.chdir(ROOT)
+    results_name = "shakespeare_lm_hub_cpu" if args.cpu else "shakespeare_lm_hub"
+    args.out = args.out or os.path.join(ROOT, "runs", "bench", results_name)
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.cpu and not torch.cuda.is_available():
         return refuse("no CUDA GPU here; this benchmark runs hub models on a GPU (the CPU one trains GPT-2s from "
                       "scratch)")
+    if args.tiny and not args.cpu:
+        return refuse("--tiny makes two small models to check this script on the CPU; use it with --cpu")
+    if not os.path.isfile(args.data):
+        return refuse(f"{args.data}: no such file (run from the project root, with ../shared/data beside it)")
+    if args.tiny:
+        args.teacher, args.student = tiny_pair(args)
     missing = [name for name in (args.teacher, args.student) if not reachable(name)]
     if missing:
         return refuse(f"{', '.join(missing)}: not in the local hub cache and the hub cannot be reached; download "
                       "them first (huggingface-cli download NAME) or run where the network is")
-    if not os.path.isfile(args.data):
-        return refuse(f"{args.data}: no such file (run from the project root, with ../shared/data beside it)")
 
     import bench_env
     from kdistill import distill, evaluate
     from kdistill.errors import UserError
+    from kdistill.stats import gap_closed
 
     start = time.perf_counter()
-    result = {**bench_env.provenance(), "gpu": torch.cuda.get_device_name(0), "teacher_model": args.teacher,
+    result = {**bench_env.provenance(), "gpu": None if args.cpu else torch.cuda.get_device_name(0), "teacher_model": args.teacher,
               "student_model": args.student, "settings": vars(args), "published": PUBLISHED, "students": {}}
     try:
         for name, strategy, soft_loss in STUDENTS:
@@ -145,7 +200,8 @@ def main() -> int:
     best = min(kd, key=kd.get)
     result["teacher_scores"] = teacher_scores(run_config(args, "hard", "hard", "kl"))
     teacher_loss = result["teacher_scores"]["loss"]
-    gap = None if teacher_loss is None or hard == teacher_loss else (hard - kd[best]) / (hard - teacher_loss)
+    # None where the teacher is no better than the hard student: there is no gap to close
+    gap = None if teacher_loss is None else gap_closed([hard], [kd[best]], teacher_loss)["share"]
     result["summary"] = {
         "hard_validation_loss": hard, "best_kd": best, "best_kd_validation_loss": kd[best],
         "kd_validation_loss": kd, "teacher_validation_loss": teacher_loss, "gap_closed": gap,
@@ -159,7 +215,8 @@ def main() -> int:
         "student_generation_tokens_per_s_b1": first["student"].get("generation_tokens_per_s_b1"),
     }
     result["load_end"], result["seconds"] = bench_env.load1(), time.perf_counter() - start
-    lines = [f"# Tiny Shakespeare, {args.teacher} -> {args.student} (GPU: {result['gpu']})", "",
+    where = f"GPU: {result['gpu']}" if result["gpu"] else "CPU, float32: a check of the script, not a result"
+    lines = [f"# Tiny Shakespeare, {args.teacher} -> {args.student} ({where})", "",
              f"- **Date**: {result['date']}. **Command**: `{result['command']}`.", bench_env.versions_line(result), "",
              "| student | validation loss | loss/char | agreement | generation tok/s (b1) |", "|---|---|---|---|---|"]
     for name, r in result["students"].items():
@@ -167,7 +224,7 @@ def main() -> int:
         lines.append(f"| {name} | {s['loss']:.4f} | {s.get('loss_per_character', float('nan')):.4f} | "
                      f"{s.get('agreement', float('nan')):.3f} | {s.get('generation_tokens_per_s_b1', float('nan')):.0f} |")
     lines += ["", f"Best KD: {best}; gap closed: {gap if gap is None else f'{100 * gap:.1f}%'}. {PUBLISHED}.", ""]
-    bench_env.write_results(args.results_dir, "shakespeare_lm_hub", result, "\n".join(lines))
+    bench_env.write_results(args.results_dir, results_name, result, "\n".join(lines))
     return 0
 
 
