@@ -181,8 +181,8 @@ def main() -> int:
     from kdistill.stats import gap_closed
 
     start = time.perf_counter()
-    result = {**bench_env.provenance(), "gpu": None if args.cpu else torch.cuda.get_device_name(0), "teacher_model": args.teacher,
-              "student_model": args.student, "settings": vars(args), "published": PUBLISHED, "students": {}}
+    result = {**bench_env.provenance(), "gpu": None if args.cpu else torch.cuda.get_device_name(0),
+              "teacher_model": args.teacher, "student_model": args.student, "settings": vars(args), "published": PUBLISHED, "students": {}}
     try:
         for name, strategy, soft_loss in STUDENTS:
             config = run_config(args, name, strategy, soft_loss)
